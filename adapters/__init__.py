@@ -1,0 +1,1 @@
+"""Base model, features, reward heads, policy training and the adapter registry."""

@@ -1,0 +1,1 @@
+"""The server, APIs, web UI, generation engine and command line."""

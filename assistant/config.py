@@ -1,0 +1,258 @@
+"""Configuration as data: one frozen dataclass per area, loaded from config.toml.
+
+Only the `assistant` package reads configuration; `adapters` and `feedback_store` take
+their settings as arguments. Environment variables override the file:
+ASSISTANT_<SECTION>_<FIELD>, plus the short forms in SHORT_ENV.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from feedback_store.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG = ROOT / "config.toml"
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    data_dir: str = "data"
+    admin_key: str = ""
+    max_prompt_chars: int = 8000
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    path: str = ""
+    device: str = "auto"
+    dtype: str = "float32"
+    context_tokens: int = 2048
+    threads: int = 0
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    max_tokens_default: int = 256
+    max_tokens_limit: int = 1024
+    temperature: float = 0.7
+    top_p: float = 0.95
+    n_max: int = 3
+
+
+@dataclass(frozen=True)
+class AdapterConfig:
+    cache_size: int = 16
+
+
+@dataclass(frozen=True)
+class FeedbackConfig:
+    reasons_up: tuple[str, ...] = ("helpful", "accurate", "clear", "concise", "friendly")
+    reasons_down: tuple[str, ...] = (
+        "incorrect", "unhelpful", "too_long", "too_short", "unsafe", "rude", "off_topic",
+    )
+    compare_every: int = 5
+    criterion: str = "Which answer is more helpful, honest and harmless for you?"
+    guidelines: str = ""
+
+    @property
+    def reasons(self) -> frozenset[str]:
+        return frozenset(self.reasons_up) | frozenset(self.reasons_down)
+
+
+@dataclass(frozen=True)
+class RewardConfig:
+    shared_prior: bool = True
+    prior_strength: float = 1.0
+    l2: float = 1.0
+    thumbs_weight: float = 0.5
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    min_new_events: int = 10
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.0
+    learning_rate: float = 2e-4
+    steps: int = 20
+    group_size: int = 4
+    prompts_per_step: int = 2
+    max_completion_tokens: int = 96
+    kl_beta: float = 0.05
+    public_prompts: str = ""
+    promote_margin: float = 0.0
+    kl_budget: float = 0.5
+    heldout_frac: float = 0.25
+    threads: int = 1
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    interval_seconds: int = 600
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
+class Config:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    adapters: AdapterConfig = field(default_factory=AdapterConfig)
+    feedback: FeedbackConfig = field(default_factory=FeedbackConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    source: Path = DEFAULT_CONFIG
+
+    @property
+    def data_dir(self) -> Path:
+        path = Path(self.server.data_dir).expanduser()
+        return path if path.is_absolute() else (self.source.parent / path).resolve()
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "assistant.db"
+
+    @property
+    def adapters_dir(self) -> Path:
+        return self.data_dir / "adapters"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.data_dir / "cache"
+
+
+SHORT_ENV = {
+    "ASSISTANT_DATA_DIR": ("server", "data_dir"),
+    "ASSISTANT_HOST": ("server", "host"),
+    "ASSISTANT_PORT": ("server", "port"),
+    "ASSISTANT_ADMIN_KEY": ("server", "admin_key"),
+}
+
+
+def _coerce(section: str, name: str, default: Any, value: Any) -> Any:
+    """Convert a TOML or environment value to the type of the field's default."""
+    where = f"{section}.{name}"
+    kind = type(default)
+    if isinstance(value, str) and kind is not str:
+        value = _parse_env(where, kind, value)
+    if kind is tuple:
+        if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{where} must be a list of strings, got {value!r}")
+        return tuple(value)
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ConfigError(f"{where} must be {kind.__name__}, got {value!r}")
+    return value
+
+
+def _parse_env(where: str, kind: type, raw: str) -> Any:
+    try:
+        if kind is bool:
+            if raw.lower() not in {"1", "0", "true", "false", "yes", "no"}:
+                raise ValueError(raw)
+            return raw.lower() in {"1", "true", "yes"}
+        if kind is tuple:
+            return [part.strip() for part in raw.split(",") if part.strip()]
+        return kind(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{where} must be {kind.__name__}, got {raw!r}") from exc
+
+
+def _env_overrides(env: dict[str, str]) -> dict[tuple[str, str], str]:
+    found: dict[tuple[str, str], str] = {}
+    for section in (f.name for f in dataclasses.fields(Config) if f.name != "source"):
+        for key in _section_fields(section):
+            var = f"ASSISTANT_{section}_{key}".upper()
+            if var in env:
+                found[(section, key)] = env[var]
+    for var, target in SHORT_ENV.items():
+        if var in env:
+            found[target] = env[var]
+    return found
+
+
+def _section_fields(section: str) -> list[str]:
+    cls = {f.name: f.default_factory for f in dataclasses.fields(Config) if f.name != "source"}
+    return [f.name for f in dataclasses.fields(cls[section]())]
+
+
+def load_config(path: str | Path | None = None, env: dict[str, str] | None = None) -> Config:
+    """Read config.toml (or ASSISTANT_CONFIG), apply environment overrides, validate."""
+    env = dict(os.environ if env is None else env)
+    source = Path(path or env.get("ASSISTANT_CONFIG") or DEFAULT_CONFIG).resolve()
+    try:
+        raw = tomllib.loads(source.read_text()) if source.exists() else {}
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: {exc}") from exc
+    overrides = _env_overrides(env)
+    sections: dict[str, Any] = {}
+    for f in dataclasses.fields(Config):
+        if f.name == "source":
+            continue
+        sections[f.name] = _build_section(f.name, f.default_factory(), raw.get(f.name, {}),
+                                          overrides)
+    unknown = set(raw) - set(sections)
+    if unknown:
+        raise ConfigError(f"unknown config section(s): {', '.join(sorted(unknown))}")
+    config = Config(**sections, source=source)
+    validate(config)
+    return config
+
+
+def _build_section(name: str, defaults: Any, table: dict, overrides: dict) -> Any:
+    values = {}
+    known = {f.name for f in dataclasses.fields(defaults)}
+    unknown = set(table) - known
+    if unknown:
+        raise ConfigError(f"unknown field(s) in [{name}]: {', '.join(sorted(unknown))}")
+    for key in known:
+        default = getattr(defaults, key)
+        value = overrides.get((name, key), table.get(key, default))
+        values[key] = _coerce(name, key, default, value)
+    return type(defaults)(**values)
+
+
+def _check(ok: bool, where: str, value: Any, why: str) -> None:
+    if not ok:
+        raise ConfigError(f"{where} = {value!r}: {why}")
+
+
+def validate(c: Config) -> None:
+    """Reject values that would fail later, naming the field and the value."""
+    _check(1 <= c.server.port <= 65535, "server.port", c.server.port, "must be 1..65535")
+    _check(c.server.max_prompt_chars > 0, "server.max_prompt_chars", c.server.max_prompt_chars,
+           "must be positive")
+    _check(c.model.device in {"auto", "cpu", "cuda"}, "model.device", c.model.device,
+           "must be auto, cpu or cuda")
+    _check(c.model.dtype in {"float32", "bfloat16", "float16"}, "model.dtype", c.model.dtype,
+           "must be float32, bfloat16 or float16")
+    _check(c.model.context_tokens >= 256, "model.context_tokens", c.model.context_tokens,
+           "must be at least 256")
+    g = c.generation
+    _check(1 <= g.max_tokens_default <= g.max_tokens_limit, "generation.max_tokens_default",
+           g.max_tokens_default, "must be between 1 and generation.max_tokens_limit")
+    _check(0.0 <= g.temperature <= 2.0, "generation.temperature", g.temperature, "must be 0..2")
+    _check(0.0 < g.top_p <= 1.0, "generation.top_p", g.top_p, "must be in (0, 1]")
+    _check(1 <= g.n_max <= 8, "generation.n_max", g.n_max, "must be 1..8")
+    _check(c.adapters.cache_size >= 1, "adapters.cache_size", c.adapters.cache_size,
+           "must be at least 1")
+    _check(c.feedback.compare_every >= 0, "feedback.compare_every", c.feedback.compare_every,
+           "must be 0 or more")
+    t = c.training
+    _check(t.steps >= 1, "training.steps", t.steps, "must be at least 1")
+    _check(t.group_size >= 2, "training.group_size", t.group_size,
+           "must be at least 2 (the group is the baseline)")
+    _check(0.0 < t.heldout_frac < 1.0, "training.heldout_frac", t.heldout_frac, "must be in (0, 1)")
+    _check(t.kl_beta >= 0, "training.kl_beta", t.kl_beta, "must be 0 or more")
+    _check(c.scheduler.interval_seconds >= 1, "scheduler.interval_seconds",
+           c.scheduler.interval_seconds, "must be at least 1")

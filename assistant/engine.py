@@ -1,0 +1,283 @@
+"""The generation engine: one shared base model, many per-user LoRA adapters.
+
+All generation runs on one dedicated thread, one request at a time. That makes adapter
+routing safe (PEFT's adapter selection is global state on the model), keeps a request on the
+adapter version it started with even if a newer one is promoted meanwhile, and on a 2-core
+CPU costs little: torch already uses both cores for one forward pass.
+
+A request's n candidates are sampled in one batch of n rows (independent samples of the
+same prompt), routed with PEFT's `adapter_names=` so the same code serves base and adapters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import StoppingCriteria, StoppingCriteriaList
+
+from feedback_store.errors import ModelError
+
+BASE = "__base__"   # PEFT's name for "no adapter" in a mixed batch
+
+
+@dataclass(frozen=True)
+class AdapterRef:
+    """One user's adapter version on disk."""
+
+    user_id: int
+    version: int
+    path: Path
+
+    @property
+    def name(self) -> str:
+        return f"u{self.user_id}v{self.version}"
+
+
+@dataclass
+class GenRequest:
+    messages: list[dict]            # chat history, oldest first, ending with a user turn
+    n: int = 1
+    temperature: float = 0.7
+    top_p: float = 0.95
+    max_tokens: int = 256
+    stop: list[str] = field(default_factory=list)
+    adapter: AdapterRef | None = None
+
+
+@dataclass
+class Candidate:
+    index: int
+    text: str = ""
+    tokens: list[int] = field(default_factory=list)
+    finish_reason: str | None = None
+    first_token_ms: float | None = None
+    total_ms: float | None = None
+
+
+@dataclass
+class GenResult:
+    candidates: list[Candidate]
+    prompt_tokens: int
+    adapter: AdapterRef | None
+
+
+@dataclass(frozen=True)
+class Delta:
+    """A piece of text newly generated for candidate `index`."""
+
+    index: int
+    text: str
+
+
+class _Tracker(StoppingCriteria):
+    """Per-step hook: decodes new tokens, emits deltas, applies stop strings and cancel.
+
+    Called by `generate` after each step with input_ids of shape (n, prompt_len + step);
+    returns a bool tensor (n,) marking rows that are done.
+    """
+
+    def __init__(self, engine: Engine, req: GenRequest, prompt_len: int, started: float,
+                 emit: Callable[[Delta], None], cancel: threading.Event) -> None:
+        self.tok = engine.tokenizer
+        self.eos = set(engine.eos_ids)
+        self.req, self.prompt_len, self.started = req, prompt_len, started
+        self.emit, self.cancel = emit, cancel
+        self.cands = [Candidate(index=i) for i in range(req.n)]
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kw) -> torch.Tensor:
+        last = input_ids[:, -1].tolist()
+        for cand, token in zip(self.cands, last, strict=True):
+            if cand.finish_reason is None:
+                self._step(cand, token)
+        if self.cancel.is_set():
+            for cand in self.cands:
+                cand.finish_reason = cand.finish_reason or "cancelled"
+        done = [c.finish_reason is not None for c in self.cands]
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+    def _step(self, cand: Candidate, token: int) -> None:
+        elapsed = (time.perf_counter() - self.started) * 1000
+        if cand.first_token_ms is None:
+            cand.first_token_ms = elapsed
+        if token in self.eos:
+            cand.finish_reason, cand.total_ms = "stop", elapsed
+            return
+        cand.tokens.append(token)
+        text = self.tok.decode(cand.tokens, skip_special_tokens=True)
+        if text.endswith("\ufffd"):      # a multi-byte character is still incomplete
+            return
+        text, stopped = _apply_stop(text, self.req.stop)
+        if len(text) > len(cand.text):
+            self.emit(Delta(cand.index, text[len(cand.text):]))
+            cand.text = text
+        if stopped:
+            cand.finish_reason, cand.total_ms = "stop", elapsed
+
+
+def _apply_stop(text: str, stops: list[str]) -> tuple[str, bool]:
+    cut = min((text.find(s) for s in stops if s and s in text), default=-1)
+    return (text[:cut], True) if cut >= 0 else (text, False)
+
+
+class Engine:
+    """Owns the model; generates on its own thread; keeps an LRU of loaded adapters."""
+
+    def __init__(self, model, tokenizer, base_id: str, *, context_tokens: int = 2048,
+                 cache_size: int = 16) -> None:
+        self.base_model = model
+        self.model = model              # becomes a PeftModel once an adapter is loaded
+        self.tokenizer = tokenizer
+        self.base_id = base_id
+        self.context_tokens = context_tokens
+        self.cache_size = cache_size
+        self.loaded: OrderedDict[str, AdapterRef] = OrderedDict()
+        self.stats = {"hits": 0, "misses": 0, "evictions": 0}
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="generate")
+        self.eos_ids = _eos_ids(model, tokenizer)
+
+    # ---- prompt rendering -------------------------------------------------------------
+    def render(self, messages: list[dict], max_new: int) -> list[int]:
+        """Chat-template token ids, dropping the oldest turns to fit the context budget.
+
+        A leading system message is kept; the last (user) turn is always kept, cut from
+        its start if it alone is too long.
+        """
+        budget = max(16, self.context_tokens - max_new)
+        system = [m for m in messages[:1] if m["role"] == "system"]
+        turns = messages[len(system):]
+        while True:
+            ids = self._template(system + turns)
+            if len(ids) <= budget or len(turns) <= 1:
+                return ids[-budget:] if len(ids) > budget else ids
+            turns = turns[2:] if len(turns) > 2 else turns[1:]
+
+    def _template(self, messages: list[dict]) -> list[int]:
+        text = self.tokenizer.apply_chat_template(messages, tokenize=False,
+                                                  add_generation_prompt=True)
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    # ---- adapters ---------------------------------------------------------------------
+    def _activate(self, ref: AdapterRef | None) -> str:
+        """Make sure the adapter is loaded; return the name to route the batch through."""
+        if ref is None:
+            return BASE
+        if ref.name in self.loaded:
+            self.loaded.move_to_end(ref.name)
+            self.stats["hits"] += 1
+            return ref.name
+        self.stats["misses"] += 1
+        self._load(ref)
+        self._evict_older_versions(ref)
+        while len(self.loaded) > self.cache_size:
+            self._unload(next(iter(self.loaded)))
+        return ref.name
+
+    def _load(self, ref: AdapterRef) -> None:
+        from peft import PeftModel
+
+        if not (ref.path / "adapter_config.json").exists():
+            raise ModelError(f"adapter {ref.name} has no adapter_config.json at {ref.path}")
+        try:
+            if self.model is self.base_model:
+                self.model = PeftModel.from_pretrained(self.base_model, str(ref.path),
+                                                       adapter_name=ref.name)
+            else:
+                self.model.load_adapter(str(ref.path), adapter_name=ref.name)
+        except Exception as exc:
+            raise ModelError(f"could not load adapter {ref.name}: {exc}") from exc
+        self.model.eval()
+        self.loaded[ref.name] = ref
+
+    def _unload(self, name: str) -> None:
+        # PEFT cannot delete its last adapter; the cache keeps at least one anyway.
+        if len(self.loaded) > 1:
+            self.model.delete_adapter(name)
+            del self.loaded[name]
+            self.stats["evictions"] += 1
+
+    def _evict_older_versions(self, ref: AdapterRef) -> None:
+        """A promoted version replaces the user's older ones in memory."""
+        for name, other in list(self.loaded.items()):
+            if other.user_id == ref.user_id and other.version != ref.version:
+                self._unload(name)
+
+    def forget_user(self, user_id: int) -> None:
+        """Drop a deleted user's adapters from memory (runs on the generation thread)."""
+        def drop() -> None:
+            for name, other in list(self.loaded.items()):
+                if other.user_id == user_id:
+                    self._unload(name)
+        self._thread.submit(drop).result()
+
+    # ---- generation -------------------------------------------------------------------
+    def generate_sync(self, req: GenRequest, emit: Callable[[Delta], None] = lambda d: None,
+                      cancel: threading.Event | None = None) -> GenResult:
+        started = time.perf_counter()
+        cancel = cancel or threading.Event()
+        name = self._activate(req.adapter)
+        ids = self.render(req.messages, req.max_tokens)
+        tracker = _Tracker(self, req, len(ids), started, emit, cancel)
+        input_ids = torch.tensor([ids] * req.n, device=self.base_model.device)
+        sampling = {"do_sample": True, "temperature": req.temperature, "top_p": req.top_p}
+        if req.temperature <= 0:
+            sampling = {"do_sample": False}
+        kwargs = {"adapter_names": [name] * req.n} if self.model is not self.base_model else {}
+        with torch.inference_mode():
+            self.model.generate(
+                input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
+                max_new_tokens=req.max_tokens, stopping_criteria=StoppingCriteriaList([tracker]),
+                pad_token_id=self.tokenizer.pad_token_id, eos_token_id=list(self.eos_ids),
+                top_k=None, **sampling, **kwargs)
+        total = (time.perf_counter() - started) * 1000
+        for cand in tracker.cands:
+            cand.finish_reason = cand.finish_reason or "length"
+            cand.total_ms = cand.total_ms or total
+        return GenResult(tracker.cands, len(ids), req.adapter)
+
+    async def generate(self, req: GenRequest) -> GenResult:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._thread, self.generate_sync, req)
+
+    async def stream(self, req: GenRequest) -> AsyncIterator[Delta | GenResult]:
+        """Yield Deltas as tokens arrive, then the GenResult. Closing the iterator early
+        (a client that went away, a stop button) cancels generation at the next token."""
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()
+        cancel = threading.Event()
+
+        def emit(delta: Delta) -> None:
+            loop.call_soon_threadsafe(queue.put_nowait, delta)
+
+        future = loop.run_in_executor(self._thread, self.generate_sync, req, emit, cancel)
+        future.add_done_callback(lambda _: loop.call_soon_threadsafe(queue.put_nowait, None))
+        try:
+            while (item := await queue.get()) is not None:
+                yield item
+            yield await future
+        finally:
+            cancel.set()
+
+    def close(self) -> None:
+        self._thread.shutdown(wait=True, cancel_futures=True)
+
+    def health(self) -> dict:
+        return {"loaded": list(self.loaded), "capacity": self.cache_size, **self.stats}
+
+
+def _eos_ids(model, tokenizer) -> list[int]:
+    ids = model.generation_config.eos_token_id if model.generation_config else None
+    ids = ids if isinstance(ids, list) else [ids] if ids is not None else []
+    if tokenizer.eos_token_id is not None:
+        ids.append(tokenizer.eos_token_id)
+    return sorted(set(ids))

@@ -1,0 +1,1 @@
+"""SQLite store for users, conversations, messages, feedback, adapters and training runs."""

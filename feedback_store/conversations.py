@@ -1,0 +1,124 @@
+"""Conversations and messages: turns, candidates and the chosen branch."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlite_utils import Database
+
+from feedback_store.clock import now
+from feedback_store.errors import BadRequest, NotFound
+
+TITLE_CHARS = 60
+
+
+def create_conversation(db: Database, user_id: int, title: str) -> int:
+    stamp = now()
+    title = " ".join(title.split())[:TITLE_CHARS]
+    return db["conversations"].insert({"user_id": user_id, "title": title, "created_at": stamp,
+                                       "updated_at": stamp}).last_pk
+
+
+def get_conversation_row(db: Database, user_id: int, conversation_id: int) -> dict:
+    """The conversation if it belongs to user_id; NotFound otherwise (never say whose)."""
+    rows = list(db["conversations"].rows_where("id = ? and user_id = ?",
+                                               [conversation_id, user_id]))
+    if not rows:
+        raise NotFound(f"conversation {conversation_id} not found")
+    return rows[0]
+
+
+def list_conversations(db: Database, user_id: int) -> list[dict]:
+    return list(db.query(
+        "select c.*, (select count(*) from messages m where m.conversation_id = c.id "
+        "and m.role = 'user') as turns from conversations c where c.user_id = ? "
+        "order by c.updated_at desc, c.id desc", [user_id]))
+
+
+def delete_conversation(db: Database, user_id: int, conversation_id: int) -> None:
+    get_conversation_row(db, user_id, conversation_id)
+    ids = "select id from messages where conversation_id = ?"
+    db.execute(f"delete from features where message_id in ({ids})", [conversation_id])
+    db.execute(f"delete from thumbs where message_id in ({ids})", [conversation_id])
+    db.execute("delete from messages where conversation_id = ?", [conversation_id])
+    db.execute("delete from conversations where id = ?", [conversation_id])
+
+
+def get_message(db: Database, user_id: int, message_id: int) -> dict:
+    """A message the user owns; NotFound for unknown or foreign ids alike."""
+    rows = list(db["messages"].rows_where("id = ? and user_id = ?", [message_id, user_id]))
+    if not rows:
+        raise NotFound(f"message {message_id} not found")
+    return rows[0]
+
+
+def chosen_tip(db: Database, conversation_id: int) -> int | None:
+    """The chosen assistant message of the latest turn (what a new turn follows)."""
+    rows = list(db.query(
+        "select id from messages where conversation_id = ? and role = 'assistant' and chosen = 1 "
+        "order by id desc limit 1", [conversation_id]))
+    return rows[0]["id"] if rows else None
+
+
+def history(db: Database, conversation_id: int, tip_id: int | None) -> list[dict]:
+    """Messages from the first turn to tip_id along parent links, oldest first."""
+    out: list[dict] = []
+    current = tip_id
+    while current is not None:
+        row = db["messages"].get(current)
+        out.append(row)
+        current = row["parent_id"] if row["role"] == "user" else row["candidate_group"]
+    out.reverse()
+    return out
+
+
+def add_user_turn(db: Database, user_id: int, conversation_id: int, content: str) -> dict:
+    """Store a user turn following the conversation's chosen branch."""
+    parent = chosen_tip(db, conversation_id)
+    message_id = db["messages"].insert({
+        "conversation_id": conversation_id, "user_id": user_id, "role": "user",
+        "content": content, "parent_id": parent, "created_at": now(),
+    }).last_pk
+    db["conversations"].update(conversation_id, {"updated_at": now()})
+    return db["messages"].get(message_id)
+
+
+def add_candidates(db: Database, user_turn: dict, candidates: list[dict[str, Any]]) -> list[dict]:
+    """Store assistant candidates answering user_turn; the first one is the chosen branch."""
+    ids = []
+    for index, cand in enumerate(candidates):
+        row = {
+            "conversation_id": user_turn["conversation_id"], "user_id": user_turn["user_id"],
+            "role": "assistant", "parent_id": user_turn["id"], "candidate_group": user_turn["id"],
+            "candidate_index": index, "chosen": 1 if index == 0 else 0, "created_at": now(),
+        }
+        row.update(cand)
+        ids.append(db["messages"].insert(row).last_pk)
+    db["conversations"].update(user_turn["conversation_id"], {"updated_at": now()})
+    return [db["messages"].get(i) for i in ids]
+
+
+def choose_candidate(db: Database, message: dict) -> None:
+    """Make `message` the branch its conversation continues from."""
+    if message["role"] != "assistant":
+        raise BadRequest(f"message {message['id']} is not an assistant answer")
+    db.execute("update messages set chosen = (id = ?) where candidate_group = ?",
+               [message["id"], message["candidate_group"]])
+
+
+def conversation_detail(db: Database, user_id: int, conversation_id: int) -> dict:
+    """The conversation with its user turns, each holding its candidates."""
+    conv = get_conversation_row(db, user_id, conversation_id)
+    rows = list(db["messages"].rows_where("conversation_id = ?", [conversation_id],
+                                          order_by="id"))
+    turns = [dict(r, candidates=[]) for r in rows if r["role"] == "user"]
+    by_id = {t["id"]: t for t in turns}
+    for r in rows:
+        if r["role"] == "assistant" and r["candidate_group"] in by_id:
+            by_id[r["candidate_group"]]["candidates"].append(r)
+    return dict(conv, turns=turns)
+
+
+def candidates_of(db: Database, user_turn_id: int) -> list[dict]:
+    return list(db["messages"].rows_where("candidate_group = ?", [user_turn_id],
+                                          order_by="candidate_index"))
