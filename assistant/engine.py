@@ -15,7 +15,7 @@ import asyncio
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -249,9 +249,12 @@ class Engine:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._thread, self.generate_sync, req)
 
-    async def stream(self, req: GenRequest) -> AsyncIterator[Delta | GenResult]:
+    async def stream(self, req: GenRequest,
+                     on_abandon: Callable[[GenResult], Awaitable[None]] | None = None,
+                     ) -> AsyncIterator[Delta | GenResult]:
         """Yield Deltas as tokens arrive, then the GenResult. Closing the iterator early
-        (a client that went away, a stop button) cancels generation at the next token."""
+        (a client that went away, a stop button) cancels generation at the next token;
+        the partial result then goes to `on_abandon`, so nothing generated is lost."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
         cancel = threading.Event()
@@ -261,12 +264,18 @@ class Engine:
 
         future = loop.run_in_executor(self._thread, self.generate_sync, req, emit, cancel)
         future.add_done_callback(lambda _: loop.call_soon_threadsafe(queue.put_nowait, None))
+        finished = False
         try:
             while (item := await queue.get()) is not None:
                 yield item
-            yield await future
+            result = await future
+            finished = True
+            yield result
         finally:
             cancel.set()
+            if not finished and on_abandon is not None:
+                future.add_done_callback(
+                    lambda f: f.exception() or loop.create_task(on_abandon(f.result())))
 
     def close(self) -> None:
         self._thread.shutdown(wait=True, cancel_futures=True)

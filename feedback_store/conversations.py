@@ -12,11 +12,27 @@ from feedback_store.errors import BadRequest, NotFound
 TITLE_CHARS = 60
 
 
-def create_conversation(db: Database, user_id: int, title: str) -> int:
+def create_conversation(db: Database, user_id: int, title: str,
+                        system: str | None = None) -> int:
     stamp = now()
     title = " ".join(title.split())[:TITLE_CHARS]
-    return db["conversations"].insert({"user_id": user_id, "title": title, "created_at": stamp,
-                                       "updated_at": stamp}).last_pk
+    return db["conversations"].insert({"user_id": user_id, "title": title, "system": system,
+                                       "created_at": stamp, "updated_at": stamp}).last_pk
+
+
+def add_history(db: Database, user_id: int, conversation_id: int,
+                messages: list[dict]) -> None:
+    """Store client-supplied earlier turns (OpenAI-style requests) as a chosen branch.
+
+    `messages` alternate user / assistant; an assistant turn is stored as the single,
+    chosen candidate of the user turn before it (model 'client': we did not generate it).
+    """
+    turn = None
+    for message in messages:
+        if message["role"] == "user":
+            turn = add_user_turn(db, user_id, conversation_id, message["content"])
+        elif message["role"] == "assistant" and turn is not None:
+            add_candidates(db, turn, [{"content": message["content"], "model": "client"}])
 
 
 def get_conversation_row(db: Database, user_id: int, conversation_id: int) -> dict:

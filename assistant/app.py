@@ -1,0 +1,112 @@
+"""The Litestar application: routers, the one error handler, health, the web UI."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from litestar import Litestar, MediaType, Request, Response, get
+from litestar.di import Provide
+from litestar.exceptions import HTTPException
+from litestar.static_files import create_static_files_router
+
+from assistant.config import Config
+from assistant.engine import Engine
+from assistant.routes_admin import admin_router
+from assistant.routes_chat import chat_router
+from assistant.state import AppState
+from feedback_store.db import Store
+from feedback_store.errors import AssistantError
+from feedback_store.users import admin_exists, create_user, list_users
+
+log = logging.getLogger("assistant")
+STATIC = Path(__file__).parent / "static"
+
+
+def handle_assistant_error(request: Request, exc: AssistantError) -> Response:
+    """The one place our errors become HTTP: status from the class, message as detail."""
+    if exc.status >= 500:
+        log.error("%s %s failed: %s", request.method, request.url.path, exc)
+    return Response({"detail": str(exc)}, status_code=exc.status)
+
+
+def handle_http_error(request: Request, exc: HTTPException) -> Response:
+    """Litestar's own 4xx (malformed JSON, wrong types): keep its detail and field info."""
+    body = {"detail": exc.detail}
+    if getattr(exc, "extra", None):
+        body["errors"] = exc.extra
+    return Response(body, status_code=exc.status_code, headers=exc.headers)
+
+
+def handle_unexpected(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return Response({"detail": f"internal error: {type(exc).__name__}"}, status_code=500)
+
+
+@get("/health", sync_to_thread=False)
+def health(ctx: AppState) -> dict:
+    return {"status": "ok", "base_model": ctx.engine.base_id,
+            "uptime_seconds": round(time.time() - ctx.started, 1),
+            "adapter_cache": ctx.engine.health()}
+
+
+@get("/", media_type=MediaType.HTML, sync_to_thread=False, include_in_schema=False)
+def index() -> str:
+    return (STATIC / "index.html").read_text()
+
+
+def ensure_admin_identity(store: Store, config: Config) -> int | None:
+    """The user that ASSISTANT_ADMIN_KEY acts as: the first admin (created if none)."""
+    if not config.server.admin_key:
+        return None
+
+    def pick(db) -> int:
+        admins = [u for u in list_users(db) if u["role"] == "admin"]
+        if admins:
+            return admins[0]["id"]
+        return create_user(db, "admin", admin=True)[0]["id"]
+
+    return store.write_sync(pick)
+
+
+def extra_routers() -> list:
+    """Routers of the feedback, me, OpenAI and training APIs, when present."""
+    found = []
+    for module, name in [("assistant.routes_openai", "openai_router"),
+                         ("assistant.routes_feedback", "feedback_router"),
+                         ("assistant.routes_me", "me_router"),
+                         ("assistant.routes_training", "training_router")]:
+        try:
+            found.append(getattr(__import__(module, fromlist=[name]), name))
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+    return found
+
+
+def create_app(config: Config, engine: Engine, store: Store | None = None) -> Litestar:
+    store = store or Store(config.db_path)
+    state = AppState(config=config, store=store, engine=engine)
+    state.admin_user_id = ensure_admin_identity(store, config)
+
+    def shutdown() -> None:
+        if state.scheduler is not None:
+            state.scheduler.shutdown()
+        store.close()
+
+    app = Litestar(
+        route_handlers=[health, index, chat_router, admin_router, *extra_routers(),
+                        create_static_files_router(path="/static", directories=[STATIC])],
+        dependencies={"ctx": Provide(lambda: state, sync_to_thread=False)},
+        exception_handlers={AssistantError: handle_assistant_error,
+                            HTTPException: handle_http_error, Exception: handle_unexpected},
+        on_shutdown=[shutdown],
+        debug=False,
+    )
+    app.state.assistant = state
+    return app
+
+
+def has_admin(store: Store) -> bool:
+    return store.write_sync(admin_exists)

@@ -1,0 +1,130 @@
+"""The `assistant` command: init, serve, user management (and eval/train when present)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from assistant.config import Config, load_config
+from feedback_store.db import open_db
+from feedback_store.errors import AssistantError
+from feedback_store import users
+
+
+def build_engine(config: Config):
+    """Load the shared base (from its safetensors cache) into a generation engine."""
+    import torch
+
+    from adapters.base_model import load_base
+    from assistant.engine import Engine
+
+    if config.model.threads > 0:
+        torch.set_num_threads(config.model.threads)
+    base = load_base(config.model.path, config.cache_dir, config.model.device, config.model.dtype)
+    return Engine(base.model, base.tokenizer, base.base_id,
+                  context_tokens=config.model.context_tokens,
+                  cache_size=config.adapters.cache_size)
+
+
+def cmd_init(args: argparse.Namespace, config: Config) -> None:
+    """Prepare the model cache and database; make sure an admin exists."""
+    from adapters.base_model import prepare_cache, resolve_source
+
+    source = resolve_source(config.model.path, config.cache_dir)
+    prepare_cache(source, config.cache_dir)
+    print(f"base model: {source.base_id}")
+    db = open_db(config.db_path)
+    print(f"database: {config.db_path}")
+    if not users.admin_exists(db):
+        with db.conn:
+            _, key = users.create_user(db, "admin", admin=True)
+        print("created user 'admin' (role admin). Its API key, shown only this once:")
+        print(key)
+    db.close()
+
+
+def cmd_serve(args: argparse.Namespace, config: Config) -> None:
+    import uvicorn
+
+    from assistant.app import create_app
+
+    cmd_init(args, config)
+    app = create_app(config, build_engine(config))
+    print(f"serving on http://{config.server.host}:{config.server.port}/", flush=True)
+    uvicorn.run(app, host=config.server.host, port=config.server.port, log_level="warning")
+
+
+def _with_db(config: Config, fn, *args):
+    db = open_db(config.db_path)
+    try:
+        with db.conn:
+            return fn(db, *args)
+    finally:
+        db.close()
+
+
+def cmd_user_add(args: argparse.Namespace, config: Config) -> None:
+    user, key = _with_db(config, users.create_user, args.name, args.admin)
+    print(f"created user {user['name']!r} (id {user['id']}, role {user['role']})")
+    print(key)
+
+
+def cmd_user_list(args: argparse.Namespace, config: Config) -> None:
+    for u in _with_db(config, users.list_users):
+        print(f"{u['id']:>4}  {u['name']:<24} {u['role']:<6} version={u['current_version']}")
+
+
+def cmd_user_rotate(args: argparse.Namespace, config: Config) -> None:
+    user = _with_db(config, users.get_user_by_name, args.name)
+    print(_with_db(config, users.rotate_key, user["id"]))
+
+
+def cmd_user_revoke(args: argparse.Namespace, config: Config) -> None:
+    user = _with_db(config, users.get_user_by_name, args.name)
+    print(f"revoked {_with_db(config, users.revoke_keys, user['id'])} key(s) of {args.name!r}")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="assistant", description=__doc__)
+    p.add_argument("--config", help="config file (default: ASSISTANT_CONFIG or ./config.toml)")
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("init", help="prepare model cache and database").set_defaults(func=cmd_init)
+    sub.add_parser("serve", help="init, then run the server").set_defaults(func=cmd_serve)
+    user = sub.add_parser("user", help="manage users").add_subparsers(dest="action", required=True)
+    add = user.add_parser("add", help="create a user; prints the key on the last line")
+    add.add_argument("name")
+    add.add_argument("--admin", action="store_true", help="give the admin role")
+    add.set_defaults(func=cmd_user_add)
+    user.add_parser("list").set_defaults(func=cmd_user_list)
+    for action, func, text in [("rotate", cmd_user_rotate, "revoke all keys, print a new one"),
+                               ("revoke", cmd_user_revoke, "revoke all keys")]:
+        cmd = user.add_parser(action, help=text)
+        cmd.add_argument("name")
+        cmd.set_defaults(func=func)
+    _optional_commands(sub)
+    return p
+
+
+def _optional_commands(sub) -> None:
+    """eval and train commands, registered by their own modules."""
+    for module in ("assistant.eval_reward", "assistant.train_cli"):
+        try:
+            __import__(module, fromlist=["add_parser"]).add_parser(sub)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        config = load_config(args.config)
+        args.func(args, config)
+    except AssistantError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,45 @@
+"""Admin API: users and their keys (admin role only)."""
+
+from __future__ import annotations
+
+from litestar import Router, get, post
+from litestar.di import Provide
+
+from assistant.auth import admin_user
+from assistant.state import AppState
+from feedback_store import users
+from feedback_store.errors import BadRequest
+
+
+@post("/users", status_code=201)
+async def create_user(data: dict, admin: dict, ctx: AppState) -> dict:
+    name, is_admin = data.get("name"), data.get("admin", False)
+    if not isinstance(is_admin, bool):
+        raise BadRequest(f"admin: must be true or false; got {is_admin!r}")
+    user, key = await ctx.store.write(users.create_user, name, is_admin)
+    return {"id": user["id"], "name": user["name"], "role": user["role"], "api_key": key}
+
+
+@get("/users")
+async def list_users(admin: dict, ctx: AppState) -> list[dict]:
+    return await ctx.store.read(users.list_users)
+
+
+@post("/users/{user_id:int}/rotate-key", status_code=200)
+async def rotate_key(user_id: int, admin: dict, ctx: AppState) -> dict:
+    key = await ctx.store.write(users.rotate_key, user_id)
+    return {"id": user_id, "api_key": key}
+
+
+@post("/users/{user_id:int}/revoke-keys", status_code=200)
+async def revoke_keys(user_id: int, admin: dict, ctx: AppState) -> dict:
+    await ctx.store.read(users.get_user, user_id)
+    revoked = await ctx.store.write(users.revoke_keys, user_id)
+    return {"id": user_id, "revoked": revoked}
+
+
+admin_router = Router(
+    path="/admin",
+    route_handlers=[create_user, list_users, rotate_key, revoke_keys],
+    dependencies={"admin": Provide(admin_user)},
+)

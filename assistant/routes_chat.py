@@ -1,0 +1,66 @@
+"""Native chat API: /api/chat and conversations."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+
+from litestar import Router, delete, get, post
+from litestar.di import Provide
+from litestar.response import Stream
+
+from assistant.auth import current_user
+from assistant.chat import PreparedTurn, check_turn, prepare_turn, run_turn, stream_turn
+from assistant.engine import Delta
+from assistant.state import AppState
+from feedback_store import conversations as conv
+
+
+def sse(event: str, payload: dict) -> bytes:
+    return f"event: {event}\ndata: {json.dumps(payload)}\n\n".encode()
+
+
+@post("/chat", status_code=200)
+async def chat(data: dict, user: dict, ctx: AppState) -> dict | Stream:
+    req = check_turn(ctx, data)
+    if data.get("stream"):
+        prep = await prepare_turn(ctx, user, req)
+        return Stream(_chat_events(ctx, prep, req.regenerate is not None),
+                      media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+    prep, candidates = await run_turn(ctx, user, req)
+    return {"conversation_id": prep.conversation_id, "message": prep.user_turn,
+            "candidates": candidates}
+
+
+async def _chat_events(ctx: AppState, prep: PreparedTurn,
+                       regenerate: bool) -> AsyncIterator[bytes]:
+    yield sse("start", {"conversation_id": prep.conversation_id, "message": prep.user_turn,
+                        "n": prep.gen.n, "model": prep.model})
+    async for item in stream_turn(ctx, prep, regenerate):
+        if isinstance(item, Delta):
+            yield sse("delta", {"index": item.index, "text": item.text})
+        else:
+            yield sse("done", {"conversation_id": prep.conversation_id,
+                               "message": prep.user_turn, "candidates": item})
+
+
+@get("/conversations")
+async def list_conversations(user: dict, ctx: AppState) -> list[dict]:
+    return await ctx.store.read(conv.list_conversations, user["id"])
+
+
+@get("/conversations/{conversation_id:int}")
+async def get_conversation(conversation_id: int, user: dict, ctx: AppState) -> dict:
+    return await ctx.store.read(conv.conversation_detail, user["id"], conversation_id)
+
+
+@delete("/conversations/{conversation_id:int}")
+async def delete_conversation(conversation_id: int, user: dict, ctx: AppState) -> None:
+    await ctx.store.write(conv.delete_conversation, user["id"], conversation_id)
+
+
+chat_router = Router(
+    path="/api",
+    route_handlers=[chat, list_conversations, get_conversation, delete_conversation],
+    dependencies={"user": Provide(current_user)},
+)
