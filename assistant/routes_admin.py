@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from litestar import Router, get, post
 from litestar.di import Provide
+from litestar.params import FromPath
 
 from assistant.auth import admin_user
 from assistant.state import AppState
@@ -26,13 +27,13 @@ async def list_users(admin: dict, ctx: AppState) -> list[dict]:
 
 
 @post("/users/{user_id:int}/rotate-key", status_code=200)
-async def rotate_key(user_id: int, admin: dict, ctx: AppState) -> dict:
+async def rotate_key(user_id: FromPath[int], admin: dict, ctx: AppState) -> dict:
     key = await ctx.store.write(users.rotate_key, user_id)
     return {"id": user_id, "api_key": key}
 
 
 @post("/users/{user_id:int}/revoke-keys", status_code=200)
-async def revoke_keys(user_id: int, admin: dict, ctx: AppState) -> dict:
+async def revoke_keys(user_id: FromPath[int], admin: dict, ctx: AppState) -> dict:
     await ctx.store.read(users.get_user, user_id)
     revoked = await ctx.store.write(users.revoke_keys, user_id)
     return {"id": user_id, "revoked": revoked}

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 
 from litestar import Router, delete, get, post
 from litestar.di import Provide
+from litestar.params import FromPath
 from litestar.response import Stream
 
 from assistant.auth import current_user
@@ -50,12 +51,12 @@ async def list_conversations(user: dict, ctx: AppState) -> list[dict]:
 
 
 @get("/conversations/{conversation_id:int}")
-async def get_conversation(conversation_id: int, user: dict, ctx: AppState) -> dict:
+async def get_conversation(conversation_id: FromPath[int], user: dict, ctx: AppState) -> dict:
     return await ctx.store.read(conv.conversation_detail, user["id"], conversation_id)
 
 
 @delete("/conversations/{conversation_id:int}")
-async def delete_conversation(conversation_id: int, user: dict, ctx: AppState) -> None:
+async def delete_conversation(conversation_id: FromPath[int], user: dict, ctx: AppState) -> None:
     await ctx.store.write(conv.delete_conversation, user["id"], conversation_id)
 
 

@@ -54,3 +54,102 @@ def db(db_path):
     database = open_db(db_path)
     yield database
     database.close()
+
+
+# ---- a real HTTP server on loopback -------------------------------------------------------
+
+class LiveServer:
+    """A running server: base URL, config, admin key, and helpers to make users."""
+
+    def __init__(self, url: str, config, app, admin_key: str) -> None:
+        self.url, self.config, self.app, self.admin_key = url, config, app, admin_key
+
+    @property
+    def state(self):
+        return self.app.state.assistant
+
+    def headers(self, key: str) -> dict:
+        return {"Authorization": f"Bearer {key}"}
+
+    def add_user(self, name: str, admin: bool = False) -> str:
+        """Create a user through the admin API; return their key."""
+        import httpx
+
+        r = httpx.post(f"{self.url}/admin/users", json={"name": name, "admin": admin},
+                       headers=self.headers(self.admin_key))
+        r.raise_for_status()
+        return r.json()["api_key"]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(data_dir: Path, engine, **env_overrides):
+    """Start the app under uvicorn on a free loopback port in a thread; yield LiveServer."""
+    import threading
+    import time
+
+    import uvicorn
+
+    from assistant.app import create_app
+    from assistant.config import load_config
+
+    port = _free_port()
+    env = {"ASSISTANT_DATA_DIR": str(data_dir), "ASSISTANT_PORT": str(port),
+           "ASSISTANT_ADMIN_KEY": "test-admin-key", "ASSISTANT_SCHEDULER_ENABLED": "false",
+           **{k: str(v) for k, v in env_overrides.items()}}
+    config = load_config(ROOT / "config.toml", env=env)
+    app = create_app(config, engine)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 30
+    while not server.started:
+        if time.time() > deadline or not thread.is_alive():
+            raise RuntimeError("server did not start")
+        time.sleep(0.05)
+    return server, thread, LiveServer(f"http://127.0.0.1:{port}", config, app, "test-admin-key")
+
+
+def tiny_engine(tokenizer, seed: int = 0):
+    from assistant.engine import Engine
+
+    return Engine(make_tiny_model(tokenizer, seed), tokenizer, "tiny-llama@test",
+                  context_tokens=512, cache_size=4)
+
+
+@pytest.fixture
+def live_server(tmp_path, tokenizer):
+    """A real server on loopback with a tiny random model (fast, nonsense answers)."""
+    engine = tiny_engine(tokenizer)
+    server, thread, live = start_server(tmp_path / "data", engine)
+    yield live
+    server.should_exit = True
+    thread.join(timeout=10)
+    engine.close()
+
+
+@pytest.fixture(scope="session")
+def real_base():
+    """The real SmolLM2 base, loaded once per test session."""
+    from adapters.base_model import load_base
+
+    return load_base("", CACHE_DIR)
+
+
+@pytest.fixture
+def real_server(tmp_path, real_base):
+    """A real server on loopback with the real base model (for the few end-to-end tests)."""
+    from assistant.engine import Engine
+
+    engine = Engine(real_base.model, real_base.tokenizer, real_base.base_id, cache_size=4)
+    server, thread, live = start_server(tmp_path / "data", engine)
+    yield live
+    server.should_exit = True
+    thread.join(timeout=10)
+    engine.close()
