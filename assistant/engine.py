@@ -108,18 +108,41 @@ class _Tracker(StoppingCriteria):
         if cand.first_token_ms is None:
             cand.first_token_ms = elapsed
         if token in self.eos:
-            cand.finish_reason, cand.total_ms = "stop", elapsed
+            self.finish(cand, "stop", elapsed)
             return
         cand.tokens.append(token)
         text = self.tok.decode(cand.tokens, skip_special_tokens=True)
         if text.endswith("\ufffd"):      # a multi-byte character is still incomplete
             return
         text, stopped = _apply_stop(text, self.req.stop)
+        if stopped:
+            self._emit_upto(cand, text)
+            cand.finish_reason, cand.total_ms = "stop", elapsed
+        else:
+            # Hold back a tail that may yet become a stop string, so it is never streamed.
+            self._emit_upto(cand, text[:len(text) - _stop_prefix_len(text, self.req.stop)])
+
+    def _emit_upto(self, cand: Candidate, text: str) -> None:
         if len(text) > len(cand.text):
             self.emit(Delta(cand.index, text[len(cand.text):]))
             cand.text = text
-        if stopped:
-            cand.finish_reason, cand.total_ms = "stop", elapsed
+
+    def finish(self, cand: Candidate, reason: str, elapsed: float) -> None:
+        """End a candidate that did not hit a stop string: flush any held-back text."""
+        text = self.tok.decode(cand.tokens, skip_special_tokens=True).rstrip("\ufffd")
+        self._emit_upto(cand, text)
+        cand.finish_reason, cand.total_ms = reason, elapsed
+
+
+def _stop_prefix_len(text: str, stops: list[str]) -> int:
+    """Length of the longest end of `text` that is the start of some stop string."""
+    best = 0
+    for stop in stops:
+        for k in range(min(len(stop) - 1, len(text)), best, -1):
+            if stop.startswith(text[-k:]):
+                best = k
+                break
+    return best
 
 
 def _apply_stop(text: str, stops: list[str]) -> tuple[str, bool]:
@@ -241,8 +264,8 @@ class Engine:
                 top_k=None, **sampling, **kwargs)
         total = (time.perf_counter() - started) * 1000
         for cand in tracker.cands:
-            cand.finish_reason = cand.finish_reason or "length"
-            cand.total_ms = cand.total_ms or total
+            if cand.finish_reason in (None, "cancelled"):
+                tracker.finish(cand, cand.finish_reason or "length", total)
         return GenResult(tracker.cands, len(ids), req.adapter)
 
     async def generate(self, req: GenRequest) -> GenResult:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 
-from litestar import Router, delete, get, post
+from litestar import Response, Router, delete, get, post
 from litestar.di import Provide
 from litestar.params import FromPath
 from litestar.response import Stream
@@ -22,15 +22,15 @@ def sse(event: str, payload: dict) -> bytes:
 
 
 @post("/chat", status_code=200)
-async def chat(data: dict, user: dict, ctx: AppState) -> dict | Stream:
+async def chat(data: dict, user: dict, ctx: AppState) -> Response:
     req = check_turn(ctx, data)
     if data.get("stream"):
         prep = await prepare_turn(ctx, user, req)
         return Stream(_chat_events(ctx, prep, req.regenerate is not None),
                       media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
     prep, candidates = await run_turn(ctx, user, req)
-    return {"conversation_id": prep.conversation_id, "message": prep.user_turn,
-            "candidates": candidates}
+    return Response({"conversation_id": prep.conversation_id, "message": prep.user_turn,
+                     "candidates": candidates})
 
 
 async def _chat_events(ctx: AppState, prep: PreparedTurn,
