@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from litestar import Router, get, post
+from litestar import Response, Router, delete, get, post
 from litestar.di import Provide
-from litestar.params import FromPath
+from litestar.params import FromPath, Parameter
 
 from assistant.auth import admin_user
+from assistant.erase import erase_user
 from assistant.state import AppState
 from feedback_store import users
 from feedback_store.errors import BadRequest
+from feedback_store.training_data import export_jsonl
 
 
 @post("/users", status_code=201)
@@ -39,8 +41,21 @@ async def revoke_keys(user_id: FromPath[int], admin: dict, ctx: AppState) -> dic
     return {"id": user_id, "revoked": revoked}
 
 
+@delete("/users/{user_id:int}", status_code=200)
+async def delete_user(user_id: FromPath[int], admin: dict, ctx: AppState) -> dict:
+    return await erase_user(ctx, user_id)
+
+
+@get("/export")
+async def export(admin: dict, ctx: AppState, name: str = Parameter(query="user"),
+                 fmt: str = Parameter(query="format")) -> Response:
+    body = await ctx.store.read(export_jsonl, name, fmt)
+    return Response(body, media_type="application/jsonl", headers={
+        "Content-Disposition": f'attachment; filename="{name}-{fmt}.jsonl"'})
+
+
 admin_router = Router(
     path="/admin",
-    route_handlers=[create_user, list_users, rotate_key, revoke_keys],
+    route_handlers=[create_user, list_users, rotate_key, revoke_keys, delete_user, export],
     dependencies={"admin": Provide(admin_user)},
 )

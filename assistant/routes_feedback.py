@@ -1,0 +1,79 @@
+"""Feedback API: thumbs, pairwise comparisons, rankings, the rating guidelines, one message."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from litestar import Router, delete, get, post, put
+from litestar.di import Provide
+from litestar.params import FromPath
+
+from assistant.auth import current_user
+from assistant.state import AppState
+from feedback_store import feedback as fb
+from feedback_store.errors import BadRequest
+
+THUMBS_FIELDS = {"value", "reasons", "comment"}
+COMPARISON_FIELDS = {"message_ids", "choice", "reasons", "comment"}
+RANKING_FIELDS = {"message_ids"}
+
+
+def _only(data: dict, allowed: set[str]) -> dict:
+    """Reject unknown fields: a misspelt 'reason' must not silently drop the reasons."""
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        raise BadRequest(f"{unknown[0]}: unknown field; expected {', '.join(sorted(allowed))}")
+    return data
+
+
+def _notes(data: dict, vocabulary: Iterable[str]) -> tuple[list[str], str | None]:
+    return fb.check_reasons(data.get("reasons"), vocabulary), fb.check_comment(data.get("comment"))
+
+
+@get("/guidelines")
+async def guidelines(user: dict, ctx: AppState) -> dict:
+    f = ctx.config.feedback
+    return {"criterion": f.criterion, "guidelines": f.guidelines.strip(),
+            "reasons_up": list(f.reasons_up), "reasons_down": list(f.reasons_down),
+            "compare_every": f.compare_every}
+
+
+@get("/messages/{message_id:int}")
+async def get_message(message_id: FromPath[int], user: dict, ctx: AppState) -> dict:
+    return await ctx.store.read(fb.message_view, user["id"], message_id)
+
+
+@put("/messages/{message_id:int}/thumbs")
+async def put_thumbs(message_id: FromPath[int], data: dict, user: dict, ctx: AppState) -> dict:
+    value = fb.check_thumb_value(_only(data, THUMBS_FIELDS).get("value"))
+    # An up vote takes the "up" reasons and a down vote the "down" ones: a down vote
+    # "because helpful" would teach the reward model the opposite of what was meant.
+    f = ctx.config.feedback
+    reasons, comment = _notes(data, f.reasons_up if value == "up" else f.reasons_down)
+    return await ctx.store.write(fb.set_thumbs, user["id"], message_id, value, reasons, comment)
+
+
+@delete("/messages/{message_id:int}/thumbs")
+async def delete_thumbs(message_id: FromPath[int], user: dict, ctx: AppState) -> None:
+    await ctx.store.write(fb.clear_thumbs, user["id"], message_id)
+
+
+@post("/comparisons", status_code=200)
+async def post_comparison(data: dict, user: dict, ctx: AppState) -> dict:
+    reasons, comment = _notes(_only(data, COMPARISON_FIELDS), ctx.config.feedback.reasons)
+    return await ctx.store.write(fb.compare, user["id"], data.get("message_ids"),
+                                 data.get("choice"), reasons, comment)
+
+
+@post("/rankings", status_code=200)
+async def post_ranking(data: dict, user: dict, ctx: AppState) -> dict:
+    ids = _only(data, RANKING_FIELDS).get("message_ids")
+    return await ctx.store.write(fb.rank, user["id"], ids)
+
+
+feedback_router = Router(
+    path="/api",
+    route_handlers=[guidelines, get_message, put_thumbs, delete_thumbs, post_comparison,
+                    post_ranking],
+    dependencies={"user": Provide(current_user)},
+)

@@ -1,0 +1,97 @@
+"""The caller's own account: summary, key rotation, full data export, erasure."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from litestar import Router, delete, get, post
+from litestar.di import Provide
+from sqlite_utils import Database
+
+from assistant.auth import current_user
+from assistant.erase import erase_user
+from assistant.state import AppState
+from feedback_store import conversations as conv
+from feedback_store import feedback as fb
+from feedback_store import users
+from feedback_store.training_data import FORMATS, training_rows
+
+T = TypeVar("T")
+USER_FIELDS = ("id", "name", "role", "created_at", "current_version")
+RUN_FIELDS = ("id", "status", "created_at", "finished_at", "adapter_version", "error")
+
+
+def _adapter(db: Database, user_id: int, version: int | None) -> dict | None:
+    rows = list(db["adapter_versions"].rows_where("user_id = ? and version = ?",
+                                                  [user_id, version]))
+    return {"version": version, "created_at": rows[0]["created_at"]} if rows else None
+
+
+def _last_run(db: Database, user_id: int) -> dict | None:
+    rows = list(db["training_runs"].rows_where("user_id = ?", [user_id],
+                                               order_by="id desc", limit=1))
+    return {k: rows[0][k] for k in RUN_FIELDS} if rows else None
+
+
+def me_summary(db: Database, user_id: int) -> dict:
+    user = users.get_user(db, user_id)
+    return {**{k: user[k] for k in USER_FIELDS}, "counts": fb.counts(db, user_id),
+            "adapter": _adapter(db, user_id, user["current_version"]),
+            "last_training_run": _last_run(db, user_id),
+            "reward_head": None}  # filled by the reward-head work
+
+
+def _snapshot(db: Database, fn: Callable[..., T], *args: Any) -> T:
+    """Run several reads in one read transaction so an export is self-consistent."""
+    db.execute("BEGIN")
+    try:
+        return fn(db, *args)
+    finally:
+        db.execute("COMMIT")
+
+
+def export_user(db: Database, user_id: int) -> dict:
+    """Everything stored about the caller (API key hashes excepted: they are credentials)."""
+    user = users.get_user(db, user_id)
+    conversations = [conv.conversation_detail(db, user_id, c["id"])
+                     for c in conv.list_conversations(db, user_id)]
+    mine = "user_id = ?"
+    return {
+        "user": {k: user[k] for k in USER_FIELDS},
+        "conversations": conversations,
+        "feedback_events": fb.events(db, user_id),
+        "thumbs": fb.all_thumbs(db, user_id),
+        "comparisons": fb.comparisons(db, user_id),
+        "rankings": fb.rankings(db, user_id),
+        "training_data": {fmt: training_rows(db, user_id, fmt) for fmt in FORMATS},
+        "adapter_versions": list(db["adapter_versions"].rows_where(mine, [user_id])),
+        "training_runs": list(db["training_runs"].rows_where(mine, [user_id])),
+    }
+
+
+@get("/me")
+async def me(user: dict, ctx: AppState) -> dict:
+    return await ctx.store.read(me_summary, user["id"])
+
+
+@post("/me/rotate-key", status_code=200)
+async def rotate_key(user: dict, ctx: AppState) -> dict:
+    return {"id": user["id"], "api_key": await ctx.store.write(users.rotate_key, user["id"])}
+
+
+@get("/me/export")
+async def export(user: dict, ctx: AppState) -> dict:
+    return await ctx.store.read(_snapshot, export_user, user["id"])
+
+
+@delete("/me", status_code=200)
+async def erase_me(user: dict, ctx: AppState) -> dict:
+    return await erase_user(ctx, user["id"])
+
+
+me_router = Router(
+    path="/api",
+    route_handlers=[me, rotate_key, export, erase_me],
+    dependencies={"user": Provide(current_user)},
+)

@@ -1,0 +1,177 @@
+"""Training rows in TRL's two standard conversational formats, from CURRENT feedback.
+
+Training and export both call `training_rows`, so what a person downloads is exactly what
+their adapter and reward head learn from:
+
+- "preference" (DPO, reward modelling): {"prompt", "chosen", "rejected"} from comparisons
+  (a/b only), every ordered pair of a ranking, and an up and a down on two candidates of
+  one turn;
+- "unpaired" (KTO): {"prompt", "completion", "label"} from thumbs and from comparisons
+  (winner true, loser false).
+
+Feedback on messages whose conversation was deleted is skipped.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from itertools import combinations
+
+from sqlite_utils import Database
+
+from feedback_store import conversations as conv
+from feedback_store.errors import BadRequest
+from feedback_store.users import get_user_by_name
+
+FORMATS = ("preference", "unpaired")
+
+
+@dataclass
+class _Pair:
+    chosen: int
+    rejected: int
+    event_ids: list[int] = field(default_factory=list)
+
+
+@dataclass
+class _Label:
+    message: int
+    label: bool
+    event_ids: list[int] = field(default_factory=list)
+
+
+def check_format(fmt: object) -> str:
+    if fmt not in FORMATS:
+        raise BadRequest(f"format: must be one of {', '.join(FORMATS)}; got {fmt!r}")
+    return str(fmt)
+
+
+def training_rows(db: Database, user_id: int, fmt: str, with_ids: bool = False) -> list[dict]:
+    """The user's training rows in `fmt`; with_ids adds message and event ids for training."""
+    check_format(fmt)
+    lookup = _Lookup(db, user_id)
+    if fmt == "preference":
+        rows = [_preference_row(lookup, p, with_ids) for p in _pairs(db, user_id)]
+    else:
+        rows = [_unpaired_row(lookup, x, with_ids) for x in _labels(db, user_id)]
+    return [r for r in rows if r is not None]
+
+
+# ---- what the feedback says --------------------------------------------------------------
+
+def _comparison_outcomes(db: Database, user_id: int) -> list[tuple[int, int, int]]:
+    """(winner, loser, event_id) of each current a/b comparison (ties say nothing)."""
+    out = []
+    for c in db["comparisons"].rows_where("user_id = ? and choice in ('a', 'b')", [user_id],
+                                          order_by="id"):
+        a, b = c["message_a"], c["message_b"]
+        out.append((a, b, c["event_id"]) if c["choice"] == "a" else (b, a, c["event_id"]))
+    return out
+
+
+def _thumbs(db: Database, user_id: int) -> list[dict]:
+    return list(db.query(
+        "select t.message_id, t.value, t.event_id, m.candidate_group from thumbs t "
+        "join messages m on m.id = t.message_id and m.user_id = t.user_id "
+        "where t.user_id = ? order by m.candidate_group, t.message_id", [user_id]))
+
+
+def _pairs(db: Database, user_id: int) -> list[_Pair]:
+    pairs = [_Pair(w, lose, [e]) for w, lose, e in _comparison_outcomes(db, user_id)]
+    for r in db["rankings"].rows_where("user_id = ?", [user_id], order_by="id"):
+        order = json.loads(r["message_ids"])
+        pairs += [_Pair(hi, lo, [r["event_id"]]) for hi, lo in combinations(order, 2)]
+    thumbs = _thumbs(db, user_id)
+    pairs += [_Pair(u["message_id"], d["message_id"], [u["event_id"], d["event_id"]])
+              for u in thumbs if u["value"] == "up"
+              for d in thumbs if d["value"] == "down"
+              and d["candidate_group"] == u["candidate_group"]]
+    return _merge(pairs, lambda p: (p.chosen, p.rejected))
+
+
+def _labels(db: Database, user_id: int) -> list[_Label]:
+    labels = [_Label(t["message_id"], t["value"] == "up", [t["event_id"]])
+              for t in _thumbs(db, user_id)]
+    for winner, loser, event_id in _comparison_outcomes(db, user_id):
+        labels += [_Label(winner, True, [event_id]), _Label(loser, False, [event_id])]
+    return _merge(labels, lambda x: (x.message, x.label))
+
+
+def _merge(items: list, key) -> list:
+    """One row per key (the same pair from a comparison and a ranking counts once),
+    keeping every event that supports it."""
+    merged: dict = {}
+    for item in items:
+        if key(item) in merged:
+            merged[key(item)].event_ids += item.event_ids
+        else:
+            merged[key(item)] = item
+    for item in merged.values():
+        item.event_ids = sorted(set(item.event_ids))
+    return list(merged.values())
+
+
+# ---- rendering rows -----------------------------------------------------------------------
+
+class _Lookup:
+    """The user's messages and turn prompts, each read once per call."""
+
+    def __init__(self, db: Database, user_id: int) -> None:
+        self.db, self.user_id = db, user_id
+        self.messages: dict[int, dict | None] = {}
+        self.prompts: dict[int, list[dict]] = {}
+
+    def message(self, message_id: int) -> dict | None:
+        if message_id not in self.messages:
+            rows = list(self.db["messages"].rows_where("id = ? and user_id = ?",
+                                                       [message_id, self.user_id]))
+            self.messages[message_id] = rows[0] if rows else None
+        return self.messages[message_id]
+
+    def prompt(self, turn_id: int) -> list[dict]:
+        """System message, then the turns up to this user turn along its parent links,
+        i.e. the exact context the candidates were generated from."""
+        if turn_id not in self.prompts:
+            turn = self.db["messages"].get(turn_id)
+            conversation = self.db["conversations"].get(turn["conversation_id"])
+            chat = [{"role": m["role"], "content": m["content"]}
+                    for m in conv.history(self.db, turn["conversation_id"], turn_id)]
+            if conversation["system"]:
+                chat.insert(0, {"role": "system", "content": conversation["system"]})
+            self.prompts[turn_id] = chat
+        return self.prompts[turn_id]
+
+
+def _answer(message: dict) -> list[dict]:
+    return [{"role": "assistant", "content": message["content"]}]
+
+
+def _preference_row(lookup: _Lookup, pair: _Pair, with_ids: bool) -> dict | None:
+    chosen, rejected = lookup.message(pair.chosen), lookup.message(pair.rejected)
+    if chosen is None or rejected is None:
+        return None
+    row = {"prompt": lookup.prompt(chosen["candidate_group"]), "chosen": _answer(chosen),
+           "rejected": _answer(rejected)}
+    if with_ids:
+        row.update(chosen_id=pair.chosen, rejected_id=pair.rejected, event_ids=pair.event_ids)
+    return row
+
+
+def _unpaired_row(lookup: _Lookup, item: _Label, with_ids: bool) -> dict | None:
+    message = lookup.message(item.message)
+    if message is None:
+        return None
+    row = {"prompt": lookup.prompt(message["candidate_group"]), "completion": _answer(message),
+           "label": item.label}
+    if with_ids:
+        row.update(message_id=item.message, event_ids=item.event_ids)
+    return row
+
+
+def export_jsonl(db: Database, user_name: str, fmt: str) -> str:
+    """One user's rows (looked up by name) as JSON Lines, for the admin export."""
+    check_format(fmt)
+    user = get_user_by_name(db, user_name)
+    return "".join(json.dumps(row, ensure_ascii=False) + "\n"
+                   for row in training_rows(db, user["id"], fmt))
