@@ -15,6 +15,7 @@ from assistant.config import Config
 from assistant.engine import Engine
 from assistant.routes_admin import admin_router
 from assistant.routes_chat import chat_router
+from assistant.scheduler import TrainingScheduler
 from assistant.state import AppState
 from feedback_store.db import Store
 from feedback_store.errors import AssistantError
@@ -89,6 +90,7 @@ def create_app(config: Config, engine: Engine, store: Store | None = None) -> Li
     store = store or Store(config.db_path)
     state = AppState(config=config, store=store, engine=engine)
     state.admin_user_id = ensure_admin_identity(store, config)
+    state.scheduler = TrainingScheduler(config, store)
 
     def shutdown() -> None:
         if state.scheduler is not None:
@@ -101,6 +103,7 @@ def create_app(config: Config, engine: Engine, store: Store | None = None) -> Li
         dependencies={"ctx": Provide(lambda: state, sync_to_thread=False)},
         exception_handlers={AssistantError: handle_assistant_error,
                             HTTPException: handle_http_error, Exception: handle_unexpected},
+        on_startup=[state.scheduler.start],
         on_shutdown=[shutdown],
         debug=False,
     )

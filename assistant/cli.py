@@ -6,9 +6,9 @@ import argparse
 import sys
 
 from assistant.config import Config, load_config
+from feedback_store import users
 from feedback_store.db import open_db
 from feedback_store.errors import AssistantError
-from feedback_store import users
 
 
 def build_engine(config: Config):

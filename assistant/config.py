@@ -256,3 +256,21 @@ def validate(c: Config) -> None:
     _check(t.kl_beta >= 0, "training.kl_beta", t.kl_beta, "must be 0 or more")
     _check(c.scheduler.interval_seconds >= 1, "scheduler.interval_seconds",
            c.scheduler.interval_seconds, "must be at least 1")
+
+
+def to_dict(config: Config) -> dict:
+    """The effective configuration as plain data (for a worker process to reuse)."""
+    out = dataclasses.asdict(config)
+    out["source"] = str(config.source)
+    return out
+
+
+def from_dict(data: dict) -> Config:
+    """Rebuild a Config saved by to_dict, validating it again."""
+    sections = {}
+    for f in dataclasses.fields(Config):
+        if f.name != "source":
+            sections[f.name] = _build_section(f.name, f.default_factory(), data[f.name], {})
+    config = Config(**sections, source=Path(data["source"]))
+    validate(config)
+    return config

@@ -223,11 +223,14 @@ class Engine:
         self.loaded[ref.name] = ref
 
     def _unload(self, name: str) -> None:
-        # PEFT cannot delete its last adapter; the cache keeps at least one anyway.
         if len(self.loaded) > 1:
             self.model.delete_adapter(name)
-            del self.loaded[name]
-            self.stats["evictions"] += 1
+        else:
+            # PEFT cannot delete its last adapter: remove the LoRA layers altogether.
+            self.model = self.model.unload()
+            self.model = self.base_model
+        del self.loaded[name]
+        self.stats["evictions"] += 1
 
     def _evict_older_versions(self, ref: AdapterRef) -> None:
         """A promoted version replaces the user's older ones in memory."""

@@ -56,6 +56,13 @@ def delete_conversation(db: Database, user_id: int, conversation_id: int) -> Non
     ids = "select id from messages where conversation_id = ?"
     db.execute(f"delete from features where message_id in ({ids})", [conversation_id])
     db.execute(f"delete from thumbs where message_id in ({ids})", [conversation_id])
+    db.execute(f"delete from comparisons where message_a in ({ids})", [conversation_id])
+    db.execute(f"delete from rankings where event_id in (select id from feedback_events where "
+               f"exists (select 1 from json_each(message_ids) where value in ({ids})))",
+               [conversation_id])
+    # The event log goes too: deleting a conversation deletes what was said about it.
+    db.execute("delete from feedback_events where exists (select 1 from json_each(message_ids) "
+               f"where value in ({ids}))", [conversation_id])
     db.execute("delete from messages where conversation_id = ?", [conversation_id])
     db.execute("delete from conversations where id = ?", [conversation_id])
 

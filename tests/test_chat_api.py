@@ -108,3 +108,21 @@ def test_malformed_json_is_400(live_server, alice):
     assert r.status_code == 400
     r = httpx.post(f"{live_server.url}/api/chat", headers=alice, content=b"[1, 2]")
     assert 400 <= r.status_code < 500
+
+
+def test_deleting_a_conversation_deletes_its_feedback(live_server, alice):
+    body = chat(live_server, alice, content="rate me", n=2, max_tokens=3).json()
+    a, b = (c["id"] for c in body["candidates"])
+    url = live_server.url
+    httpx.put(f"{url}/api/messages/{a}/thumbs", headers=alice, json={"value": "up"})
+    httpx.post(f"{url}/api/comparisons", headers=alice,
+               json={"message_ids": [a, b], "choice": "b"})
+    httpx.post(f"{url}/api/rankings", headers=alice, json={"message_ids": [b, a]})
+    import sqlite3
+
+    db = sqlite3.connect(live_server.config.db_path)
+    count = "select (select count(*) from thumbs) + (select count(*) from comparisons) + " \
+            "(select count(*) from rankings) + (select count(*) from feedback_events)"
+    assert db.execute(count).fetchone()[0] == 6
+    httpx.delete(f"{url}/api/conversations/{body['conversation_id']}", headers=alice)
+    assert db.execute(count).fetchone()[0] == 0

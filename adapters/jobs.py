@@ -1,0 +1,226 @@
+"""One training run for one user: features -> reward head -> RL -> gate -> promote.
+
+Everything here takes its settings as arguments (the assistant reads config.toml) and works
+on a plain sqlite-utils Database owned by the worker process. A run that raises leaves the
+user's current version untouched: a version directory is written (atomically) and made
+current only after the gate passes.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from adapters import registry
+from adapters.features import compute_features, ensure_features
+from adapters.gate import GateSettings, decide, evaluate
+from adapters.policy import PolicySettings, train_policy
+from adapters.reward_head import (
+    HeadSettings,
+    RewardHead,
+    cross_val_accuracy,
+    fit_head,
+    save_head_version,
+)
+from feedback_store.errors import TrainingError
+from feedback_store.feedback import mark_events_used, new_events
+from feedback_store.training_data import training_rows
+from feedback_store.users import get_user
+
+Log = Callable[[str], None]
+GLOBAL_HEADS = "_global"     # adapters_dir/_global/reward/<version>: the shared prior
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    head: HeadSettings = field(default_factory=HeadSettings)
+    policy: PolicySettings = field(default_factory=PolicySettings)
+    gate: GateSettings = field(default_factory=GateSettings)
+    heldout_frac: float = 0.25
+    public_prompts: tuple[str, ...] = ()     # operator-supplied prompt texts, never users'
+    min_prompts: int = 2
+
+
+@dataclass
+class Timer:
+    seconds: dict = field(default_factory=dict)
+
+    def phase(self, name: str, started: float) -> None:
+        self.seconds[name] = round(time.perf_counter() - started, 2)
+
+
+# ---- reward head --------------------------------------------------------------------------
+
+def _items(rows: list[dict]) -> dict[int, tuple[list[dict], str]]:
+    """(prompt messages, answer text) per rated message id, for feature extraction."""
+    items = {}
+    for r in rows:
+        if "chosen_id" in r:
+            items[r["chosen_id"]] = (r["prompt"], r["chosen"][0]["content"])
+            items[r["rejected_id"]] = (r["prompt"], r["rejected"][0]["content"])
+        else:
+            items[r["message_id"]] = (r["prompt"], r["completion"][0]["content"])
+    return items
+
+
+@dataclass
+class HeadData:
+    chosen: np.ndarray      # (P, D)
+    rejected: np.ndarray    # (P, D)
+    thumbs: np.ndarray      # (T, D)
+    labels: np.ndarray      # (T,)
+
+    def __len__(self) -> int:
+        return len(self.chosen) + len(self.thumbs)
+
+
+def head_data(db, base, user_id: int) -> HeadData:
+    """The user's current feedback as feature matrices (features cached per message)."""
+    pref = training_rows(db, user_id, "preference", with_ids=True)
+    # Thumbs only: comparison winners/losers already enter as pairs.
+    unpaired = [r for r in training_rows(db, user_id, "unpaired", with_ids=True)
+                if _is_thumb(db, user_id, r["message_id"])]
+    feats = ensure_features(db, base.model, base.tokenizer, base.base_id,
+                            _items(pref + unpaired))
+    dim = next(iter(feats.values())).size if feats else 0
+
+    def stack(ids: list[int]) -> np.ndarray:
+        return np.stack([feats[i] for i in ids]) if ids else np.zeros((0, dim), np.float32)
+
+    return HeadData(stack([r["chosen_id"] for r in pref]),
+                    stack([r["rejected_id"] for r in pref]),
+                    stack([r["message_id"] for r in unpaired]),
+                    np.array([float(r["label"]) for r in unpaired]))
+
+
+def _is_thumb(db, user_id: int, message_id: int) -> bool:
+    return bool(db["thumbs"].count_where("user_id = ? and message_id = ?",
+                                         [user_id, message_id]))
+
+
+def fit_global(db, base, adapters_dir: Path, settings: HeadSettings) -> RewardHead | None:
+    """The consensus head over every user's feedback (the one place feedback is pooled)."""
+    if not settings.shared_prior:
+        return None
+    data = [head_data(db, base, u["id"]) for u in db["users"].rows]
+    data = [d for d in data if len(d)]
+    if not data:
+        return None
+    head = fit_head(np.concatenate([d.chosen for d in data]),
+                    np.concatenate([d.rejected for d in data]),
+                    np.concatenate([d.thumbs for d in data]),
+                    np.concatenate([d.labels for d in data]), settings)
+    save_head_version(db, adapters_dir / GLOBAL_HEADS / "reward", None, head,
+                      {"users": len(data)}, base.base_id)
+    return head
+
+
+def fit_user_head(db, base, adapters_dir: Path, user: dict, settings: HeadSettings,
+                  log: Log) -> RewardHead:
+    data = head_data(db, base, user["id"])
+    if not len(data):
+        raise TrainingError(f"user {user['name']!r} has no usable feedback yet")
+    prior = fit_global(db, base, adapters_dir, settings)
+    head = fit_head(data.chosen, data.rejected, data.thumbs, data.labels, settings, prior)
+    cv = cross_val_accuracy(data.chosen, data.rejected, data.thumbs, data.labels,
+                            settings, prior)
+    metrics = {"cv_accuracy": cv, "n_pairs": len(data.chosen), "n_thumbs": len(data.thumbs),
+               "prior": prior is not None}
+    version = save_head_version(db, adapters_dir / user["name"] / "reward", user["id"], head,
+                                metrics, base.base_id)
+    log(f"reward head v{version}: {len(data.chosen)} pairs, {len(data.thumbs)} thumbs, "
+        f"cv accuracy {cv if cv is None else round(cv, 3)}")
+    return head
+
+
+# ---- prompts ---------------------------------------------------------------------------------
+
+def user_prompts(db, user_id: int) -> list[list[dict]]:
+    """The user's own prompts: each of their turns with the history before it."""
+    from feedback_store.conversations import history
+
+    turns = db["messages"].rows_where("user_id = ? and role = 'user'", [user_id], order_by="id")
+    return [[{"role": m["role"], "content": m["content"]}
+             for m in history(db, t["conversation_id"], t["id"])] for t in turns]
+
+
+def split_prompts(prompts: list[list[dict]], heldout_frac: float,
+                  seed: int) -> tuple[list, list]:
+    """Shuffle and hold out a share (at least one) for the gate."""
+    if len(prompts) < 2:
+        raise TrainingError(f"need at least 2 prompts to train and evaluate, got {len(prompts)}")
+    order = list(prompts)
+    random.Random(seed).shuffle(order)
+    k = max(1, round(len(order) * heldout_frac))
+    return order[k:], order[:k]
+
+
+def reward_function(base, head: RewardHead) -> Callable[[list[list[dict]], list[str]], list]:
+    """Score completions with the user's head on frozen base features (adapters disabled)."""
+    def score(prompts: list[list[dict]], completions: list[str]) -> list[float]:
+        X = compute_features(base.model, base.tokenizer, list(zip(prompts, completions,
+                                                                  strict=True)))
+        return head.score(X).tolist()
+    return score
+
+
+# ---- the run ---------------------------------------------------------------------------------
+
+def execute_run(db, base, adapters_dir: Path, run: dict, settings: RunSettings,
+                log: Log = print, progress: Callable[[dict], None] | None = None) -> dict:
+    """Train, evaluate and maybe promote; returns the run's outcome (status, metrics...)."""
+    timer = Timer()
+    user = get_user(db, run["user_id"])
+    events = [e["id"] for e in new_events(db, user["id"])]
+    t = time.perf_counter()
+    head = fit_user_head(db, base, adapters_dir, user, settings.head, log)
+    timer.phase("reward_head", t)
+    prompts = user_prompts(db, user["id"]) + [[{"role": "user", "content": p}]
+                                              for p in settings.public_prompts]
+    train, heldout = split_prompts(prompts, settings.heldout_frac, settings.policy.seed)
+    reward_fn = reward_function(base, head)
+    current = registry.current_path(db, adapters_dir, user)
+    t = time.perf_counter()
+    policy, steps = train_policy(base.model, base.tokenizer, train, reward_fn, settings.policy,
+                                 init_adapter=current, progress=progress)
+    timer.phase("rl", t)
+    try:
+        outcome = _gate_and_save(db, base, adapters_dir, user, policy, current, heldout,
+                                 reward_fn, settings, timer, log)
+    finally:
+        base.model = policy.unload()        # the shared base without LoRA layers again
+    mark_events_used(db, user["id"], events, run["id"])
+    outcome["metrics"].update(steps=steps, seconds=timer.seconds, events_used=len(events))
+    outcome["events_used"] = len(events)
+    return outcome
+
+
+def _gate_and_save(db, base, adapters_dir, user, policy, current, heldout, reward_fn,
+                   settings: RunSettings, timer: Timer, log: Log) -> dict:
+    t = time.perf_counter()
+    current_name = None
+    if current is not None:
+        policy.load_adapter(str(current), adapter_name="current")
+        current_name = "current"
+    gate = evaluate(policy, base.tokenizer, "default", current_name, heldout, reward_fn,
+                    settings.gate)
+    promote, reason = decide(gate, settings.gate)
+    timer.phase("gate", t)
+    log(f"gate: {reason}")
+    metrics = {"gate": gate, "decision": reason}
+    if not promote:
+        return {"status": "rejected", "metrics": metrics, "adapter_version": None}
+    if current_name:
+        policy.delete_adapter(current_name)
+    meta = {"base_id": base.base_id, "training_config": {
+        "policy": asdict(settings.policy), "head": asdict(settings.head),
+        "gate": asdict(settings.gate)}, "metrics": metrics}
+    version = registry.save_version(db, adapters_dir, user, policy, meta)
+    registry.promote(db, user["id"], version)
+    log(f"promoted version {version}")
+    return {"status": "succeeded", "metrics": metrics, "adapter_version": version}

@@ -1,0 +1,49 @@
+"""From config.toml's [reward] and [training] sections to the adapters' settings objects."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from assistant.config import Config
+from feedback_store.errors import ConfigError
+
+
+def public_prompts(path: str, base: Path) -> tuple[str, ...]:
+    """Operator-supplied prompts: JSONL with {"prompt": str} or plain text, one per line."""
+    if not path:
+        return ()
+    import json
+
+    file = Path(path) if Path(path).is_absolute() else base / path
+    if not file.exists():
+        raise ConfigError(f"training.public_prompts = {path!r}: no such file")
+    prompts = []
+    for line in file.read_text().splitlines():
+        line = line.strip()
+        if line:
+            prompts.append(json.loads(line)["prompt"] if line.startswith("{") else line)
+    return tuple(prompts)
+
+
+def run_settings(config: Config):
+    from adapters.gate import GateSettings
+
+    from adapters.jobs import RunSettings
+    from adapters.policy import PolicySettings
+    from adapters.reward_head import HeadSettings
+
+    t, r = config.training, config.reward
+    return RunSettings(
+        head=HeadSettings(shared_prior=r.shared_prior, prior_strength=r.prior_strength,
+                          l2=r.l2, thumbs_weight=r.thumbs_weight),
+        policy=PolicySettings(lora_r=t.lora_r, lora_alpha=t.lora_alpha,
+                              lora_dropout=t.lora_dropout, learning_rate=t.learning_rate,
+                              steps=t.steps, group_size=t.group_size,
+                              prompts_per_step=t.prompts_per_step,
+                              max_completion_tokens=t.max_completion_tokens,
+                              kl_beta=t.kl_beta),
+        gate=GateSettings(promote_margin=t.promote_margin, kl_budget=t.kl_budget,
+                          max_completion_tokens=t.max_completion_tokens),
+        heldout_frac=t.heldout_frac,
+        public_prompts=public_prompts(t.public_prompts, config.source.parent),
+    )

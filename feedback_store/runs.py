@@ -1,0 +1,147 @@
+"""Training runs as a durable queue: queued -> running -> succeeded | rejected | failed.
+
+The queue lives in SQLite so queued runs survive a restart; a run left `running` by a process
+that died is marked `failed` (the user's previous adapter keeps serving).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from sqlite_utils import Database
+
+from feedback_store.clock import now
+from feedback_store.errors import BadRequest, NotFound
+
+ACTIVE = ("queued", "running")
+FINAL = ("succeeded", "rejected", "failed")
+LOG_TAIL_CHARS = 4000
+
+
+def new_event_count(db: Database, user_id: int) -> int:
+    return db["feedback_events"].count_where(
+        "user_id = ? and training_run_id is null", [user_id])
+
+
+def active_run(db: Database, user_id: int) -> dict | None:
+    rows = list(db["training_runs"].rows_where(
+        "user_id = ? and status in ('queued', 'running')", [user_id], order_by="id", limit=1))
+    return rows[0] if rows else None
+
+
+def enqueue(db: Database, user_id: int, force: bool, requested_by: str) -> dict:
+    """Queue a run for the user, or return the one already queued or running."""
+    existing = active_run(db, user_id)
+    if existing:
+        return existing
+    run_id = db["training_runs"].insert({
+        "user_id": user_id, "status": "queued", "force": int(force),
+        "requested_by": requested_by, "created_at": now(),
+    }).last_pk
+    return get_run(db, run_id)
+
+
+def request_training(db: Database, user_name: str | None, force: bool, min_new_events: int,
+                     requested_by: str) -> list[dict]:
+    """Queue runs for one named user or for every due user; `force` ignores the minimum
+    (but a user still needs some feedback: a reward head cannot learn from nothing)."""
+    from feedback_store.users import get_user_by_name
+
+    if user_name is not None:
+        user = get_user_by_name(db, user_name)
+        count = new_event_count(db, user["id"])
+        if not force and count < min_new_events:
+            raise BadRequest(f"user {user_name!r} has {count} new feedback events; training "
+                             f"needs at least {min_new_events} (or force)")
+        return [enqueue(db, user["id"], force, requested_by)]
+    due = due_users(db, 1 if force else min_new_events)
+    return [enqueue(db, u["id"], force, requested_by) for u in due]
+
+
+def due_users(db: Database, min_new_events: int) -> list[dict]:
+    """Users with at least `min_new_events` unconsumed events and no active run."""
+    return list(db.query(
+        "select u.*, count(e.id) as new_events from users u "
+        "join feedback_events e on e.user_id = u.id and e.training_run_id is null "
+        "where not exists (select 1 from training_runs r where r.user_id = u.id "
+        "and r.status in ('queued', 'running')) "
+        "group by u.id having count(e.id) >= ? order by u.id", [min_new_events]))
+
+
+def get_run(db: Database, run_id: int) -> dict:
+    rows = list(db.query(
+        "select r.*, u.name as user_name from training_runs r "
+        "left join users u on u.id = r.user_id where r.id = ?", [run_id]))
+    if not rows:
+        raise NotFound(f"training run {run_id} not found")
+    return _decode(rows[0])
+
+
+def list_runs(db: Database, user_id: int | None = None, limit: int = 100) -> list[dict]:
+    where, args = ("where r.user_id = ?", [user_id]) if user_id is not None else ("", [])
+    rows = db.query(
+        "select r.*, u.name as user_name from training_runs r left join users u "
+        f"on u.id = r.user_id {where} order by r.id desc limit ?", [*args, limit])
+    return [_decode(r) for r in rows]
+
+
+def _decode(row: dict) -> dict:
+    row = dict(row)
+    row["metrics"] = json.loads(row["metrics"]) if row.get("metrics") else None
+    row["force"] = bool(row.get("force"))
+    return row
+
+
+def claim_next(db: Database, pid: int) -> dict | None:
+    """Take the oldest queued run and mark it running by this process."""
+    rows = list(db["training_runs"].rows_where("status = 'queued'", order_by="id", limit=1))
+    if not rows:
+        return None
+    db["training_runs"].update(rows[0]["id"], {"status": "running", "started_at": now(),
+                                               "pid": pid})
+    return get_run(db, rows[0]["id"])
+
+
+def finish(db: Database, run_id: int, status: str, metrics: dict | None = None,
+           log_tail: str = "", error: str | None = None,
+           adapter_version: int | None = None, events_used: int | None = None) -> None:
+    if status not in FINAL:
+        raise ValueError(f"not a final status: {status}")
+    update = {"status": status, "finished_at": now(), "error": error,
+              "adapter_version": adapter_version, "events_used": events_used}
+    if metrics is not None:         # a failed run keeps the progress it recorded
+        update["metrics"] = json.dumps(metrics, default=float)
+    if log_tail:
+        update["log_tail"] = log_tail[-LOG_TAIL_CHARS:]
+    db["training_runs"].update(run_id, update)
+
+
+def update_progress(db: Database, run_id: int, metrics: dict, log_tail: str) -> None:
+    db["training_runs"].update(run_id, {"metrics": json.dumps(metrics, default=float),
+                                        "log_tail": log_tail[-LOG_TAIL_CHARS:]})
+
+
+def _alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def fail_orphans(db: Database) -> list[int]:
+    """Runs marked running whose process is gone become failed."""
+    orphans = [r["id"] for r in db["training_runs"].rows_where("status = 'running'")
+               if not _alive(r["pid"])]
+    for run_id in orphans:
+        finish(db, run_id, "failed", error="the training process died before finishing")
+    return orphans
+
+
+def has_queued(db: Database) -> bool:
+    return bool(db["training_runs"].count_where("status = 'queued'"))
