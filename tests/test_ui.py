@@ -1,0 +1,468 @@
+"""The web UI in a real browser (Playwright + Debian chromium, headless) against a live server.
+
+Deterministic answers come from replacing the engine's generate_sync with a scripted one
+(`scripted_answers`): it streams fixed text through the real streaming path (engine.stream,
+SSE, fetch reader), so only the model is fake. Screenshots go to test-artifacts/screenshots/.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from assistant.engine import Candidate, Delta, GenResult
+
+ROOT = Path(__file__).resolve().parent.parent
+SHOTS = ROOT / "test-artifacts" / "screenshots"
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run"]
+WIDE, NARROW = {"width": 1280, "height": 820}, {"width": 375, "height": 760}
+TIMEOUT = 20_000
+
+
+@pytest.fixture(scope="module")
+def browser():
+    pw = pytest.importorskip("playwright.sync_api")
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: the UI tests need Debian's chromium")
+    with pw.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def new_page(browser):
+    """new_page(viewport) -> a page in a fresh context (own localStorage); closed afterwards."""
+    contexts = []
+
+    def make(viewport=WIDE):
+        ctx = browser.new_context(viewport=viewport, accept_downloads=True)
+        ctx.set_default_timeout(TIMEOUT)
+        contexts.append(ctx)
+        page = ctx.new_page()
+        errors = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.js_errors = errors
+        return page
+
+    yield make
+    for ctx in contexts:
+        ctx.close()
+
+
+def shot(page, name: str) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.wait_for_timeout(150)          # let transitions settle
+    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=False)
+
+
+def sign_in(page, live, key: str) -> None:
+    page.goto(live.url + "/")
+    page.fill("#api-key", key)
+    page.press("#api-key", "Enter")
+    page.wait_for_selector("#prompt")
+
+
+def db_rows(live, sql: str, args=()) -> list[dict]:
+    con = sqlite3.connect(live.config.db_path)
+    con.row_factory = sqlite3.Row
+    try:
+        return [dict(r) for r in con.execute(sql, args)]
+    finally:
+        con.close()
+
+
+def wait_rows(live, sql: str, args=(), timeout=10.0) -> list[dict]:
+    deadline = time.time() + timeout
+    while True:
+        rows = db_rows(live, sql, args)
+        if rows or time.time() > deadline:
+            return rows
+        time.sleep(0.1)
+
+
+def scripted_answers(live, answers: list[str], delay: float = 0.0) -> None:
+    """Make the engine stream `answers[i]` as candidate i, word by word, honouring cancel."""
+    engine = live.state.engine
+
+    def generate_sync(req, emit=lambda d: None, cancel=None):
+        cancel = cancel or threading.Event()
+        cands = []
+        for i in range(req.n):
+            cand = Candidate(index=i, first_token_ms=1.0)
+            for piece in re.findall(r"\S+\s*|\s+", answers[i % len(answers)]):
+                if cancel.is_set():
+                    cand.finish_reason = "cancelled"
+                    break
+                emit(Delta(i, piece))
+                cand.text += piece
+                cand.tokens.append(0)
+                if delay:
+                    time.sleep(delay)
+            cand.finish_reason = cand.finish_reason or "stop"
+            cand.total_ms = 5.0
+            cands.append(cand)
+        return GenResult(cands, 3, req.adapter)
+
+    engine.generate_sync = generate_sync
+
+
+def send(page, text: str) -> None:
+    page.fill("#prompt", text)
+    page.press("#prompt", "Enter")
+
+
+def wait_answer_done(page) -> None:
+    page.wait_for_selector(".btn-stop", state="hidden")
+    page.wait_for_selector(".live", state="detached")
+
+
+# ---- tests ----------------------------------------------------------------------------------
+
+def test_sign_in_stream_markdown_and_thumbs(live_server, new_page):
+    live = live_server
+    key = live.add_user("alice")
+    answer = ("Hello **world**, here is *some* code:\n\n```python\nprint('hi')\n```\n\n"
+              "- one\n- two\n\nSee [the docs](https://example.org/docs).")
+    scripted_answers(live, [answer], delay=0.03)
+    page = new_page(WIDE)
+
+    page.goto(live.url + "/")
+    page.fill("#api-key", "ak_not-a-real-key")
+    page.press("#api-key", "Enter")
+    page.wait_for_selector("#signin-error:has-text('not accepted')")
+    sign_in(page, live, key)
+    assert page.evaluate("localStorage.getItem('assistant.apiKey')") == key
+    page.wait_for_selector(".whoami-name:has-text('alice')")
+
+    # Shift+Enter is a newline, not a send.
+    page.click("#prompt")
+    page.keyboard.type("first line")
+    page.keyboard.press("Shift+Enter")
+    page.keyboard.type("second line")
+    assert page.input_value("#prompt") == "first line\nsecond line"
+    page.keyboard.press("Enter")
+
+    # Tokens show up while the answer is still being generated.
+    page.wait_for_selector(".live .md:has-text('Hello')")
+    assert page.is_visible(".btn-stop")
+    shot(page, "chat-streaming-1280")
+    assert "docs" not in page.inner_text(".live .md")
+    wait_answer_done(page)
+
+    answer_el = page.locator(".msg-assistant[data-message-id]")
+    assert answer_el.count() == 1
+    assert page.inner_text(".msg-user .bubble") == "first line\nsecond line"
+    assert answer_el.locator(".md strong").inner_text() == "world"
+    assert answer_el.locator(".md em").inner_text() == "some"
+    assert answer_el.locator("pre code.language-python").inner_text() == "print('hi')"
+    assert answer_el.locator(".md li").count() == 2
+    link = answer_el.locator(".md a")
+    assert link.get_attribute("href") == "https://example.org/docs"
+    assert "noopener" in link.get_attribute("rel")
+    assert answer_el.locator(".badge").inner_text() == "Base model"
+    assert re.match(r"#/c/\d+$", page.evaluate("location.hash"))
+    page.wait_for_selector(".conv.active .conv-title:has-text('first line')")
+    shot(page, "chat-1280")
+
+    # Thumbs up with a reason chip and a comment; the vote lands in the database.
+    message_id = int(answer_el.get_attribute("data-message-id"))
+    answer_el.get_by_role("button", name="Good answer (thumbs up)").click()
+    answer_el.locator(".chip[data-reason='helpful']").click()
+    answer_el.get_by_label("Comment on this answer").fill("nice and short")
+    answer_el.get_by_role("button", name="Save comment").click()
+    page.wait_for_selector(".feedback-status:has-text('Comment saved')")
+    rows = db_rows(live, "select * from thumbs where message_id = ?", [message_id])
+    assert len(rows) == 1 and rows[0]["value"] == "up"
+    assert "helpful" in json.loads(rows[0]["reasons"])
+    assert rows[0]["comment"] == "nice and short"
+    shot(page, "chat-feedback-1280")
+
+    # Guidelines are one click away from the feedback control.
+    answer_el.get_by_role("button", name="Rating guidelines").first.click()
+    page.wait_for_selector("dialog[open] .criterion")
+    page.keyboard.press("Escape")
+
+    # After a reload the vote is shown as selected; it can be changed and cleared.
+    page.reload()
+    up = page.get_by_role("button", name="Good answer (thumbs up)")
+    page.wait_for_selector(".thumb-up[aria-pressed='true']")
+    page.get_by_role("button", name="Bad answer (thumbs down)").click()
+    page.wait_for_selector(".feedback[data-saved='down']")
+    assert db_rows(live, "select value from thumbs where message_id = ?", [message_id])[0]["value"] == "down"
+    page.get_by_role("button", name="Clear my vote").click()
+    page.wait_for_selector(".feedback[data-saved='none']")
+    assert db_rows(live, "select * from thumbs where message_id = ?", [message_id]) == []
+    assert up.get_attribute("aria-pressed") == "false"
+
+    # Narrow screen: the sidebar is a drawer behind the menu button.
+    page.set_viewport_size(NARROW)
+    page.wait_for_timeout(300)
+    box = page.locator("#sidebar").bounding_box()
+    assert box["x"] + box["width"] <= 0            # off-canvas
+    shot(page, "chat-375")
+    page.get_by_role("button", name="Open menu").click()
+    page.wait_for_timeout(300)
+    assert page.locator("#sidebar").bounding_box()["x"] >= 0
+    shot(page, "chat-375-menu")
+
+    # Sign out forgets the key.
+    page.click("#sign-out")
+    page.wait_for_selector("#api-key")
+    assert page.evaluate("localStorage.getItem('assistant.apiKey')") is None
+    assert page.js_errors == []
+
+
+def test_real_model_streams_and_regenerates(live_server, new_page):
+    """The tiny random model through the whole stack: answer, then regenerate it."""
+    live = live_server
+    key = live.add_user("rita")
+    engine, real = live.state.engine, live.state.engine.generate_sync
+
+    def short(req, *args, **kwargs):                # 256 random tokens take ~30 s on 2 cores
+        req.max_tokens = min(req.max_tokens, 12)
+        return real(req, *args, **kwargs)
+
+    engine.generate_sync = short
+    page = new_page(WIDE)
+    sign_in(page, live, key)
+    send(page, "Tell me something")
+    page.wait_for_selector(".msg-assistant[data-message-id]")
+    first = int(page.get_attribute(".msg-assistant[data-message-id]", "data-message-id"))
+    page.get_by_role("button", name="Regenerate answer").click()
+    page.wait_for_selector(f".msg-assistant[data-message-id]:not([data-message-id='{first}'])")
+    wait_answer_done(page)
+    second = int(page.get_attribute(".msg-assistant[data-message-id]", "data-message-id"))
+    rows = db_rows(live, "select id, chosen, candidate_group from messages where role = 'assistant'"
+                         " order by id")
+    assert [r["id"] for r in rows] == [first, second]
+    assert rows[0]["candidate_group"] == rows[1]["candidate_group"]
+    assert [r["chosen"] for r in rows] == [0, 1]
+    assert page.inner_text(".msg-assistant .answer-info").count("chosen of 2") == 1
+    assert page.js_errors == []
+
+
+def test_stop_keeps_partial_answer(live_server, new_page):
+    live = live_server
+    key = live.add_user("sam")
+    scripted_answers(live, [" ".join(f"word{i}" for i in range(400))], delay=0.03)
+    page = new_page(WIDE)
+    sign_in(page, live, key)
+    send(page, "Go on and on")
+    page.wait_for_selector(".live .md:has-text('word3')")
+    page.keyboard.press("Escape")                 # Esc stops generation
+    page.wait_for_selector(".msg-assistant[data-message-id] .tag:has-text('stopped')")
+    rows = db_rows(live, "select content, finish_reason from messages where role = 'assistant'")
+    assert len(rows) == 1 and rows[0]["finish_reason"] == "cancelled"
+    assert rows[0]["content"].startswith("word0 word1 word2")
+    assert "word399" not in rows[0]["content"]
+    assert page.is_visible("#prompt") and page.is_hidden(".btn-stop")
+
+
+def test_compare_then_rank_and_next_turn_follows_choice(live_server, new_page):
+    live = live_server
+    key = live.add_user("carl")
+    scripted_answers(live, ["First candidate: **short** answer.",
+                            "Second candidate with a list:\n\n1. alpha\n2. beta",
+                            "Third candidate, `code` inside."])
+    for viewport, suffix in [(NARROW, "375"), (WIDE, "1280")]:
+        page = new_page(viewport)
+        sign_in(page, live, key)
+        page.get_by_role("button", name=re.compile("^Compare")).click()
+        send(page, f"Compare please ({suffix})")
+        page.wait_for_selector(".verdict-compare .cand[data-message-id] >> nth=1")
+        shot(page, f"compare-{suffix}")
+    cands = page.locator(".verdict-compare .cand[data-message-id]")
+    a_id, b_id = (int(cands.nth(i).get_attribute("data-message-id")) for i in range(2))
+    assert "Second candidate" in cands.nth(1).inner_text()
+    page.get_by_role("button", name="B is better").click()
+    page.wait_for_selector(".verdict", state="detached")
+    shown = page.locator(".msg-assistant[data-message-id]")
+    assert int(shown.get_attribute("data-message-id")) == b_id
+    assert "Second candidate" in shown.inner_text()
+    rows = db_rows(live, "select * from comparisons")
+    assert len(rows) == 1 and rows[0]["choice"] == "b"
+    assert {rows[0]["message_a"], rows[0]["message_b"]} == {a_id, b_id}
+
+    # Next turn (single mode) follows the chosen candidate.
+    page.get_by_role("button", name=re.compile("^Single")).click()
+    send(page, "And then?")
+    page.wait_for_selector(".turn >> nth=1 >> .msg-assistant[data-message-id]")
+    turn = db_rows(live, "select parent_id from messages where role = 'user' and content = ?",
+                   ["And then?"])
+    assert turn[0]["parent_id"] == b_id
+
+    # Rank three candidates: C best, then A; B is implied last.
+    page.get_by_role("button", name=re.compile("^Rank 3")).click()
+    send(page, "Rank these")
+    page.wait_for_selector(".verdict-rank .cand[data-message-id] >> nth=2")
+    shot(page, "rank-1280")
+    cands = page.locator(".verdict-rank .cand[data-message-id]")
+    ids = [int(cands.nth(i).get_attribute("data-message-id")) for i in range(3)]
+    page.get_by_role("button", name="Rank answer C next").click()
+    page.get_by_role("button", name="Rank answer A next").click()
+    assert page.inner_text(".rank-summary") == "Your order: C › A › B"
+    page.get_by_role("button", name="Submit ranking").click()
+    page.wait_for_selector(".verdict", state="detached")
+    ranking = wait_rows(live, "select message_ids from rankings")
+    assert json.loads(ranking[0]["message_ids"]) == [ids[2], ids[0], ids[1]]
+    last = page.locator(".turn").last.locator(".msg-assistant[data-message-id]")
+    assert int(last.get_attribute("data-message-id")) == ids[2]
+
+    # Every compare_every-th turn asks for a comparison even in single mode.
+    every = live.config.feedback.compare_every
+    assert every > 1
+    page.get_by_role("button", name=re.compile("^Single")).click()
+    page.evaluate("""n => { for (const k of Object.keys(localStorage))
+                             if (k.startsWith('assistant.turns.')) localStorage.setItem(k, n); }""",
+                  str(every - 1))
+    send(page, "Automatic comparison?")
+    page.wait_for_selector(".verdict-compare .cand[data-message-id] >> nth=1")
+    assert "Comparison turn" in page.inner_text(".composer-note")
+    page.get_by_role("button", name="Tie").click()
+    page.wait_for_selector(".verdict", state="detached")
+    assert db_rows(live, "select choice from comparisons order by id")[-1]["choice"] == "tie"
+    assert page.js_errors == []
+
+
+def test_second_user_cannot_see_first_users_conversations(live_server, new_page):
+    live = live_server
+    alice, bob = live.add_user("alice"), live.add_user("bob")
+    r = httpx.post(f"{live.url}/api/chat", headers=live.headers(alice), timeout=60,
+                   json={"content": "Alice's secret plans", "max_tokens": 4})
+    assert r.status_code == 200, r.text
+    conv_id = r.json()["conversation_id"]
+    page = new_page(WIDE)
+    sign_in(page, live, bob)
+    page.wait_for_selector("#conv-list :text('No conversations yet.')")
+    assert "secret" not in page.inner_text("body")
+    page.goto(f"{live.url}/#/c/{conv_id}")
+    page.wait_for_selector("h2:has-text('Conversation not found')")
+    assert "secret" not in page.inner_text("body")
+
+
+def test_model_output_with_html_is_shown_as_text(live_server, new_page):
+    live = live_server
+    key = live.add_user("mallory")
+    evil = ("<script>window.__pwned = 1</script> <img src=x onerror=\"window.__pwned = 2\"> "
+            "[click](javascript:window.__pwned=3) **still bold**")
+    scripted_answers(live, [evil])
+    page = new_page(WIDE)
+    sign_in(page, live, key)
+    send(page, "Say something nasty")
+    page.wait_for_selector(".msg-assistant[data-message-id]")
+    md = page.locator(".msg-assistant .md")
+    assert "<script>window.__pwned = 1</script>" in md.inner_text()
+    assert "<img src=x" in md.inner_text()
+    assert md.locator("script, img, iframe").count() == 0
+    assert md.locator("a").count() == 0                   # javascript: links stay text
+    assert md.locator("strong").inner_text() == "still bold"
+    page.reload()
+    page.wait_for_selector(".msg-assistant .md strong")
+    assert page.evaluate("window.__pwned") is None
+
+    # Delete the conversation from the sidebar (with a confirmation).
+    page.get_by_role("button", name=re.compile("^Delete conversation")).click()
+    page.get_by_role("button", name="Delete", exact=True).click()
+    page.wait_for_selector("#conv-list :text('No conversations yet.')")
+    assert db_rows(live, "select * from conversations") == []
+    assert page.js_errors == []
+
+
+def test_my_assistant_page_export_and_delete(live_server, new_page):
+    live = live_server
+    key = live.add_user("dora")
+    r = httpx.post(f"{live.url}/api/chat", headers=live.headers(key), timeout=60,
+                   json={"content": "Hi", "max_tokens": 4})
+    mid = r.json()["candidates"][0]["id"]
+    httpx.put(f"{live.url}/api/messages/{mid}/thumbs", headers=live.headers(key),
+              json={"value": "up", "reasons": ["clear"], "comment": ""})
+    for viewport, suffix in [(NARROW, "375"), (WIDE, "1280")]:
+        page = new_page(viewport)
+        sign_in(page, live, key)
+        page.goto(f"{live.url}/#/me")
+        page.wait_for_selector("h2.card-title:has-text('dora')")
+        page.wait_for_selector(".card:has-text('Training history') table, "
+                               ".card:has-text('Training history') p:not(:has-text('Loading'))")
+        assert page.inner_text(".stat:has-text('thumbs up') .stat-n") == "1"
+        shot(page, f"my-assistant-{suffix}")
+    with page.expect_download() as info:
+        page.get_by_role("button", name="Export my data as JSON").click()
+    exported = json.loads(Path(info.value.path()).read_text())
+    assert "dora" in json.dumps(exported)
+
+    page.get_by_role("button", name="Delete my data").click()
+    page.get_by_role("button", name="Cancel").click()       # a confirmation, not an accident
+    assert page.is_visible("h1.page-h")
+    page.get_by_role("button", name="Delete my data").click()
+    page.get_by_role("button", name="Delete everything").click()
+    page.wait_for_selector("#api-key")
+    assert httpx.get(f"{live.url}/api/conversations", headers=live.headers(key)).status_code == 401
+
+
+def test_admin_page_for_admins_only(live_server, new_page):
+    live = live_server
+    bob = live.add_user("bob")
+    r = httpx.post(f"{live.url}/api/chat", headers=live.headers(bob), timeout=60,
+                   json={"content": "Hi", "max_tokens": 4})
+    httpx.put(f"{live.url}/api/messages/{r.json()['candidates'][0]['id']}/thumbs",
+              headers=live.headers(bob), json={"value": "down", "reasons": [], "comment": ""})
+    page = new_page(WIDE)
+    sign_in(page, live, bob)
+    assert page.locator("#nav-admin").count() == 0
+    page.goto(f"{live.url}/#/admin")
+    page.wait_for_selector(".notice-warn:has-text('Admin role needed')")
+
+    for viewport, suffix in [(WIDE, "1280"), (NARROW, "375")]:
+        page = new_page(viewport)
+        sign_in(page, live, live.admin_key)
+        if suffix == "375":
+            page.get_by_role("button", name="Open menu").click()
+        page.click("#nav-admin")
+        page.wait_for_selector("td:has-text('bob')")
+        if suffix == "1280":
+            page.fill("#new-user-name", "erin")
+            page.get_by_role("button", name="Create user").click()
+            page.wait_for_selector(".key-reveal:has-text('API key for erin')")
+            new_key = page.inner_text(".key-reveal code")
+            assert httpx.get(f"{live.url}/api/conversations",
+                             headers=live.headers(new_key)).status_code == 200
+            # Retrain bob: a queued run shows up (or "pending" if training is not there).
+            page.get_by_role("button", name="Retrain bob now").click()
+            page.wait_for_selector(".pending-list li:has-text('bob'), "
+                                   "tr:has(td:has-text('bob')) .pill-queued")
+            if page.locator(".pending-list li").count() == 0:
+                runs = db_rows(live, "select status, force from training_runs")
+                assert runs == [{"status": "queued", "force": 1}]
+        shot(page, f"admin-{suffix}")
+
+    # Rotate erin's key: the old one stops working, the new one is shown once.
+    page = new_page(WIDE)
+    sign_in(page, live, live.admin_key)
+    page.goto(f"{live.url}/#/admin")
+    page.get_by_role("button", name="Rotate API key of erin").click()
+    page.get_by_role("button", name="Rotate key", exact=True).click()
+    page.wait_for_selector(".key-reveal:has-text('API key for erin')")
+    rotated = page.inner_text(".key-reveal code")
+    assert rotated != new_key
+    assert httpx.get(f"{live.url}/api/conversations", headers=live.headers(new_key)).status_code == 401
+
+    with page.expect_download() as info:
+        page.get_by_label("User to export").select_option("bob")
+        page.get_by_role("button", name="Download export").click()
+    assert info.value.suggested_filename.endswith(".jsonl")
+
+    page.get_by_role("button", name="Delete user erin").click()
+    page.get_by_role("button", name="Delete user", exact=True).click()
+    page.wait_for_selector("td:has-text('erin')", state="detached")
+    assert db_rows(live, "select * from users where name = 'erin'") == []
+    assert page.js_errors == []
