@@ -140,9 +140,11 @@ def test_sign_in_stream_markdown_and_thumbs(live_server, new_page):
     page.fill("#api-key", "ak_not-a-real-key")
     page.press("#api-key", "Enter")
     page.wait_for_selector("#signin-error:has-text('not accepted')")
+    shot(page, "signin-error-1280")
     sign_in(page, live, key)
     assert page.evaluate("localStorage.getItem('assistant.apiKey')") == key
     page.wait_for_selector(".whoami-name:has-text('alice')")
+    shot(page, "welcome-1280")
 
     # Shift+Enter is a newline, not a send.
     page.click("#prompt")
@@ -421,6 +423,7 @@ def test_admin_page_for_admins_only(live_server, new_page):
     assert page.locator("#nav-admin").count() == 0
     page.goto(f"{live.url}/#/admin")
     page.wait_for_selector(".notice-warn:has-text('Admin role needed')")
+    shot(page, "admin-refused-1280")
 
     for viewport, suffix in [(WIDE, "1280"), (NARROW, "375")]:
         page = new_page(viewport)

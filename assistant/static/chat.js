@@ -413,7 +413,17 @@ async function runStream(body, article, n) {
   let stopped = false;
   try {
     const done = await streamChat(body, {
-      start: (d) => { convId = d.conversation_id; turnId = d.message?.id; live.start(d); },
+      start: (d) => {
+        convId = d.conversation_id;
+        turnId = d.message?.id;
+        live.start(d);
+        if (epoch === S.epoch && S.convId !== convId) {   // a new conversation: show it at once
+          S.convId = convId;
+          history.replaceState(null, "", `#/c/${convId}`);
+          setTitle(d.message?.content?.split(/\s+/).join(" ").slice(0, 60) || "Conversation");
+          refreshConversations();
+        }
+      },
       delta: (d) => live.delta(d),
     }, controller.signal);
     turnId = done.message?.id ?? turnId;
