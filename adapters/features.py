@@ -28,13 +28,15 @@ from feedback_store.errors import BadRequest, ModelError
 Messages = list[dict]
 Item = tuple[Messages, str]
 
-# Hidden-state indices pooled (0 = embeddings, -1 = last layer, after the final norm).
-# Chosen on held-out HH pairs (see bench/reward_fit.py and assistant/eval_reward.py).
-FEATURE_LAYERS: tuple[int, ...] = (16, -1)
+# Which hidden states are pooled, as fractions of the depth (0 = embeddings, 1 = last
+# layer after the final norm), so the same setting fits the tiny test model and the base.
+# Chosen on held-out HH pairs with assistant/eval_reward.py (see the README numbers).
+FEATURE_LAYERS: tuple[float, ...] = (0.53,)
 # Three pools per layer: mean over answer tokens, mean over the whole sequence, last token.
 POOLS = 3
 # Answers keep at most this share of the token budget; the prompt is cut from the left.
 ANSWER_SHARE = 4
+SHARD_ITEMS = 128
 
 
 @dataclass(frozen=True)
@@ -94,24 +96,78 @@ def _group_by_prefix(rendered: list[Rendered]) -> list[list[int]]:
     return sorted(groups.values(), key=lambda g: len(rendered[g[0]].prefix))
 
 
+def layer_indices(model, layers: Sequence[float]) -> list[int]:
+    """Depth fractions -> indices into hidden_states (0..n_layers); 0.53 -> 16 of 30."""
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") \
+        else model.config
+    depth = config.num_hidden_layers
+    return [min(depth, max(0, round(f * depth))) for f in layers]
+
+
 def _forward_group(model, prefix: Sequence[int], answers: list[Sequence[int]],
                    layers: Sequence[int], batch_size: int):
     """Pooled features (k, len(layers) * POOLS * H) for k answers to one prompt."""
     import torch
+    from transformers import DynamicCache
 
     device = next(model.parameters()).device
     p = len(prefix)
-    pre = model(input_ids=torch.tensor([list(prefix)], device=device), use_cache=True,
-                output_hidden_states=True)
-    # Per layer: sum over prefix tokens, (1, H); the prefix is identical for every answer.
-    pre_sums = [pre.hidden_states[li][0].sum(0) for li in layers]
+    cache = DynamicCache()
+    pre = _hidden(model, layers, input_ids=torch.tensor([list(prefix)], device=device),
+                  past_key_values=cache, use_cache=True)
+    # Per layer: sum over prefix tokens, (H,); the prefix is identical for every answer.
+    pre_sums = [h[0].sum(0) for h in pre]
     out = []
     for start in range(0, len(answers), batch_size):
         chunk = answers[start:start + batch_size]
-        cache = _repeat_cache(pre.past_key_values, len(chunk), copy=start + batch_size
-                              < len(answers))
-        out.append(_forward_answers(model, cache, p, chunk, pre_sums, layers, device))
+        repeated = _repeat_cache(cache, len(chunk), copy=start + batch_size < len(answers))
+        out.append(_forward_answers(model, repeated, p, chunk, pre_sums, layers, device))
     return torch.cat(out)
+
+
+class _StopForward(Exception):
+    """Raised by a hook once the deepest wanted layer has run: later layers are skipped."""
+
+
+def _decoder_parts(model):
+    """(embeddings, decoder layers, final norm) of a Llama-style model, or None."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    inner = getattr(base, "model", None)
+    parts = tuple(getattr(inner, name, None) for name in ("embed_tokens", "layers", "norm"))
+    return None if any(x is None for x in parts) else parts
+
+
+def _hidden(model, indices: Sequence[int], **inputs) -> list:
+    """Hidden states [(B, T, H)] at the given indices (as in output_hidden_states).
+
+    Hooks capture them and stop the forward after the deepest one: with the middle layer
+    this halves the cost. Models of another layout run whole with output_hidden_states.
+    """
+    parts = _decoder_parts(model)
+    if parts is None:
+        out = model(**inputs, output_hidden_states=True, logits_to_keep=1)
+        return [out.hidden_states[i] for i in indices]
+    embed, blocks, norm = parts
+    depth, deepest, store = len(blocks), max(indices), {}
+
+    def hook_for(i: int):
+        def hook(_module, _args, output):
+            store[i] = output[0] if isinstance(output, tuple) else output
+            if i == deepest and i < depth:
+                raise _StopForward
+        return hook
+
+    modules = {i: embed if i == 0 else norm if i == depth else blocks[i - 1] for i in indices}
+    handles = [m.register_forward_hook(hook_for(i)) for i, m in modules.items()]
+    try:
+        # logits_to_keep=1: the 49k-word output projection is not needed here.
+        model(**inputs, logits_to_keep=1)
+    except _StopForward:
+        pass
+    finally:
+        for h in handles:
+            h.remove()
+    return [store[i] for i in indices]
 
 
 def _repeat_cache(cache, k: int, copy: bool):
@@ -135,13 +191,12 @@ def _forward_answers(model, cache, p: int, answers: list[Sequence[int]], pre_sum
         amask[i, :len(a)] = True
     attn = torch.cat([torch.ones((k, p), dtype=torch.long, device=device), amask.long()], 1)
     pos = torch.arange(p, p + width, device=device).expand(k, width)
-    res = model(input_ids=ids, attention_mask=attn, position_ids=pos, past_key_values=cache,
-                use_cache=True, output_hidden_states=True)
+    hidden = _hidden(model, layers, input_ids=ids, attention_mask=attn, position_ids=pos,
+                     past_key_values=cache, use_cache=True)
     lengths = amask.sum(1)                                        # (k,)
     m = amask.unsqueeze(-1).float()                               # (k, W, 1)
     feats = []
-    for li, pre_sum in zip(layers, pre_sums, strict=True):
-        h = res.hidden_states[li]                                 # (k, W, H)
+    for h, pre_sum in zip(hidden, pre_sums, strict=True):        # h: (k, W, H)
         ans_sum = (h * m).sum(1)                                  # (k, H)
         mean_answer = ans_sum / lengths.unsqueeze(1)
         mean_all = (ans_sum + pre_sum) / (lengths + p).unsqueeze(1)
@@ -152,20 +207,21 @@ def _forward_answers(model, cache, p: int, answers: list[Sequence[int]], pre_sum
 
 def compute_features(model, tokenizer, items: list[Item], batch_size: int = 8,
                      max_tokens: int = 512, progress: Callable[[int, int], None] | None = None,
-                     layers: Sequence[int] = FEATURE_LAYERS) -> np.ndarray:
+                     layers: Sequence[float] = FEATURE_LAYERS) -> np.ndarray:
     """Features (N, len(layers) * 3 * hidden) float32 from the frozen base, in item order."""
     import torch
 
     rendered = [render(tokenizer, p, a, max_tokens) for p, a in items]
-    hidden = model.config.get_text_config().hidden_size if hasattr(
-        model.config, "get_text_config") else model.config.hidden_size
-    result = np.zeros((len(items), len(layers) * POOLS * hidden), dtype=np.float32)
+    indices = layer_indices(model, layers)
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") \
+        else model.config
+    result = np.zeros((len(items), len(indices) * POOLS * config.hidden_size), np.float32)
     done = 0
     try:
         with torch.inference_mode(), adapters_disabled(model):
             for group in _group_by_prefix(rendered):
                 feats = _forward_group(model, rendered[group[0]].prefix,
-                                       [rendered[i].answer for i in group], layers, batch_size)
+                                       [rendered[i].answer for i in group], indices, batch_size)
                 result[group] = feats.float().cpu().numpy()
                 done += len(group)
                 if progress:
@@ -214,7 +270,7 @@ def ensure_features(db, model, tokenizer, base_id: str,
 
 # ---- disk cache for offline evaluation: shards of (sha256 key -> vector) --------------
 
-def feature_spec(layers: Sequence[int] = FEATURE_LAYERS, max_tokens: int = 512) -> str:
+def feature_spec(layers: Sequence[float] = FEATURE_LAYERS, max_tokens: int = 512) -> str:
     """What changes the vectors besides the base and the text."""
     return f"v1:layers={','.join(map(str, layers))}:pools={POOLS}:max={max_tokens}"
 
@@ -245,14 +301,20 @@ class DiskFeatureCache:
 
 
 def disk_cached_features(model, tokenizer, base_id: str, items: list[Item], cache_dir: Path,
-                         layers: Sequence[int] = FEATURE_LAYERS, max_tokens: int = 512,
+                         layers: Sequence[float] = FEATURE_LAYERS, max_tokens: int = 512,
                          progress: Callable[[int, int], None] | None = None) -> np.ndarray:
     """compute_features through the disk cache: each rendered text is computed once."""
     cache = DiskFeatureCache(cache_dir, base_id, feature_spec(layers, max_tokens))
     keys = [cache.key(render(tokenizer, p, a, max_tokens).text) for p, a in items]
-    todo = sorted({k: i for i, k in enumerate(keys) if k not in cache.vectors}.items())
-    if todo:
-        X = compute_features(model, tokenizer, [items[i] for _, i in todo],
-                             max_tokens=max_tokens, progress=progress, layers=layers)
-        cache.put([k for k, _ in todo], X)
+    todo = sorted({k: i for i, k in enumerate(keys) if k not in cache.vectors}.items(),
+                  key=lambda ki: ki[1])
+    # Shards of SHARD_ITEMS items: an interrupted run keeps what it computed. Items arrive
+    # in file order, so the answers to one prompt stay in the same shard.
+    for start in range(0, len(todo), SHARD_ITEMS):
+        part = todo[start:start + SHARD_ITEMS]
+        X = compute_features(model, tokenizer, [items[i] for _, i in part],
+                             max_tokens=max_tokens, layers=layers)
+        cache.put([k for k, _ in part], X)
+        if progress:
+            progress(start + len(part), len(todo))
     return np.stack([cache.vectors[k] for k in keys]) if keys else np.zeros((0, 0), np.float32)

@@ -1,0 +1,197 @@
+"""Frozen features (tiny model) and reward heads (synthetic features)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from adapters import features as feat
+from adapters.reward_head import (
+    HeadSettings,
+    RewardHead,
+    cross_val_accuracy,
+    fit_head,
+    pair_accuracy,
+    save_head_version,
+)
+from feedback_store.errors import BadRequest
+
+ITEMS = [
+    ([{"role": "user", "content": "How do I boil an egg?"}], "Put it in boiling water."),
+    ([{"role": "user", "content": "How do I boil an egg?"}], "I will not help with that."),
+    ([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"},
+      {"role": "user", "content": "Tell me a joke " * 80}], "Why did the chicken..."),
+]
+
+
+def test_features_fixed_shape_and_deterministic(tiny_model, tokenizer):
+    X = feat.compute_features(tiny_model, tokenizer, ITEMS, max_tokens=64)
+    dim = len(feat.FEATURE_LAYERS) * feat.POOLS * tiny_model.config.hidden_size
+    assert X.shape == (3, dim) and X.dtype == np.float32
+    assert np.array_equal(X, feat.compute_features(tiny_model, tokenizer, ITEMS, max_tokens=64))
+    assert not np.allclose(X[0], X[1])
+
+
+def test_features_match_a_plain_forward(tiny_model, tokenizer):
+    import torch
+
+    r = feat.render(tokenizer, *ITEMS[0])
+    ids = torch.tensor([list(r.prefix + r.answer)])
+    deepest = feat.layer_indices(tiny_model, feat.FEATURE_LAYERS)[-1]
+    with torch.no_grad():
+        h = tiny_model(input_ids=ids, output_hidden_states=True).hidden_states[deepest][0]
+    p = len(r.prefix)
+    expected = torch.cat([h[p:].mean(0), h.mean(0), h[-1]]).numpy()
+    X = feat.compute_features(tiny_model, tokenizer, ITEMS[:1])
+    np.testing.assert_allclose(X[0, -expected.size:], expected, atol=1e-5)
+
+
+def test_long_prompt_truncated_to_budget(tokenizer):
+    r = feat.render(tokenizer, *ITEMS[2], max_tokens=64)
+    assert len(r.prefix) + len(r.answer) <= 64
+
+
+def test_features_ignore_peft_adapter(tiny_model, tokenizer):
+    from peft import LoraConfig, get_peft_model
+
+    plain = feat.compute_features(tiny_model, tokenizer, ITEMS)
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                      init_lora_weights=False)
+    wrapped = get_peft_model(tiny_model, lora).eval()
+    import torch
+
+    ids = torch.tensor([[1, 2, 3, 4]])
+    with torch.no_grad():       # the adapter really changes the model when enabled...
+        on = wrapped(input_ids=ids).logits
+        with wrapped.disable_adapter():
+            off = wrapped(input_ids=ids).logits
+    assert not torch.allclose(on, off)
+    # ...but features are computed with it disabled.
+    np.testing.assert_array_equal(feat.compute_features(wrapped, tokenizer, ITEMS), plain)
+
+
+def _counting(monkeypatch):
+    calls = []
+    real = feat.compute_features
+
+    def counted(model, tokenizer, items, **kw):
+        calls.append(len(items))
+        return real(model, tokenizer, items, **kw)
+
+    monkeypatch.setattr(feat, "compute_features", counted)
+    return calls
+
+
+def test_db_cache_computes_once_per_base(db, tiny_model, tokenizer, monkeypatch):
+    calls = _counting(monkeypatch)
+    items = {10: ITEMS[0], 11: ITEMS[1]}
+    first = feat.ensure_features(db, tiny_model, tokenizer, "base@a", items)
+    again = feat.ensure_features(db, tiny_model, tokenizer, "base@a", items)
+    assert calls == [2]
+    for mid in items:
+        np.testing.assert_array_equal(first[mid], again[mid])
+    feat.ensure_features(db, tiny_model, tokenizer, "base@a", {**items, 12: ITEMS[2]})
+    feat.ensure_features(db, tiny_model, tokenizer, "base@b", items)
+    assert calls == [2, 1, 2]
+    assert set(feat.cached_features(db, [10, 11, 12, 99], "base@a")) == {10, 11, 12}
+
+
+def test_disk_cache_computes_once(tmp_path, tiny_model, tokenizer, monkeypatch):
+    calls = _counting(monkeypatch)
+    X = feat.disk_cached_features(tiny_model, tokenizer, "base@a", ITEMS, tmp_path)
+    Y = feat.disk_cached_features(tiny_model, tokenizer, "base@a", ITEMS[::-1], tmp_path)
+    np.testing.assert_array_equal(X[::-1], Y)
+    assert calls == [3]
+    feat.disk_cached_features(tiny_model, tokenizer, "base@b", ITEMS[:1], tmp_path)
+    assert calls == [3, 1]
+
+
+# ---- heads on synthetic features ------------------------------------------------------
+
+def _pairs(rng, w, n, dim=20):
+    """n pairs whose chosen side scores higher under the true weights w."""
+    A, B = rng.normal(size=(n, dim)), rng.normal(size=(n, dim))
+    swap = (A @ w) < (B @ w)
+    A[swap], B[swap] = B[swap].copy(), A[swap].copy()
+    return A, B
+
+
+NONE = (np.zeros((0, 20)), np.zeros(0))
+
+
+def test_bradley_terry_ranks_separable_pairs():
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=20)
+    C, R = _pairs(rng, w, 200)
+    head = fit_head(C, R, *NONE, HeadSettings(shared_prior=False, l2=0.1))
+    Ct, Rt = _pairs(rng, w, 200)
+    assert pair_accuracy(head, Ct, Rt) > 0.9
+
+
+def _cos(a, b):
+    return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+
+
+def test_prior_pulls_small_users_toward_global():
+    rng = np.random.default_rng(1)
+    w_global = rng.normal(size=20)
+    w_user = w_global.copy()
+    w_user[:10] *= -1                        # this user disagrees on half the features
+    global_head = fit_head(*_pairs(rng, w_global, 400), *NONE,
+                           HeadSettings(shared_prior=False, l2=0.1))
+    settings = HeadSettings(shared_prior=True, prior_strength=1.0)
+    few = fit_head(*_pairs(rng, w_user, 5), *NONE, settings, prior=global_head)
+    many = fit_head(*_pairs(rng, w_user, 400), *NONE, settings, prior=global_head)
+    assert _cos(few.w, global_head.w) > 0.9
+    assert _cos(many.w, global_head.w) < _cos(few.w, global_head.w) - 0.3
+    test = _pairs(rng, w_user, 300)
+    assert pair_accuracy(many, *test) > pair_accuracy(global_head, *test) + 0.15
+    off = fit_head(*_pairs(rng, w_user, 5), *NONE,
+                   HeadSettings(shared_prior=False), prior=global_head)
+    assert off.metrics["prior"] is False
+
+
+def test_thumbs_only_fit():
+    rng = np.random.default_rng(2)
+    w = rng.normal(size=20)
+    X = rng.normal(size=(300, 20))
+    y = (X @ w > 0).astype(float)
+    head = fit_head(np.zeros((0, 20)), np.zeros((0, 20)), X, y)
+    Xt = rng.normal(size=(200, 20))
+    assert np.mean((head.score(Xt) > 0) == (Xt @ w > 0)) > 0.85
+
+
+def test_fit_rejects_empty_and_mismatched():
+    with pytest.raises(BadRequest):
+        fit_head(np.zeros((0, 4)), np.zeros((0, 4)), np.zeros((0, 4)), np.zeros(0))
+    with pytest.raises(BadRequest):
+        fit_head(np.ones((3, 4)), np.ones((2, 4)), np.zeros((0, 4)), np.zeros(0))
+
+
+def test_save_load_round_trip(tmp_path):
+    rng = np.random.default_rng(3)
+    head = fit_head(*_pairs(rng, rng.normal(size=20), 50), *NONE)
+    head.save(tmp_path / "h")
+    again = RewardHead.load(tmp_path / "h")
+    X = rng.normal(size=(10, 20))
+    np.testing.assert_array_equal(head.score(X), again.score(X))
+    assert again.metrics["n_pairs"] == 50
+
+
+def test_save_head_version_records_rows(db, tmp_path):
+    rng = np.random.default_rng(4)
+    head = fit_head(*_pairs(rng, rng.normal(size=20), 30), *NONE)
+    v1 = save_head_version(db, tmp_path / "global", None, head, {"cv": 0.7}, "base@a")
+    v2 = save_head_version(db, tmp_path / "global", None, head, {"cv": 0.8}, "base@a")
+    assert (v1, v2) == (1, 2)
+    assert RewardHead.load(tmp_path / "global" / "2").metrics["cv"] == 0.8
+    rows = list(db["reward_heads"].rows_where("user_id IS NULL", order_by="version"))
+    assert [r["version"] for r in rows] == [1, 2] and rows[0]["base_id"] == "base@a"
+
+
+def test_cross_val_accuracy():
+    rng = np.random.default_rng(5)
+    C, R = _pairs(rng, rng.normal(size=20), 100)
+    acc = cross_val_accuracy(C, R, *NONE, HeadSettings(shared_prior=False, l2=0.1))
+    assert 0.8 < acc <= 1.0
+    assert cross_val_accuracy(C[:1], R[:1], *NONE) is None
