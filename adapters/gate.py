@@ -1,0 +1,156 @@
+"""The evaluation gate: is a freshly trained adapter better than the one serving now?
+
+On held-out prompts the candidate adapter and the baseline (the user's current version, or
+the bare base when they have none) each answer every prompt by greedy decoding, so the
+comparison is reproducible and free of sampling noise. Measured:
+
+- mean reward-head score of each side, and their difference (the gain);
+- win rate: share of prompts where the candidate's answer scores higher (ties count half);
+- KL to the base, nats per token, on the candidate's own completions. It is computed exactly
+  over the vocabulary at each position, sum_v pi(v|s) log(pi(v|s) / base(v|s)), instead of
+  a one-sample estimate, since greedy completions are not samples from pi;
+- mean completion length in tokens (reward heads often drift toward length).
+
+`decide` promotes only if gain >= promote_margin and KL <= kl_budget.
+
+Both adapters live in one PeftModel and are routed per row with PEFT's `adapter_names`
+(as the server does), so one generate call serves candidate and baseline together.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from adapters.policy import (
+    RewardFn,
+    completion_mask,
+    decode,
+    eos_ids,
+    left_pad,
+    render_prompts,
+    sample,
+)
+from feedback_store.errors import ModelError, TrainingError
+
+BASE = "__base__"       # PEFT's adapter name for "no adapter" in a routed batch
+GATE_BATCH = 16         # rows per generate / KL forward: bounds the (rows, T, 49k) logits
+
+
+@dataclass(frozen=True)
+class GateSettings:
+    """Mirrors config.toml [training] promote_margin / kl_budget / max_completion_tokens."""
+
+    promote_margin: float = 0.0
+    kl_budget: float = 0.5
+    max_completion_tokens: int = 96
+
+
+def load_adapter(model, path: Path, name: str) -> str:
+    """Load a saved adapter (e.g. the current version) next to the candidate; return name."""
+    try:
+        model.load_adapter(str(path), adapter_name=name)
+    except Exception as exc:
+        raise ModelError(f"could not load adapter {name} from {path}: {exc}") from exc
+    return name
+
+
+def _answers(model, tokenizer, rows: list[list[int]], names: list[str],
+             max_tokens: int) -> list[dict]:
+    """Greedy completions of each row under its adapter, in chunks of GATE_BATCH rows."""
+    eos = eos_ids(model, tokenizer)
+    out = []
+    for i in range(0, len(rows), GATE_BATCH):
+        ids, mask = left_pad(rows[i:i + GATE_BATCH], tokenizer.pad_token_id)
+        tokens = sample(model, ids, mask, max_new_tokens=max_tokens, temperature=0.0, eos=eos,
+                        pad_id=tokenizer.pad_token_id, adapter_names=names[i:i + GATE_BATCH])
+        cmask = completion_mask(tokens, eos)
+        kl = _kl_to_base(model, ids, mask, tokens, cmask, names[i:i + GATE_BATCH])
+        for j, text in enumerate(decode(tokenizer, tokens, cmask)):
+            out.append({"text": text, "len": cmask[j].sum().item(), "kl_sum": kl[j].item()})
+    return out
+
+
+@torch.no_grad()
+def _kl_to_base(model, ids: torch.Tensor, mask: torch.Tensor, tokens: torch.Tensor,
+                cmask: torch.Tensor, names: list[str]) -> torch.Tensor:
+    """(B,) summed exact per-position KL(adapter || base) over each completion's tokens."""
+    if all(n == BASE for n in names):
+        return torch.zeros(len(names))
+    full = torch.cat([ids, tokens], dim=1)                                  # (B, P+T)
+    attn = torch.cat([mask, cmask.long()], dim=1)
+    pos = (attn.cumsum(-1) - 1).clamp(min=0)
+    t = tokens.shape[1]
+
+    def logprobs(route: list[str]) -> torch.Tensor:                          # (B, T, V)
+        logits = model(input_ids=full, attention_mask=attn, position_ids=pos,
+                       adapter_names=route, logits_to_keep=t + 1).logits[:, :-1]
+        return logits.float().log_softmax(-1)
+
+    lp, lq = logprobs(names), logprobs([BASE] * len(names))
+    per_pos = (lp.exp() * (lp - lq)).sum(-1)                                # (B, T)
+    return (per_pos * cmask).sum(-1)
+
+
+def _side(answers: list[dict], rewards: list[float]) -> dict:
+    tokens = sum(a["len"] for a in answers)
+    return {"reward": sum(rewards) / len(rewards),
+            "kl": sum(a["kl_sum"] for a in answers) / max(tokens, 1),
+            "len": tokens / len(answers)}
+
+
+def _score(reward_fn: RewardFn, prompts: list[list[dict]], texts: list[str]) -> list[float]:
+    try:
+        rewards = [float(r) for r in reward_fn(prompts, texts)]
+    except Exception as exc:
+        raise TrainingError(f"reward function failed in the gate: {exc}") from exc
+    if len(rewards) != len(texts):
+        raise TrainingError(f"reward function gave {len(rewards)} scores for {len(texts)}")
+    return rewards
+
+
+def evaluate(model, tokenizer, candidate: str, current: str | None,
+             prompts: list[list[dict]], reward_fn: RewardFn, settings: GateSettings) -> dict:
+    """Compare adapter `candidate` with adapter `current` (None = the base) on prompts.
+
+    model is a PeftModel holding both adapters. Returns a flat dict of metrics:
+    n_prompts, baseline ("current" | "base"), candidate_/baseline_ reward, kl, len,
+    reward_gain, win_rate, seconds.
+    """
+    if not prompts:
+        raise TrainingError("the gate needs at least one held-out prompt")
+    started = time.perf_counter()
+    n, baseline = len(prompts), current or BASE
+    rows = render_prompts(tokenizer, prompts)
+    answers = _answers(model, tokenizer, rows + rows, [candidate] * n + [baseline] * n,
+                       settings.max_completion_tokens)
+    r_cand = _score(reward_fn, prompts, [a["text"] for a in answers[:n]])
+    r_base = _score(reward_fn, prompts, [a["text"] for a in answers[n:]])
+    cand, base = _side(answers[:n], r_cand), _side(answers[n:], r_base)
+    wins = sum(1.0 if a > b else 0.5 if a == b else 0.0
+               for a, b in zip(r_cand, r_base, strict=True))
+    return {"n_prompts": n, "baseline": "current" if current else "base",
+            "candidate_reward": cand["reward"], "baseline_reward": base["reward"],
+            "reward_gain": cand["reward"] - base["reward"], "win_rate": wins / n,
+            "candidate_kl": cand["kl"], "baseline_kl": base["kl"],
+            "candidate_len": cand["len"], "baseline_len": base["len"],
+            "seconds": time.perf_counter() - started}
+
+
+def decide(metrics: dict, settings: GateSettings) -> tuple[bool, str]:
+    """Promote only if the reward gain reaches the margin and the KL stays in budget."""
+    gain, kl = metrics["reward_gain"], metrics["candidate_kl"]
+    if not (math.isfinite(gain) and math.isfinite(kl)):
+        return False, f"rejected: non-finite metrics (gain {gain}, KL {kl})"
+    if kl > settings.kl_budget:
+        return False, (f"rejected: KL to base {kl:.3f} nats/token exceeds the budget "
+                       f"{settings.kl_budget}")
+    if gain < settings.promote_margin:
+        return False, (f"rejected: reward gain {gain:+.4f} over the {metrics['baseline']} is "
+                       f"below the margin {settings.promote_margin}")
+    return True, (f"promoted: reward gain {gain:+.4f} >= margin {settings.promote_margin}, "
+                  f"win rate {metrics['win_rate']:.2f}, KL {kl:.3f} <= {settings.kl_budget}")

@@ -1,0 +1,249 @@
+"""RL training of a user's LoRA, the adapter registry and the evaluation gate (tiny model)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from adapters import gate, policy, registry
+from feedback_store.errors import NotFound, TrainingError
+from feedback_store.users import create_user, get_user
+from tests.conftest import make_tiny_model
+
+PROMPTS = [[{"role": "user", "content": "Say hi."}],
+           [{"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "Tell me a long story about a cat and a dog."}],
+           [{"role": "user", "content": "What is two plus two?"}]]
+FAST = policy.PolicySettings(steps=3, group_size=4, prompts_per_step=2,
+                             max_completion_tokens=12, learning_rate=1e-2)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Training runs on one torch thread ([training] threads = 1); on a busy 2-core machine
+    two threads also make the tiny model's small ops wait on each other."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def count_e(prompts, completions):
+    """A toy reward the random tiny model can move: how often the letter e appears."""
+    return [float(c.count("e")) for c in completions]
+
+
+def lora_state(model) -> dict:
+    return {k: v.detach().clone() for k, v in model.state_dict().items() if "lora_" in k}
+
+
+def randomize_lora(model, seed: int = 1) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
+
+
+def test_training_runs_and_changes_lora(tokenizer, tiny_model):
+    base_before = {k: v.clone() for k, v in tiny_model.state_dict().items()}
+    seen = []
+    model, records = policy.train_policy(tiny_model, tokenizer, PROMPTS, count_e, FAST,
+                                         progress=seen.append)
+    assert [r["step"] for r in records] == [1, 2, 3] and seen == records
+    for r in records:
+        assert math.isfinite(r["loss"]) and r["kl"] >= 0 and 1 <= r["completion_len"] <= 12
+    # A fresh LoRA starts with B = 0; training must have moved it.
+    assert any(v.abs().sum() > 0 for k, v in lora_state(model).items() if "lora_B" in k)
+    # The caller's base is untouched and comes back plain after unload().
+    plain = model.unload()
+    assert not any("lora_" in k for k in plain.state_dict())
+    assert all(torch.equal(v, plain.state_dict()[k]) for k, v in base_before.items())
+
+
+def test_training_is_seeded(tokenizer):
+    runs = [policy.train_policy(make_tiny_model(tokenizer), tokenizer, PROMPTS, count_e,
+                                FAST)[1] for _ in range(2)]
+    assert [r["reward_mean"] for r in runs[0]] == [r["reward_mean"] for r in runs[1]]
+
+
+def test_training_starts_from_existing_adapter(tokenizer, tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=policy.LORA_TARGETS)
+    src = get_peft_model(make_tiny_model(tokenizer), config)
+    randomize_lora(src)
+    src.save_pretrained(tmp_path / "v1")
+    saved = lora_state(src)
+    settings = policy.PolicySettings(steps=0)
+    model, records = policy.train_policy(make_tiny_model(tokenizer), tokenizer, PROMPTS,
+                                         count_e, settings, init_adapter=tmp_path / "v1")
+    assert records == []
+    loaded = lora_state(model)
+    assert loaded.keys() == saved.keys()
+    assert all(torch.equal(loaded[k], saved[k]) for k in saved)
+    # And a step from there moves the weights only a little (Adam's first step ~ lr).
+    small = policy.PolicySettings(steps=1, max_completion_tokens=8, learning_rate=1e-4)
+    model, _ = policy.train_policy(make_tiny_model(tokenizer), tokenizer, PROMPTS, count_e,
+                                   small, init_adapter=tmp_path / "v1")
+    after = lora_state(model)
+    assert all((after[k] - saved[k]).abs().max() <= 2e-4 for k in saved)
+
+
+def test_logprobs_match_generation_with_left_padding(tokenizer, tiny_model):
+    from transformers import GenerationConfig
+
+    model = policy.attach_lora(tiny_model, FAST)
+    randomize_lora(model)
+    ids, mask = policy.left_pad(policy.render_prompts(tokenizer, PROMPTS),
+                                tokenizer.pad_token_id)
+    eos = policy.eos_ids(tiny_model, tokenizer)
+    config = GenerationConfig(max_new_tokens=8, do_sample=True, temperature=0.7, top_k=0,
+                              top_p=1.0, eos_token_id=eos, pad_token_id=tokenizer.pad_token_id,
+                              output_logits=True, return_dict_in_generate=True)
+    with torch.inference_mode():
+        out = model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
+    tokens = out.sequences[:, ids.shape[1]:].clone()
+    logits = torch.stack(out.logits, 1).float() / 0.7
+    expected = logits.gather(-1, tokens[..., None]).squeeze(-1) - logits.logsumexp(-1)
+    got = policy.token_logprobs(model, ids, mask, tokens, policy.completion_mask(tokens, eos),
+                                temperature=0.7)
+    assert torch.allclose(got, expected, atol=1e-4)
+
+
+def test_bf16_sampler_tracks_the_policy(tokenizer, tiny_model):
+    plain = policy._bf16_copy(tiny_model)
+    model = policy.attach_lora(tiny_model, FAST)
+    sampler = policy._Sampler(plain, model)
+    randomize_lora(model)
+    ids = torch.randint(0, 1000, (2, 12))
+    with torch.no_grad():
+        before = (sampler.model(input_ids=ids).logits.float() - model(input_ids=ids).logits)
+        sampler.sync()
+        after = (sampler.model(input_ids=ids).logits.float() - model(input_ids=ids).logits)
+    assert after.abs().max() < 0.05 < before.abs().max()
+
+
+def test_advantages_and_completion_mask():
+    adv = policy.group_advantages(torch.tensor([[1.0, 2.0, 3.0, 2.0], [5.0, 5.0, 5.0, 5.0]]))
+    assert torch.allclose(adv[0].mean(), torch.tensor(0.0)) and adv[0, 2] > 0 > adv[0, 0]
+    assert torch.equal(adv[1], torch.zeros(4))
+    mask = policy.completion_mask(torch.tensor([[5, 2, 2, 2], [5, 6, 7, 8]]), [2])
+    assert mask.tolist() == [[1, 1, 0, 0], [1, 1, 1, 1]]
+
+
+def test_bad_rewards_raise(tokenizer, tiny_model):
+    with pytest.raises(TrainingError):
+        policy.train_policy(tiny_model, tokenizer, PROMPTS, lambda p, c: [1.0], FAST)
+    with pytest.raises(TrainingError):
+        policy.train_policy(make_tiny_model(tokenizer), tokenizer, [], count_e, FAST)
+
+
+# ---- registry ---------------------------------------------------------------------------
+@pytest.fixture
+def alice(db):
+    return create_user(db, "alice")[0]
+
+
+def trained(tokenizer):
+    model = policy.attach_lora(make_tiny_model(tokenizer), FAST)
+    randomize_lora(model)
+    return model
+
+
+def test_saved_version_loads_with_plain_peft(tokenizer, db, alice, tmp_path):
+    from peft import PeftModel
+
+    model = trained(tokenizer)
+    meta = {"base_id": "tiny@0", "events_used": 12, "metrics": {"reward_gain": 0.1}}
+    v1 = registry.save_version(db, tmp_path, alice, model, meta)
+    folder = registry.version_dir(tmp_path, "alice", v1)
+    assert v1 == 1 and folder == tmp_path / "alice" / "1"
+    saved_meta = json.loads((folder / "meta.json").read_text())
+    assert saved_meta["version"] == 1 and saved_meta["parent_version"] is None
+    assert saved_meta["user"]["name"] == "alice" and saved_meta["events_used"] == 12
+    loaded = PeftModel.from_pretrained(make_tiny_model(tokenizer), str(folder))
+    want, got = lora_state(model), lora_state(loaded)
+    assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)
+
+    registry.promote(db, alice["id"], v1)
+    v2 = registry.register_existing(db, tmp_path, alice, folder, {"base_id": "tiny@0"})
+    versions = registry.list_versions(db, alice["id"])
+    assert [v["version"] for v in versions] == [1, 2] and versions[1]["parent_version"] == 1
+    assert versions[0]["current"] and versions[0]["metrics"] == {"reward_gain": 0.1}
+    assert (registry.version_dir(tmp_path, "alice", v2) / "adapter_config.json").exists()
+
+
+def test_crash_during_save_leaves_nothing(tokenizer, db, alice, tmp_path, monkeypatch):
+    model = trained(tokenizer)
+
+    def crash(path, **kwargs):
+        open(f"{path}/adapter_model.safetensors", "wb").write(b"half")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(model, "save_pretrained", crash)
+    with pytest.raises(TrainingError, match="disk full"):
+        registry.save_version(db, tmp_path, alice, model, {})
+    assert list((tmp_path / "alice").iterdir()) == []
+    assert registry.list_versions(db, alice["id"]) == []
+
+
+def test_failed_row_insert_removes_the_directory(tokenizer, db, alice, tmp_path,
+                                                 monkeypatch):
+    def fail(*args):
+        raise RuntimeError("database is locked")
+
+    monkeypatch.setattr(registry, "_insert_row", fail)
+    with pytest.raises(TrainingError):
+        registry.save_version(db, tmp_path, alice, trained(tokenizer), {})
+    assert list((tmp_path / "alice").iterdir()) == []
+
+
+def test_rollback_validates(tokenizer, db, alice, tmp_path):
+    bob = create_user(db, "bob")[0]
+    model = trained(tokenizer)
+    v1 = registry.save_version(db, tmp_path, alice, model, {})
+    v2 = registry.save_version(db, tmp_path, alice, model, {})
+    registry.promote(db, alice["id"], v2)
+    registry.rollback(db, alice["id"], v1)
+    assert get_user(db, alice["id"])["current_version"] == v1
+    with pytest.raises(NotFound):
+        registry.rollback(db, alice["id"], 7)
+    with pytest.raises(NotFound):          # alice's version is not bob's
+        registry.rollback(db, bob["id"], v1)
+    registry.remove_user_files(tmp_path, "alice")
+    assert not (tmp_path / "alice").exists()
+
+
+# ---- gate -------------------------------------------------------------------------------
+def test_gate_decide_rules():
+    settings = gate.GateSettings(promote_margin=0.1, kl_budget=0.5)
+    base = {"reward_gain": 0.2, "candidate_kl": 0.1, "win_rate": 0.7, "baseline": "current"}
+    assert gate.decide(base, settings)[0]
+    assert not gate.decide({**base, "reward_gain": 0.05}, settings)[0]
+    ok, reason = gate.decide({**base, "candidate_kl": 0.9}, settings)
+    assert not ok and "KL" in reason
+    assert not gate.decide({**base, "reward_gain": float("nan")}, settings)[0]
+    assert gate.decide({**base, "reward_gain": 0.1}, settings)[0]      # gain == margin
+
+
+def test_gate_evaluate(tokenizer, tiny_model, tmp_path):
+    model = policy.attach_lora(tiny_model, FAST)
+    model.save_pretrained(tmp_path / "zero")          # B = 0: the base itself
+    randomize_lora(model)
+    settings = gate.GateSettings(max_completion_tokens=8)
+    gate.load_adapter(model, tmp_path / "zero", "zero")
+    vs_base = gate.evaluate(model, tokenizer, "default", None, PROMPTS, count_e, settings)
+    assert vs_base["baseline"] == "base" and vs_base["n_prompts"] == 3
+    assert vs_base["candidate_kl"] > 0 and vs_base["baseline_kl"] == 0
+    assert 0 <= vs_base["win_rate"] <= 1
+    # A zero adapter answers exactly like the base: no KL, no gain, all ties.
+    same = gate.evaluate(model, tokenizer, "zero", None, PROMPTS, count_e, settings)
+    assert same["candidate_kl"] < 1e-6 and same["reward_gain"] == 0
+    assert same["win_rate"] == 0.5
+    vs_current = gate.evaluate(model, tokenizer, "default", "zero", PROMPTS, count_e, settings)
+    assert vs_current["baseline"] == "current"
+    assert vs_current["candidate_reward"] == vs_base["candidate_reward"]
