@@ -13,8 +13,9 @@ comparison is reproducible and free of sampling noise. Measured:
 
 `decide` promotes only if gain >= promote_margin and KL <= kl_budget.
 
-Both adapters live in one PeftModel and are routed per row with PEFT's `adapter_names`
-(as the server does), so one generate call serves candidate and baseline together.
+`evaluate` takes a PeftModel holding both adapters (see `load_adapter`) and decodes each
+side with a bfloat16 copy that has that adapter merged in (the fast path on this CPU; greedy
+decoding of a bf16 copy is as deterministic as fp32's).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import torch
 
 from adapters.policy import (
     RewardFn,
+    bf16_twin,
     completion_mask,
     decode,
     eos_ids,
@@ -59,39 +61,51 @@ def load_adapter(model, path: Path, name: str) -> str:
     return name
 
 
-def _answers(model, tokenizer, rows: list[list[int]], names: list[str],
+def _twin(model, name: str):
+    """A bfloat16 copy of the PeftModel with adapter `name` merged in (BASE: no adapter).
+
+    Merged weights decode as fast as the plain base; PEFT's per-row routing would pay two
+    extra small matmuls per projection per token, in float32.
+    """
+    twin = bf16_twin(model)
+    return twin.unload() if name == BASE else twin.merge_and_unload(adapter_names=[name])
+
+
+def _answers(gen_model, base_model, head, tokenizer, rows: list[list[int]],
              max_tokens: int) -> list[dict]:
-    """Greedy completions of each row under its adapter, in chunks of GATE_BATCH rows."""
-    eos = eos_ids(model, tokenizer)
+    """Greedy completions by gen_model and their KL to base_model, GATE_BATCH rows a time."""
+    eos = eos_ids(gen_model, tokenizer)
     out = []
     for i in range(0, len(rows), GATE_BATCH):
         ids, mask = left_pad(rows[i:i + GATE_BATCH], tokenizer.pad_token_id)
-        tokens = sample(model, ids, mask, max_new_tokens=max_tokens, temperature=0.0, eos=eos,
-                        pad_id=tokenizer.pad_token_id, adapter_names=names[i:i + GATE_BATCH])
+        tokens = sample(gen_model, ids, mask, max_new_tokens=max_tokens, temperature=0.0,
+                        eos=eos, pad_id=tokenizer.pad_token_id)
         cmask = completion_mask(tokens, eos)
-        kl = _kl_to_base(model, ids, mask, tokens, cmask, names[i:i + GATE_BATCH])
+        kl = (torch.zeros(len(tokens)) if gen_model is base_model
+              else _kl_sum(gen_model, base_model, head, ids, mask, tokens, cmask))
         for j, text in enumerate(decode(tokenizer, tokens, cmask)):
             out.append({"text": text, "len": cmask[j].sum().item(), "kl_sum": kl[j].item()})
     return out
 
 
 @torch.no_grad()
-def _kl_to_base(model, ids: torch.Tensor, mask: torch.Tensor, tokens: torch.Tensor,
-                cmask: torch.Tensor, names: list[str]) -> torch.Tensor:
-    """(B,) summed exact per-position KL(adapter || base) over each completion's tokens."""
-    if all(n == BASE for n in names):
-        return torch.zeros(len(names))
+def _kl_sum(model, base_model, head, ids: torch.Tensor, mask: torch.Tensor,
+            tokens: torch.Tensor, cmask: torch.Tensor) -> torch.Tensor:
+    """(B,) summed exact per-position KL(model || base) over each completion's tokens.
+
+    Decoders run in bf16, the output layer `head` in float32 at completion positions only.
+    """
     full = torch.cat([ids, tokens], dim=1)                                  # (B, P+T)
     attn = torch.cat([mask, cmask.long()], dim=1)
     pos = (attn.cumsum(-1) - 1).clamp(min=0)
     t = tokens.shape[1]
 
-    def logprobs(route: list[str]) -> torch.Tensor:                          # (B, T, V)
-        logits = model(input_ids=full, attention_mask=attn, position_ids=pos,
-                       adapter_names=route, logits_to_keep=t + 1).logits[:, :-1]
-        return logits.float().log_softmax(-1)
+    def logprobs(m) -> torch.Tensor:                                         # (B, T, V)
+        hidden = m.get_decoder()(input_ids=full, attention_mask=attn, position_ids=pos,
+                                 use_cache=False).last_hidden_state
+        return head(hidden[:, -t - 1:-1].float().contiguous()).log_softmax(-1)
 
-    lp, lq = logprobs(names), logprobs([BASE] * len(names))
+    lp, lq = logprobs(model), logprobs(base_model)
     per_pos = (lp.exp() * (lp - lq)).sum(-1)                                # (B, T)
     return (per_pos * cmask).sum(-1)
 
@@ -126,8 +140,11 @@ def evaluate(model, tokenizer, candidate: str, current: str | None,
     started = time.perf_counter()
     n, baseline = len(prompts), current or BASE
     rows = render_prompts(tokenizer, prompts)
-    answers = _answers(model, tokenizer, rows + rows, [candidate] * n + [baseline] * n,
-                       settings.max_completion_tokens)
+    twins = {name: _twin(model, name) for name in {candidate, baseline, BASE}}
+    head = model.get_base_model().get_output_embeddings()       # float32, shared
+    answers = [a for name in (candidate, baseline)
+               for a in _answers(twins[name], twins[BASE], head, tokenizer, rows,
+                                 settings.max_completion_tokens)]
     r_cand = _score(reward_fn, prompts, [a["text"] for a in answers[:n]])
     r_base = _score(reward_fn, prompts, [a["text"] for a in answers[n:]])
     cand, base = _side(answers[:n], r_cand), _side(answers[n:], r_base)

@@ -20,16 +20,17 @@ one gradient step on
   et al. 2025), avoiding the per-sequence 1/|o| length bias of GRPO's original objective
   (Liu et al. 2025, Dr. GRPO) - it matters here because feedback often rewards length.
 
-Why a hand-written loop rather than TRL's GRPOTrainer/RLOOTrainer. Measured on this 2-core
-CPU, one TRL GRPO step with 8 completions of 48 tokens took ~10 s, most of it Trainer and
-datasets machinery around the same three passes. The loop below is ~150 lines, has no
-dataset/Trainer/accelerate state to set up per user, and controls where the time goes:
+Why a hand-written loop rather than TRL's GRPOTrainer/RLOOTrainer. On this 2-core CPU one
+TRL GRPO step with 8 completions of 48 tokens took ~10 s: it generates in float32 through
+PEFT's unmerged LoRA and runs the forwards in float32, and it brings a datasets/Trainer/
+accelerate setup per user. The same step here costs ~6-8 s of CPU on a busy machine
+(bench/policy_step.py). The loop is ~150 lines, easy to audit, and controls where time goes:
 
 - Sampling is memory-bandwidth bound (every decoded token reads all 135 M weights), so the
   whole step's P*k completions are generated in one batch with the KV cache, and by a
-  bfloat16 copy of the policy (`bf16=True`), which halves the bytes read per token. The
-  copy's LoRA weights are refreshed after every update. The bf16 sampler and the fp32
-  policy differ by rounding only (the autocast forward uses the very same bf16 weights).
+  bfloat16 copy of the base with the LoRA merged in (`bf16=True`): half the bytes per token,
+  and none of PEFT's per-projection LoRA matmuls. It is re-merged after every update; it
+  differs from the policy by rounding only (autocast multiplies by the same bf16 weights).
 - The policy and reference log-probs are one forward each over the padded batch, the matmuls
   under bfloat16 autocast (AMX/AVX512-BF16 make them ~4x faster than fp32 here); the output
   layer is applied in float32 and only at completion positions, so log-probs keep full
@@ -254,18 +255,23 @@ class _Sampler:
             target.weight.copy_(merged)
 
 
-def _bf16_copy(model):
+def bf16_twin(model):
+    """A frozen bfloat16 deep copy of `model`, for generation only."""
+    twin = copy.deepcopy(model).to(torch.bfloat16).eval().requires_grad_(False)
+    # On CPU a bf16 linear whose 3-D input is non-contiguous - generate's last-position
+    # slice (B, 1, H) of the prefill is - takes a bmm path that copies the (V, H) weight once
+    # per row: ~3 s per generate call for 16 rows. A contiguous input takes the fast path.
+    twin.get_output_embeddings().register_forward_pre_hook(
+        lambda _module, args: (args[0].contiguous(), *args[1:]))
+    return twin
+
+
+def _plain_bf16_twin(model):
     from peft import PeftModel
 
     if isinstance(model, PeftModel):
         raise TrainingError("train_policy needs the plain base model, not a PeftModel")
-    plain = copy.deepcopy(model).to(torch.bfloat16).eval().requires_grad_(False)
-    # On CPU a bf16 linear whose 3-D input is non-contiguous - generate's last-position
-    # slice (B, 1, H) of the prefill is - takes a bmm path that copies the (V, H) weight once
-    # per row: ~3 s per generate call for 16 rows. A contiguous input takes the fast path.
-    plain.get_output_embeddings().register_forward_pre_hook(
-        lambda _module, args: (args[0].contiguous(), *args[1:]))
-    return plain
+    return bf16_twin(model)
 
 
 def _prompt_cycle(n: int, per_step: int, seed: int) -> Iterator[list[int]]:
@@ -361,7 +367,7 @@ def train_policy(model, tokenizer, prompts: list[list[dict]], reward_fn: RewardF
         raise TrainingError("RL needs temperature > 0 and group_size >= 2")
     torch.manual_seed(settings.seed)
     # Copied before PEFT injects its LoRA layers into `model`.
-    plain = _bf16_copy(model) if settings.bf16 else None
+    plain = _plain_bf16_twin(model) if settings.bf16 else None
     policy = attach_lora(model, settings, init_adapter).eval()
     sampler = _Sampler(plain, policy) if plain is not None else None
     params = [p for p in policy.parameters() if p.requires_grad]

@@ -115,7 +115,7 @@ def test_logprobs_match_generation_with_left_padding(tokenizer, tiny_model):
 
 
 def test_bf16_sampler_tracks_the_policy(tokenizer, tiny_model):
-    plain = policy._bf16_copy(tiny_model)
+    plain = policy._plain_bf16_twin(tiny_model)
     model = policy.attach_lora(tiny_model, FAST)
     sampler = policy._Sampler(plain, model)
     randomize_lora(model)
