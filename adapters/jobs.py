@@ -184,7 +184,7 @@ def execute_run(db, base, adapters_dir: Path, run: dict, settings: RunSettings,
                                               for p in settings.public_prompts]
     train, heldout = split_prompts(prompts, settings.heldout_frac, settings.policy.seed)
     reward_fn = reward_function(base, head)
-    current = registry.current_path(db, adapters_dir, user)
+    current = registry.current_path(db, user)
     t = time.perf_counter()
     policy, steps = train_policy(base.model, base.tokenizer, train, reward_fn, settings.policy,
                                  init_adapter=current, progress=progress)

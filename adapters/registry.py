@@ -153,3 +153,9 @@ def rollback(db: Database, user_id: int, version: int) -> None:
 def remove_user_files(adapters_dir: Path, user_name: str) -> None:
     """Delete every adapter version of a user from disk (rows go with feedback_store)."""
     shutil.rmtree(user_dir(adapters_dir, user_name), ignore_errors=True)
+
+
+def current_path(db: Database, user: dict) -> Path | None:
+    """Directory of the version serving the user now, or None (the base serves them)."""
+    version = get_user(db, user["id"])["current_version"]
+    return Path(get_version(db, user["id"], version)["path"]) if version else None
