@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 DEPS := $(VENV)/.deps-installed
 BROWSER := /usr/bin/chromium
 
-.PHONY: serve test setup lint bench-reward bench-personalize bench-latency clean
+.PHONY: serve test setup lint bench-reward bench-personalize bench-training clean
 
 serve: setup
 	$(PY) -m assistant serve
@@ -39,8 +39,8 @@ bench-reward: setup
 bench-personalize: setup
 	$(PY) bench/personalize.py --out bench/out/personalize
 
-bench-latency: setup
-	$(PY) bench/latency.py
+bench-training: setup
+	$(PY) bench/training_run.py --out bench/out
 
 clean:
 	rm -rf $(VENV) .pytest_cache
