@@ -80,17 +80,20 @@ def split_users(pairs: list[Pair], train_frac: float, seed: int) -> dict[str, tu
     return splits
 
 
-def pair_features(pairs: list[Pair], cache_dir: Path, model_path: str) -> tuple:
+def pair_features(pairs: list[Pair], cache_dir: Path, model_path: str,
+                  threads: int = 2) -> tuple:
     """(chosen (N, D), rejected (N, D)) from the frozen base, through the disk cache."""
     import torch
 
-    from adapters.base_model import load_base
+    from adapters.base_model import load_base, load_tokenizer, resolve_source
     from adapters.features import disk_cached_features
 
-    torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
-    base = load_base(model_path, cache_dir)
+    # Two threads on the 2-core target; on a busy machine 1 avoids spinning threads.
+    torch.set_num_threads(max(1, threads))
+    base_id = resolve_source(model_path, cache_dir).base_id
     items = [(p.prompt, a) for p in pairs for a in (p.chosen, p.rejected)]
-    X = disk_cached_features(base.model, base.tokenizer, base.base_id, items,
+    X = disk_cached_features(lambda: load_base(model_path, cache_dir).model,
+                             load_tokenizer(model_path, cache_dir), base_id, items,
                              cache_dir / FEATURES_SUBDIR, progress=_progress)
     return X[0::2], X[1::2]
 
@@ -121,12 +124,13 @@ def evaluate(C: np.ndarray, R: np.ndarray, splits: dict[str, tuple],
 
 
 def run(data: Path, train_frac: float, seed: int, json_out: Path | None, cache_dir: Path,
-        model_path: str = "", settings: HeadSettings = DEFAULT_SETTINGS) -> dict:
+        model_path: str = "", settings: HeadSettings = DEFAULT_SETTINGS, *,
+        threads: int = 2) -> dict:
     """Evaluate, print a table, optionally write JSON; returns {"users": ..., "seconds": ...}."""
     start = time.perf_counter()
     pairs = read_pairs(data)
     splits = split_users(pairs, train_frac, seed)
-    C, R = pair_features(pairs, Path(cache_dir), model_path)
+    C, R = pair_features(pairs, Path(cache_dir), model_path, threads)
     after_features = time.perf_counter()
     users = evaluate(C, R, splits, settings)
     done = time.perf_counter()
@@ -162,7 +166,8 @@ def cmd_eval_reward(args: argparse.Namespace, config=None) -> None:
     settings = HeadSettings(**vars(config.reward))
     run(Path(args.data), args.train_frac, args.seed, Path(args.json) if args.json else None,
         Path(args.cache_dir) if args.cache_dir else config.cache_dir,
-        config.model.path if args.model_path is None else args.model_path, settings)
+        config.model.path if args.model_path is None else args.model_path, settings,
+        threads=config.model.threads or 2)
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:

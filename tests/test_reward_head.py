@@ -195,3 +195,42 @@ def test_cross_val_accuracy():
     acc = cross_val_accuracy(C, R, *NONE, HeadSettings(shared_prior=False, l2=0.1))
     assert 0.8 < acc <= 1.0
     assert cross_val_accuracy(C[:1], R[:1], *NONE) is None
+
+
+# ---- eval reward on synthetic features --------------------------------------------------
+
+def test_read_pairs_names_the_bad_line(tmp_path):
+    from assistant.eval_reward import read_pairs
+
+    good = '{"user": "u", "prompt": [{"role": "user", "content": "q"}], ' \
+           '"chosen": "a", "rejected": "b"}'
+    path = tmp_path / "pairs.jsonl"
+    path.write_text(good + "\n" + '{"user": "u", "prompt": "q"}\n')
+    with pytest.raises(BadRequest, match="line 2"):
+        read_pairs(path)
+    path.write_text(good + "\n{oops\n")
+    with pytest.raises(BadRequest, match="line 2"):
+        read_pairs(path)
+    path.write_text(good + "\n")
+    assert read_pairs(path)[0].chosen == "a"
+
+
+def test_evaluate_personal_beats_global_when_users_disagree():
+    from assistant.eval_reward import Pair, evaluate, split_users
+
+    rng = np.random.default_rng(6)
+    w = rng.normal(size=20)
+    w_other = w.copy()
+    w_other[:12] *= -1
+    Ca, Ra = _pairs(rng, w, 300)
+    Cb, Rb = _pairs(rng, w_other, 300)
+    pairs = [Pair("a" if i < 300 else "b", [], "", "") for i in range(600)]
+    splits = split_users(pairs, 0.5, seed=0)
+    again = split_users(pairs, 0.5, seed=0)
+    assert all(np.array_equal(splits[u][0], again[u][0]) for u in splits)
+    users = evaluate(np.concatenate([Ca, Cb]), np.concatenate([Ra, Rb]), splits,
+                     HeadSettings())
+    for user in ("a", "b"):
+        r = users[user]
+        assert (r["n_train"], r["n_test"]) == (150, 150)
+        assert r["personal_prior"] > r["global"] + 0.05
