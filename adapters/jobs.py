@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from adapters import registry
-from adapters.features import compute_features, ensure_features
+from adapters.features import cached_features, compute_features, ensure_features
 from adapters.gate import GateSettings, decide, evaluate
 from adapters.policy import PolicySettings, train_policy
 from adapters.reward_head import (
@@ -27,13 +27,13 @@ from adapters.reward_head import (
     fit_head,
     save_head_version,
 )
+from feedback_store.conversations import prompt_messages
 from feedback_store.errors import TrainingError
 from feedback_store.feedback import mark_events_used, new_events
 from feedback_store.training_data import training_rows
 from feedback_store.users import get_user
 
 Log = Callable[[str], None]
-GLOBAL_HEADS = "_global"     # adapters_dir/_global/reward/<version>: the shared prior
 
 
 @dataclass(frozen=True)
@@ -103,38 +103,51 @@ def _is_thumb(db, user_id: int, message_id: int) -> bool:
                                          [user_id, message_id]))
 
 
-def fit_global(db, base, adapters_dir: Path, settings: HeadSettings) -> RewardHead | None:
-    """The consensus head over every user's feedback (the one place feedback is pooled)."""
+def fit_prior(db, base, user_id: int, settings: HeadSettings) -> RewardHead | None:
+    """The consensus head over the other users' feedback (the one place feedback is pooled).
+
+    The user's own events are left out so that they are not counted twice (once in the
+    prior, once in the data term), which would also make the cross-validation optimistic.
+    """
     if not settings.shared_prior:
         return None
-    data = [head_data(db, base, u["id"]) for u in db["users"].rows]
+    data = [head_data(db, base, u["id"]) for u in db["users"].rows_where("id != ?", [user_id])]
     data = [d for d in data if len(d)]
     if not data:
         return None
-    head = fit_head(np.concatenate([d.chosen for d in data]),
+    return fit_head(np.concatenate([d.chosen for d in data]),
                     np.concatenate([d.rejected for d in data]),
                     np.concatenate([d.thumbs for d in data]),
                     np.concatenate([d.labels for d in data]), settings)
-    save_head_version(db, adapters_dir / GLOBAL_HEADS / "reward", None, head,
-                      {"users": len(data)}, base.base_id)
-    return head
+
+
+def backfill_features(db, base, user_id: int) -> int:
+    """Features for every stored answer of the user (each computed once per base)."""
+    items = {}
+    for m in db["messages"].rows_where("user_id = ? and role = 'assistant'", [user_id]):
+        items[m["id"]] = (prompt_messages(db, m["conversation_id"], m["candidate_group"]),
+                          m["content"])
+    before = len(cached_features(db, list(items), base.base_id))
+    ensure_features(db, base.model, base.tokenizer, base.base_id, items)
+    return len(items) - before
 
 
 def fit_user_head(db, base, adapters_dir: Path, user: dict, settings: HeadSettings,
                   log: Log) -> RewardHead:
+    computed = backfill_features(db, base, user["id"])
     data = head_data(db, base, user["id"])
     if not len(data):
         raise TrainingError(f"user {user['name']!r} has no usable feedback yet")
-    prior = fit_global(db, base, adapters_dir, settings)
+    prior = fit_prior(db, base, user["id"], settings)
     head = fit_head(data.chosen, data.rejected, data.thumbs, data.labels, settings, prior)
     cv = cross_val_accuracy(data.chosen, data.rejected, data.thumbs, data.labels,
                             settings, prior)
     metrics = {"cv_accuracy": cv, "n_pairs": len(data.chosen), "n_thumbs": len(data.thumbs),
-               "prior": prior is not None}
+               "prior": prior is not None, "features_computed": computed}
     version = save_head_version(db, adapters_dir / user["name"] / "reward", user["id"], head,
                                 metrics, base.base_id)
     log(f"reward head v{version}: {len(data.chosen)} pairs, {len(data.thumbs)} thumbs, "
-        f"cv accuracy {cv if cv is None else round(cv, 3)}")
+        f"cv accuracy {cv if cv is None else round(cv, 3)}, {computed} new feature vectors")
     return head
 
 
@@ -142,11 +155,8 @@ def fit_user_head(db, base, adapters_dir: Path, user: dict, settings: HeadSettin
 
 def user_prompts(db, user_id: int) -> list[list[dict]]:
     """The user's own prompts: each of their turns with the history before it."""
-    from feedback_store.conversations import history
-
     turns = db["messages"].rows_where("user_id = ? and role = 'user'", [user_id], order_by="id")
-    return [[{"role": m["role"], "content": m["content"]}
-             for m in history(db, t["conversation_id"], t["id"])] for t in turns]
+    return [prompt_messages(db, t["conversation_id"], t["id"]) for t in turns]
 
 
 def split_prompts(prompts: list[list[dict]], heldout_frac: float,

@@ -19,12 +19,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
 from feedback_store.errors import ModelError
 
+T = TypeVar("T")
 BASE = "__base__"   # PEFT's name for "no adapter" in a mixed batch
 
 
@@ -302,6 +304,11 @@ class Engine:
             if not finished and on_abandon is not None:
                 future.add_done_callback(
                     lambda f: f.exception() or loop.create_task(on_abandon(f.result())))
+
+    async def call(self, fn: Callable[..., T], *args) -> T:
+        """Run fn on the generation thread (it owns the model; no generation runs meanwhile)."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._thread, lambda: fn(*args))
 
     def close(self) -> None:
         self._thread.shutdown(wait=True, cancel_futures=True)

@@ -9,6 +9,7 @@ from litestar.di import Provide
 from litestar.params import FromPath
 
 from assistant.auth import current_user
+from assistant.rewards import message_reward
 from assistant.state import AppState
 from feedback_store import feedback as fb
 from feedback_store.errors import BadRequest
@@ -40,7 +41,9 @@ async def guidelines(user: dict, ctx: AppState) -> dict:
 
 @get("/messages/{message_id:int}")
 async def get_message(message_id: FromPath[int], user: dict, ctx: AppState) -> dict:
-    return await ctx.store.read(fb.message_view, user["id"], message_id)
+    view = await ctx.store.read(fb.message_view, user["id"], message_id)
+    view["reward"] = await message_reward(ctx, user["id"], view)
+    return view
 
 
 @put("/messages/{message_id:int}/thumbs")

@@ -11,6 +11,7 @@ from sqlite_utils import Database
 
 from assistant.auth import current_user
 from assistant.erase import erase_user
+from assistant.rewards import head_summary
 from assistant.state import AppState
 from feedback_store import conversations as conv
 from feedback_store import feedback as fb
@@ -34,12 +35,12 @@ def _last_run(db: Database, user_id: int) -> dict | None:
     return {k: rows[0][k] for k in RUN_FIELDS} if rows else None
 
 
-def me_summary(db: Database, user_id: int) -> dict:
+def me_summary(db: Database, user_id: int, base_id: str) -> dict:
     user = users.get_user(db, user_id)
     return {**{k: user[k] for k in USER_FIELDS}, "counts": fb.counts(db, user_id),
             "adapter": _adapter(db, user_id, user["current_version"]),
             "last_training_run": _last_run(db, user_id),
-            "reward_head": None}  # filled by the reward-head work
+            "reward_head": head_summary(db, user_id, base_id)}
 
 
 def _snapshot(db: Database, fn: Callable[..., T], *args: Any) -> T:
@@ -72,7 +73,7 @@ def export_user(db: Database, user_id: int) -> dict:
 
 @get("/me")
 async def me(user: dict, ctx: AppState) -> dict:
-    return await ctx.store.read(me_summary, user["id"])
+    return await ctx.store.read(me_summary, user["id"], ctx.engine.base_id)
 
 
 @post("/me/rotate-key", status_code=200)

@@ -145,3 +145,12 @@ def conversation_detail(db: Database, user_id: int, conversation_id: int) -> dic
 def candidates_of(db: Database, user_turn_id: int) -> list[dict]:
     return list(db["messages"].rows_where("candidate_group = ?", [user_turn_id],
                                           order_by="candidate_index"))
+
+
+def prompt_messages(db: Database, conversation_id: int, turn_id: int) -> list[dict]:
+    """The chat a model saw for user turn `turn_id`: system message (if any) and the history
+    along parent links up to and including that turn, as {"role", "content"} dicts."""
+    chat = [{"role": m["role"], "content": m["content"]}
+            for m in history(db, conversation_id, turn_id)]
+    system = db["conversations"].get(conversation_id)["system"]
+    return ([{"role": "system", "content": system}] if system else []) + chat

@@ -279,6 +279,6 @@ def counts(db: Database, user_id: int) -> dict:
 
 
 def message_view(db: Database, user_id: int, message_id: int) -> dict:
-    """A message the user owns with their current thumbs; 'reward' is filled by reward heads."""
+    """A message the user owns with their current thumbs."""
     message = conv.get_message(db, user_id, check_id(message_id, "message_id"))
-    return dict(message, thumbs=current_thumbs(db, user_id, message_id), reward=None)
+    return dict(message, thumbs=current_thumbs(db, user_id, message_id))

@@ -110,6 +110,14 @@ def test_run_trains_promotes_and_routes(promoting, tiny_dir):
     assert r.status_code == 400 and "0 new feedback events" in r.json()["detail"]
     me = httpx.get(f"{live.url}/api/me", headers=live.headers(key)).json()
     assert me["current_version"] == 1
+    head = me["reward_head"]
+    assert head["version"] == 1 and head["n_pairs"] == 3 and head["n_thumbs"] == 0
+    assert 0.0 <= head["cv_accuracy"] <= 1.0
+    # every stored answer of alice now has a reward from her head, bob's have none
+    scored = httpx.get(f"{live.url}/api/messages/{after['id']}", headers=live.headers(key))
+    assert isinstance(scored.json()["reward"], float)
+    assert httpx.get(f"{live.url}/api/messages/{bob_after['id']}",
+                     headers=live.headers(other)).json()["reward"] is None
 
 
 def test_rollback_and_second_version(promoting):
