@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from adapters import registry
+from adapters.dpo import DpoSettings, dpo_warm_start
 from adapters.features import cached_features, compute_features, ensure_features
 from adapters.gate import GateSettings, decide, evaluate
 from adapters.policy import PolicySettings, train_policy
@@ -41,6 +42,7 @@ class RunSettings:
     head: HeadSettings = field(default_factory=HeadSettings)
     policy: PolicySettings = field(default_factory=PolicySettings)
     gate: GateSettings = field(default_factory=GateSettings)
+    dpo: DpoSettings = field(default_factory=DpoSettings)
     heldout_frac: float = 0.25
     public_prompts: tuple[str, ...] = ()     # operator-supplied prompt texts, never users'
     min_prompts: int = 2
@@ -195,17 +197,31 @@ def execute_run(db, base, adapters_dir: Path, run: dict, settings: RunSettings,
     train, heldout = split_prompts(prompts, settings.heldout_frac, settings.policy.seed)
     reward_fn = reward_function(base, head)
     current = registry.current_path(db, user)
+    pairs = training_rows(db, user["id"], "preference")
+    dpo_steps: list[dict] = []
+
+    def warm_start(policy) -> None:
+        t = time.perf_counter()
+        dpo_steps.extend(dpo_warm_start(policy, base.tokenizer, pairs, settings.dpo))
+        timer.phase("dpo", t)
+        if dpo_steps:
+            log(f"DPO warm start on {len(pairs)} pairs: {len(dpo_steps)} steps, last loss "
+                f"{dpo_steps[-1]['loss']:.4f}")
+
     t = time.perf_counter()
     policy, steps = train_policy(base.model, base.tokenizer, train, reward_fn, settings.policy,
-                                 init_adapter=current, progress=progress)
+                                 init_adapter=current, progress=progress,
+                                 warm_start=warm_start)
     timer.phase("rl", t)
+    timer.seconds["rl"] = round(timer.seconds["rl"] - timer.seconds.get("dpo", 0.0), 2)
     try:
         outcome = _gate_and_save(db, base, adapters_dir, user, policy, current, heldout,
                                  reward_fn, settings, timer, log)
     finally:
         base.model = policy.unload()        # the shared base without LoRA layers again
     mark_events_used(db, user["id"], events, run["id"])
-    outcome["metrics"].update(steps=steps, seconds=timer.seconds, events_used=len(events))
+    outcome["metrics"].update(steps=steps, dpo_steps=dpo_steps, seconds=timer.seconds,
+                              events_used=len(events))
     outcome["events_used"] = len(events)
     return outcome
 
@@ -229,7 +245,7 @@ def _gate_and_save(db, base, adapters_dir, user, policy, current, heldout, rewar
         policy.delete_adapter(current_name)
     meta = {"base_id": base.base_id, "training_config": {
         "policy": asdict(settings.policy), "head": asdict(settings.head),
-        "gate": asdict(settings.gate)}, "metrics": metrics}
+        "gate": asdict(settings.gate), "dpo": asdict(settings.dpo)}, "metrics": metrics}
     version = registry.save_version(db, adapters_dir, user, policy, meta)
     registry.promote(db, user["id"], version)
     log(f"promoted version {version}")

@@ -351,8 +351,12 @@ def _update(run: _Run, batch: dict) -> tuple[float, float]:
 
 def train_policy(model, tokenizer, prompts: list[list[dict]], reward_fn: RewardFn,
                  settings: PolicySettings, init_adapter: Path | None = None,
-                 progress: Callable[[dict], None] | None = None):
+                 progress: Callable[[dict], None] | None = None,
+                 warm_start: Callable[[object], object] | None = None):
     """RL-tune a LoRA on `model` (the plain base) against `reward_fn`; see the module doc.
+
+    warm_start(policy), if given, trains the fresh or loaded LoRA before RL begins (the DPO
+    warm start of adapters/dpo.py).
 
     prompts: chat histories ending with a user turn. reward_fn(prompts, completions) gets
     one prompt per completion (prompt-major, group_size in a row) and returns one float each.
@@ -369,6 +373,8 @@ def train_policy(model, tokenizer, prompts: list[list[dict]], reward_fn: RewardF
     # Copied before PEFT injects its LoRA layers into `model`.
     plain = _plain_bf16_twin(model) if settings.bf16 else None
     policy = attach_lora(model, settings, init_adapter).eval()
+    if warm_start is not None:
+        warm_start(policy)
     sampler = _Sampler(plain, policy) if plain is not None else None
     params = [p for p in policy.parameters() if p.requires_grad]
     run = _Run(policy=policy, sampler=sampler,

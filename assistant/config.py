@@ -92,6 +92,9 @@ class TrainingConfig:
     kl_budget: float = 0.5
     heldout_frac: float = 0.25
     threads: int = 1
+    dpo_epochs: int = 2
+    dpo_beta: float = 0.1
+    dpo_learning_rate: float = 5e-4
 
 
 @dataclass(frozen=True)
@@ -254,6 +257,8 @@ def validate(c: Config) -> None:
            "must be at least 2 (the group is the baseline)")
     _check(0.0 < t.heldout_frac < 1.0, "training.heldout_frac", t.heldout_frac, "must be in (0, 1)")
     _check(t.kl_beta >= 0, "training.kl_beta", t.kl_beta, "must be 0 or more")
+    _check(t.dpo_epochs >= 0, "training.dpo_epochs", t.dpo_epochs, "must be 0 or more")
+    _check(t.dpo_beta > 0, "training.dpo_beta", t.dpo_beta, "must be positive")
     _check(c.scheduler.interval_seconds >= 1, "scheduler.interval_seconds",
            c.scheduler.interval_seconds, "must be at least 1")
 

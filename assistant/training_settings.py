@@ -26,8 +26,8 @@ def public_prompts(path: str, base: Path) -> tuple[str, ...]:
 
 
 def run_settings(config: Config):
+    from adapters.dpo import DpoSettings
     from adapters.gate import GateSettings
-
     from adapters.jobs import RunSettings
     from adapters.policy import PolicySettings
     from adapters.reward_head import HeadSettings
@@ -44,6 +44,8 @@ def run_settings(config: Config):
                               kl_beta=t.kl_beta),
         gate=GateSettings(promote_margin=t.promote_margin, kl_budget=t.kl_budget,
                           max_completion_tokens=t.max_completion_tokens),
+        dpo=DpoSettings(epochs=t.dpo_epochs, beta=t.dpo_beta,
+                        learning_rate=t.dpo_learning_rate),
         heldout_frac=t.heldout_frac,
         public_prompts=public_prompts(t.public_prompts, config.source.parent),
     )

@@ -1,0 +1,49 @@
+"""DPO warm start on a tiny model: the preferred answers gain probability over the others."""
+
+import torch
+from peft import LoraConfig, get_peft_model
+
+from adapters.dpo import DpoSettings, _batch, _sequence_logp, dpo_warm_start, encode_pairs
+from adapters.policy import LORA_TARGETS
+
+
+def rows() -> list[dict]:
+    out = []
+    for i in range(6):
+        prompt = [{"role": "user", "content": f"Tell me something about topic {i}."}]
+        out.append({"prompt": prompt,
+                    "chosen": [{"role": "assistant", "content": "- one point\n- two points"}],
+                    "rejected": [{"role": "assistant",
+                                  "content": f"A long rambling paragraph number {i} goes on."}]})
+    return out
+
+
+def margin(policy, tokenizer, data) -> float:
+    with torch.no_grad():
+        logp = _sequence_logp(policy, _batch(encode_pairs(tokenizer, data, 64),
+                                             tokenizer.pad_token_id))
+    b = len(data)
+    return (logp[:b] - logp[b:]).mean().item()
+
+
+def test_dpo_raises_the_chosen_margin_and_changes_only_lora(tiny_model, tokenizer):
+    base_state = {k: v.clone() for k, v in tiny_model.state_dict().items()}
+    policy = get_peft_model(tiny_model, LoraConfig(r=4, lora_alpha=8,
+                                                   target_modules=LORA_TARGETS))
+    data = rows()
+    before = margin(policy, tokenizer, data)
+    records = dpo_warm_start(policy, tokenizer, data,
+                             DpoSettings(epochs=3, learning_rate=5e-3, pairs_per_step=3))
+    assert len(records) == 6 and all(r["loss"] == r["loss"] for r in records)
+    assert records[-1]["loss"] < records[0]["loss"]
+    assert margin(policy, tokenizer, data) > before + 0.5
+    lora_b = [p for n, p in policy.named_parameters() if "lora_B" in n]
+    assert any(p.abs().sum() > 0 for p in lora_b)
+    unloaded = policy.unload().state_dict()
+    assert all(torch.equal(unloaded[k], v) for k, v in base_state.items())
+
+
+def test_zero_epochs_or_no_pairs_is_a_no_op(tiny_model, tokenizer):
+    policy = get_peft_model(tiny_model, LoraConfig(r=4, target_modules=LORA_TARGETS))
+    assert dpo_warm_start(policy, tokenizer, rows(), DpoSettings(epochs=0)) == []
+    assert dpo_warm_start(policy, tokenizer, [], DpoSettings()) == []
