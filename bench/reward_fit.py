@@ -74,7 +74,8 @@ def bench(data: Path, events: int) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", type=Path, default=Path("/work/shared/data/hh-harmless-dev.jsonl"))
+    p.add_argument("--data", type=Path,
+                   default=ROOT.parent / "shared" / "data" / "hh-harmless-dev.jsonl")
     p.add_argument("--events", type=int, default=1000)
     args = p.parse_args()
     import torch
