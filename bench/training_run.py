@@ -34,10 +34,11 @@ def ttft(url: str, key: str) -> float:
     with httpx.stream("POST", f"{url}/api/chat", headers={"Authorization": f"Bearer {key}"},
                       json={"content": PROBE, "max_tokens": 8, "stream": True},
                       timeout=300) as r:
-        for line in r.iter_lines():
+        lines = r.iter_lines()
+        for line in lines:
             if line.startswith("event: delta"):
                 first = time.perf_counter() - started
-                for _ in r.iter_lines():       # drain, so the next probe starts clean
+                for _ in lines:                # drain, so the next probe starts clean
                     pass
                 return first
     raise RuntimeError("the stream ended without a token")
