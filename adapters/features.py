@@ -32,10 +32,18 @@ Item = tuple[Messages, str]
 # layer after the final norm), so the same setting fits the tiny test model and the base.
 # Layer 16 of SmolLM2-135M's 30 (0.53) probed best on held-out HH-harmless pairs among
 # layers 8..30 and their combinations (~0.69 vs ~0.67 for the last layer on 256 pairs),
-# and the forward stops there, which halves the cost. All three pools beat any subset.
+# and the forward stops there, which halves the cost. On simulated style personas
+# (concise / structured, 20-60 pairs) layer 16 also beat 10, 24 and 30 (0.80 / 1.0 were
+# 2-5 points worse), see the commit that set FEATURE_POOLS.
 FEATURE_LAYERS: tuple[float, ...] = (0.53,)
-# Three pools per layer: mean over answer tokens, mean over the whole sequence, last token.
-POOLS = 3
+# Pools per layer, by name (any of POOL_NAMES): mean over the answer tokens and mean over
+# the whole sequence. The last-token state was dropped: with 20-60 preference pairs it
+# cost 1-2 points on the style personas (its 576 extra dimensions are mostly noise for
+# a linear head this small) and lowered the personal-vs-global gap on relabeled HH, for
+# -1.7 points on HH-harmless at seed 0 (0.656 vs 0.673; mean over seeds 0-2 0.650 vs 0.656).
+FEATURE_POOLS: tuple[str, ...] = ("answer_mean", "sequence_mean")
+POOL_NAMES = ("answer_mean", "sequence_mean", "last")
+POOLS = len(FEATURE_POOLS)
 # Answers keep at most this share of the token budget; the prompt is cut from the left.
 ANSWER_SHARE = 4
 SHARD_ITEMS = 128
@@ -209,14 +217,15 @@ def _forward_answers(model, cache, p: int, answers: list[Sequence[int]], pre_sum
         mean_answer = ans_sum / lengths.unsqueeze(1)
         mean_all = (ans_sum + pre_sum) / (lengths + p).unsqueeze(1)
         last = h[torch.arange(k), lengths - 1]                    # (k, H)
-        feats += [mean_answer, mean_all, last]
+        pooled = {"answer_mean": mean_answer, "sequence_mean": mean_all, "last": last}
+        feats += [pooled[name] for name in FEATURE_POOLS]
     return torch.cat(feats, 1)
 
 
 def compute_features(model, tokenizer, items: list[Item], batch_size: int = 8,
                      max_tokens: int = 512, progress: Callable[[int, int], None] | None = None,
                      layers: Sequence[float] = FEATURE_LAYERS) -> np.ndarray:
-    """Features (N, len(layers) * 3 * hidden) float32 from the frozen base, in item order."""
+    """Features (N, len(layers) * POOLS * hidden) float32 from the frozen base, in item order."""
     import torch
 
     rendered = [render(tokenizer, p, a, max_tokens) for p, a in items]
@@ -241,10 +250,18 @@ def compute_features(model, tokenizer, items: list[Item], batch_size: int = 8,
 
 # ---- database cache: one row per (message_id, base_id) -------------------------------
 
+def _db_key(base_id: str) -> str:
+    """The features table's base_id column: the base and the feature spec, so vectors of
+    another layer/pool setting are never mixed with the current ones."""
+    return f"{base_id}|{feature_spec()}"
+
+
 def cached_features(db, message_ids: list[int], base_id: str) -> dict[int, np.ndarray]:
-    """Stored vectors for these messages under this base (missing ids are absent)."""
+    """Stored vectors for these messages under this base and the current feature spec
+    (missing ids are absent)."""
     if not message_ids:
         return {}
+    base_id = _db_key(base_id)
     marks = ",".join("?" for _ in message_ids)
     rows = db.execute(
         f"SELECT message_id, dim, vector FROM features WHERE base_id = ? "
@@ -254,7 +271,8 @@ def cached_features(db, message_ids: list[int], base_id: str) -> dict[int, np.nd
 
 
 def store_features(db, rows: dict[int, np.ndarray], base_id: str) -> None:
-    """Insert or replace vectors (float32 bytes) for (message_id, base_id)."""
+    """Insert or replace vectors (float32 bytes) for (message_id, base_id + spec)."""
+    base_id = _db_key(base_id)
     stamp = now()
     db["features"].upsert_all(
         [{"message_id": int(mid), "base_id": base_id, "dim": int(vec.size),
@@ -280,7 +298,8 @@ def ensure_features(db, model, tokenizer, base_id: str,
 
 def feature_spec(layers: Sequence[float] = FEATURE_LAYERS, max_tokens: int = 512) -> str:
     """What changes the vectors besides the base and the text."""
-    return f"v1:layers={','.join(map(str, layers))}:pools={POOLS}:max={max_tokens}"
+    return (f"v2:layers={','.join(map(str, layers))}:pools={','.join(FEATURE_POOLS)}"
+            f":max={max_tokens}")
 
 
 class DiskFeatureCache:

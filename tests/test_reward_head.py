@@ -41,7 +41,8 @@ def test_features_match_a_plain_forward(tiny_model, tokenizer):
     with torch.no_grad():
         h = tiny_model(input_ids=ids, output_hidden_states=True).hidden_states[deepest][0]
     p = len(r.prefix)
-    expected = torch.cat([h[p:].mean(0), h.mean(0), h[-1]]).numpy()
+    pools = {"answer_mean": h[p:].mean(0), "sequence_mean": h.mean(0), "last": h[-1]}
+    expected = torch.cat([pools[name] for name in feat.FEATURE_POOLS]).numpy()
     X = feat.compute_features(tiny_model, tokenizer, ITEMS[:1])
     np.testing.assert_allclose(X[0, -expected.size:], expected, atol=1e-5)
 
@@ -94,6 +95,19 @@ def test_db_cache_computes_once_per_base(db, tiny_model, tokenizer, monkeypatch)
     feat.ensure_features(db, tiny_model, tokenizer, "base@b", items)
     assert calls == [2, 1, 2]
     assert set(feat.cached_features(db, [10, 11, 12, 99], "base@a")) == {10, 11, 12}
+
+
+def test_db_cache_is_keyed_by_feature_spec(db, tiny_model, tokenizer, monkeypatch):
+    items = {10: ITEMS[0]}
+    feat.ensure_features(db, tiny_model, tokenizer, "base@a", items)
+    stored = [r[0] for r in db.execute("SELECT base_id FROM features").fetchall()]
+    assert stored == [f"base@a|{feat.feature_spec()}"]
+    # Another pooling setting must not read the vectors stored under the current one.
+    monkeypatch.setattr(feat, "FEATURE_POOLS", ("last",))
+    monkeypatch.setattr(feat, "POOLS", 1)
+    assert feat.cached_features(db, [10], "base@a") == {}
+    fresh = feat.ensure_features(db, tiny_model, tokenizer, "base@a", items)
+    assert fresh[10].size == len(feat.FEATURE_LAYERS) * tiny_model.config.hidden_size
 
 
 def test_disk_cache_computes_once(tmp_path, tiny_model, tokenizer, monkeypatch):
