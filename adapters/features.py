@@ -250,7 +250,7 @@ def compute_features(model, tokenizer, items: list[Item], batch_size: int = 8,
 
 # ---- database cache: one row per (message_id, base_id) -------------------------------
 
-def _db_key(base_id: str) -> str:
+def features_id(base_id: str) -> str:
     """The features table's base_id column: the base and the feature spec, so vectors of
     another layer/pool setting are never mixed with the current ones."""
     return f"{base_id}|{feature_spec()}"
@@ -261,7 +261,7 @@ def cached_features(db, message_ids: list[int], base_id: str) -> dict[int, np.nd
     (missing ids are absent)."""
     if not message_ids:
         return {}
-    base_id = _db_key(base_id)
+    base_id = features_id(base_id)
     marks = ",".join("?" for _ in message_ids)
     rows = db.execute(
         f"SELECT message_id, dim, vector FROM features WHERE base_id = ? "
@@ -272,7 +272,7 @@ def cached_features(db, message_ids: list[int], base_id: str) -> dict[int, np.nd
 
 def store_features(db, rows: dict[int, np.ndarray], base_id: str) -> None:
     """Insert or replace vectors (float32 bytes) for (message_id, base_id + spec)."""
-    base_id = _db_key(base_id)
+    base_id = features_id(base_id)
     stamp = now()
     db["features"].upsert_all(
         [{"message_id": int(mid), "base_id": base_id, "dim": int(vec.size),

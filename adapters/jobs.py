@@ -18,7 +18,12 @@ import numpy as np
 
 from adapters import registry
 from adapters.dpo import DpoSettings, dpo_warm_start
-from adapters.features import cached_features, compute_features, ensure_features
+from adapters.features import (
+    cached_features,
+    compute_features,
+    ensure_features,
+    features_id,
+)
 from adapters.gate import GateSettings, decide, evaluate
 from adapters.policy import PolicySettings, train_policy
 from adapters.reward_head import (
@@ -146,8 +151,9 @@ def fit_user_head(db, base, adapters_dir: Path, user: dict, settings: HeadSettin
                             settings, prior)
     metrics = {"cv_accuracy": cv, "n_pairs": len(data.chosen), "n_thumbs": len(data.thumbs),
                "prior": prior is not None, "features_computed": computed}
+    # A head is tied to the base *and* the feature recipe it was fitted on.
     version = save_head_version(db, adapters_dir / user["name"] / "reward", user["id"], head,
-                                metrics, base.base_id)
+                                metrics, features_id(base.base_id))
     log(f"reward head v{version}: {len(data.chosen)} pairs, {len(data.thumbs)} thumbs, "
         f"cv accuracy {cv if cv is None else round(cv, 3)}, {computed} new feature vectors")
     return head

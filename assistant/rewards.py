@@ -8,7 +8,7 @@ from pathlib import Path
 
 from sqlite_utils import Database
 
-from adapters.features import cached_features, compute_features, store_features
+from adapters.features import cached_features, compute_features, features_id, store_features
 from adapters.reward_head import RewardHead
 from assistant.state import AppState
 from feedback_store import conversations as conv
@@ -17,8 +17,10 @@ SUMMARY_FIELDS = ("cv_accuracy", "n_pairs", "n_thumbs", "prior")
 
 
 def latest_head(db: Database, user_id: int, base_id: str) -> dict | None:
-    """The user's newest head made for this base (a head is meaningless on another base)."""
-    rows = list(db["reward_heads"].rows_where("user_id = ? and base_id = ?", [user_id, base_id],
+    """The user's newest head made for this base and feature recipe (a head is meaningless
+    on other features)."""
+    rows = list(db["reward_heads"].rows_where("user_id = ? and base_id = ?",
+                                              [user_id, features_id(base_id)],
                                               order_by="version desc", limit=1))
     return rows[0] if rows else None
 
