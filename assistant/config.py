@@ -92,7 +92,7 @@ class TrainingConfig:
     kl_budget: float = 0.5
     heldout_frac: float = 0.25
     threads: int = 1
-    dpo_epochs: int = 2
+    dpo_epochs: int = 1
     dpo_beta: float = 0.1
     dpo_learning_rate: float = 5e-4
 
