@@ -174,3 +174,25 @@ def test_failed_run_leaves_previous_version_serving(promoting):
     assert run["status"] == "failed" and run["error"]
     assert greedy(live, key)["adapter_version"] == 1
     assert not (live.config.adapters_dir / "erin" / "2").exists()
+
+
+def test_cli_train_runs_in_the_foreground(promoting, tiny_dir):
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    live = promoting
+    key = live.add_user("frank")
+    give_feedback(live, key)
+    env = {**os.environ, **{k: str(v) for k, v in FAST.items()},
+           "ASSISTANT_DATA_DIR": str(live.config.data_dir), "ASSISTANT_MODEL_PATH": str(tiny_dir),
+           "ASSISTANT_TRAINING_PROMOTE_MARGIN": "-1e9", "ASSISTANT_TRAINING_KL_BUDGET": "1e9",
+           "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, "-m", "assistant", "train", "--user", "frank"],
+                         capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "succeeded, now serving version 1" in out.stdout
+    assert "2/2" in out.stderr                        # the progress bar reached the last step
+    assert greedy(live, key)["adapter_version"] == 1
