@@ -15,6 +15,10 @@ from assistant.config import Config
 from assistant.engine import Engine
 from assistant.routes_admin import admin_router
 from assistant.routes_chat import chat_router
+from assistant.routes_feedback import feedback_router
+from assistant.routes_me import me_router
+from assistant.routes_openai import openai_router
+from assistant.routes_training import training_router
 from assistant.scheduler import TrainingScheduler
 from assistant.state import AppState
 from feedback_store.db import Store
@@ -71,21 +75,6 @@ def ensure_admin_identity(store: Store, config: Config) -> int | None:
     return store.write_sync(pick)
 
 
-def extra_routers() -> list:
-    """Routers of the feedback, me, OpenAI and training APIs, when present."""
-    found = []
-    for module, name in [("assistant.routes_openai", "openai_router"),
-                         ("assistant.routes_feedback", "feedback_router"),
-                         ("assistant.routes_me", "me_router"),
-                         ("assistant.routes_training", "training_router")]:
-        try:
-            found.append(getattr(__import__(module, fromlist=[name]), name))
-        except ModuleNotFoundError as exc:
-            if exc.name != module:
-                raise
-    return found
-
-
 def create_app(config: Config, engine: Engine, store: Store | None = None) -> Litestar:
     store = store or Store(config.db_path)
     state = AppState(config=config, store=store, engine=engine)
@@ -98,7 +87,8 @@ def create_app(config: Config, engine: Engine, store: Store | None = None) -> Li
         store.close()
 
     app = Litestar(
-        route_handlers=[health, index, chat_router, admin_router, *extra_routers(),
+        route_handlers=[health, index, chat_router, admin_router, openai_router,
+                        feedback_router, me_router, training_router,
                         create_static_files_router(path="/static", directories=[STATIC])],
         dependencies={"ctx": Provide(lambda: state, sync_to_thread=False)},
         exception_handlers={AssistantError: handle_assistant_error,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from assistant import eval_reward, train_cli
 from assistant.config import Config, load_config
 from feedback_store import users
 from feedback_store.db import open_db
@@ -101,18 +102,9 @@ def parser() -> argparse.ArgumentParser:
         cmd = user.add_parser(action, help=text)
         cmd.add_argument("name")
         cmd.set_defaults(func=func)
-    _optional_commands(sub)
+    eval_reward.add_parser(sub)
+    train_cli.add_parser(sub)
     return p
-
-
-def _optional_commands(sub) -> None:
-    """eval and train commands, registered by their own modules."""
-    for module in ("assistant.eval_reward", "assistant.train_cli"):
-        try:
-            __import__(module, fromlist=["add_parser"]).add_parser(sub)
-        except ModuleNotFoundError as exc:
-            if exc.name != module:
-                raise
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -99,6 +99,7 @@ def test_rendered_dom_has_no_active_content(render):
     count = page.evaluate("""ps => {
         const d = document.createElement('div');
         d.innerHTML = ps.map(p => window.md.renderMarkdown(p)).join('');
-        return d.querySelectorAll('script, img, svg, iframe, [onerror], [onload], [onclick]').length;
+        return d.querySelectorAll(
+            'script, img, svg, iframe, [onerror], [onload], [onclick]').length;
     }""", payloads)
     assert count == 0

@@ -200,7 +200,8 @@ def test_sign_in_stream_markdown_and_thumbs(live_server, new_page):
     page.wait_for_selector(".thumb-up[aria-pressed='true']")
     page.get_by_role("button", name="Bad answer (thumbs down)").click()
     page.wait_for_selector(".feedback[data-saved='down']")
-    assert db_rows(live, "select value from thumbs where message_id = ?", [message_id])[0]["value"] == "down"
+    rows = db_rows(live, "select value from thumbs where message_id = ?", [message_id])
+    assert rows[0]["value"] == "down"
     page.get_by_role("button", name="Clear my vote").click()
     page.wait_for_selector(".feedback[data-saved='none']")
     assert db_rows(live, "select * from thumbs where message_id = ?", [message_id]) == []
@@ -457,7 +458,8 @@ def test_admin_page_for_admins_only(live_server, new_page):
     page.wait_for_selector(".key-reveal:has-text('API key for erin')")
     rotated = page.inner_text(".key-reveal code")
     assert rotated != new_key
-    assert httpx.get(f"{live.url}/api/conversations", headers=live.headers(new_key)).status_code == 401
+    r = httpx.get(f"{live.url}/api/conversations", headers=live.headers(new_key))
+    assert r.status_code == 401
 
     with page.expect_download() as info:
         page.get_by_label("User to export").select_option("bob")
