@@ -126,3 +126,18 @@ def test_deleting_a_conversation_deletes_its_feedback(live_server, alice):
     assert db.execute(count).fetchone()[0] == 6
     httpx.delete(f"{url}/api/conversations/{body['conversation_id']}", headers=alice)
     assert db.execute(count).fetchone()[0] == 0
+
+
+def test_real_model_answers_and_streams_the_same_text(real_server):
+    """End to end on the real SmolLM2 base: a greedy answer, streamed and not, agrees."""
+    h = real_server.headers(real_server.add_user("zoe"))
+    body = {"content": "What is the capital of France? Answer in one sentence.",
+            "temperature": 0, "max_tokens": 24}
+    plain = chat(real_server, h, **body).json()["candidates"][0]
+    assert "Paris" in plain["content"] and plain["model"] == "base"
+    with httpx.stream("POST", f"{real_server.url}/api/chat", headers=h, timeout=120,
+                      json={**body, "stream": True}) as r:
+        text = "".join(r.iter_text())
+    deltas = [json.loads(b.split("\n")[1][6:])["text"] for b in text.strip().split("\n\n")
+              if b.startswith("event: delta")]
+    assert "".join(deltas) == plain["content"]
