@@ -24,6 +24,7 @@ from typing import TypeVar
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
+from adapters.policy import eos_ids
 from feedback_store.errors import ModelError
 
 T = TypeVar("T")
@@ -166,7 +167,7 @@ class Engine:
         self.loaded: OrderedDict[str, AdapterRef] = OrderedDict()
         self.stats = {"hits": 0, "misses": 0, "evictions": 0}
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="generate")
-        self.eos_ids = _eos_ids(model, tokenizer)
+        self.eos_ids = eos_ids(model, tokenizer)
 
     # ---- prompt rendering -------------------------------------------------------------
     def render(self, messages: list[dict], max_new: int) -> list[int]:
@@ -316,10 +317,3 @@ class Engine:
     def health(self) -> dict:
         return {"loaded": list(self.loaded), "capacity": self.cache_size, **self.stats}
 
-
-def _eos_ids(model, tokenizer) -> list[int]:
-    ids = model.generation_config.eos_token_id if model.generation_config else None
-    ids = ids if isinstance(ids, list) else [ids] if ids is not None else []
-    if tokenizer.eos_token_id is not None:
-        ids.append(tokenizer.eos_token_id)
-    return sorted(set(ids))
