@@ -59,11 +59,12 @@ def _sweep_stale_tmp(folder: Path) -> None:
 def _commit_version(db: Database, adapters_dir: Path, user: dict,
                     write: Callable[[Path], None], meta: dict) -> int:
     """Write a version with write(tmp_dir), rename it into place, then insert its row."""
+    # Looked up first: a user erased while their run trained gets no folder recreated.
+    parent = get_user(db, user["id"])["current_version"]
     folder = user_dir(adapters_dir, user["name"])
     folder.mkdir(parents=True, exist_ok=True)
     _sweep_stale_tmp(folder)
     version = _next_version(db, folder, user["id"])
-    parent = get_user(db, user["id"])["current_version"]
     full_meta = {**meta, "user": {"id": user["id"], "name": user["name"]},
                  "version": version, "parent_version": parent, "saved_at": now()}
     tmp = Path(tempfile.mkdtemp(dir=folder, prefix=f"{TMP_PREFIX}{version}-"))
