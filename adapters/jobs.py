@@ -35,7 +35,7 @@ from adapters.reward_head import (
 )
 from feedback_store.conversations import prompt_messages
 from feedback_store.errors import TrainingError
-from feedback_store.feedback import mark_events_used, new_events
+from feedback_store.feedback import all_thumbs, mark_events_used, new_events
 from feedback_store.training_data import training_rows
 from feedback_store.users import get_user
 
@@ -90,8 +90,9 @@ def head_data(db, base, user_id: int) -> HeadData:
     """The user's current feedback as feature matrices (features cached per message)."""
     pref = training_rows(db, user_id, "preference", with_ids=True)
     # Thumbs only: comparison winners/losers already enter as pairs.
+    thumbed = {t["message_id"] for t in all_thumbs(db, user_id)}
     unpaired = [r for r in training_rows(db, user_id, "unpaired", with_ids=True)
-                if _is_thumb(db, user_id, r["message_id"])]
+                if r["message_id"] in thumbed]
     feats = ensure_features(db, base.model, base.tokenizer, base.base_id,
                             _items(pref + unpaired))
     dim = next(iter(feats.values())).size if feats else 0
@@ -103,11 +104,6 @@ def head_data(db, base, user_id: int) -> HeadData:
                     stack([r["rejected_id"] for r in pref]),
                     stack([r["message_id"] for r in unpaired]),
                     np.array([float(r["label"]) for r in unpaired]))
-
-
-def _is_thumb(db, user_id: int, message_id: int) -> bool:
-    return bool(db["thumbs"].count_where("user_id = ? and message_id = ?",
-                                         [user_id, message_id]))
 
 
 def fit_prior(db, base, user_id: int, settings: HeadSettings) -> RewardHead | None:

@@ -23,7 +23,7 @@ from assistant.scheduler import TrainingScheduler
 from assistant.state import AppState
 from feedback_store.db import Store
 from feedback_store.errors import AssistantError
-from feedback_store.users import admin_exists, create_user, list_users
+from feedback_store.users import create_user, list_users
 
 log = logging.getLogger("assistant")
 STATIC = Path(__file__).parent / "static"
@@ -100,6 +100,3 @@ def create_app(config: Config, engine: Engine, store: Store | None = None) -> Li
     app.state.assistant = state
     return app
 
-
-def has_admin(store: Store) -> bool:
-    return store.write_sync(admin_exists)

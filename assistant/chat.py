@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from assistant.engine import AdapterRef, Delta, GenRequest, GenResult
 from assistant.state import AppState
 from feedback_store import conversations as conv
-from feedback_store.errors import BadRequest, NotFound, TooLarge
+from feedback_store.errors import BadRequest, TooLarge
+from feedback_store.users import get_user
 
 MODELS = ("personal", "base")
 
@@ -132,18 +133,11 @@ def _prepare(db, user: dict, req: TurnRequest, adapters_root) -> tuple[int, dict
 
 async def prepare_turn(state: AppState, user: dict, req: TurnRequest) -> PreparedTurn:
     conv_id, turn, messages = await state.store.write(_prepare, user, req, state.adapters_root)
-    fresh = await state.store.read(_fresh_user, user["id"])
+    fresh = await state.store.read(get_user, user["id"])   # current_version may have moved
     adapter = await state.store.read(adapter_for, state.adapters_root, fresh, req.model)
     gen = GenRequest(messages=messages, n=req.n, temperature=req.temperature, top_p=req.top_p,
                      max_tokens=req.max_tokens, stop=req.stop, adapter=adapter)
     return PreparedTurn(conv_id, turn, gen, "personal" if adapter else "base")
-
-
-def _fresh_user(db, user_id: int) -> dict:
-    rows = list(db["users"].rows_where("id = ?", [user_id]))
-    if not rows:
-        raise NotFound("user not found")
-    return rows[0]
 
 
 def candidate_rows(prep: PreparedTurn, result: GenResult) -> list[dict]:

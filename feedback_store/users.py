@@ -98,7 +98,8 @@ def set_current_version(db: Database, user_id: int, version: int | None) -> None
     db["users"].update(user_id, {"current_version": version})
 
 
-USER_TABLES = ("features", "thumbs", "comparisons", "rankings", "feedback_events",
+# Tables with a user_id column (features are keyed by message, deleted through messages).
+USER_TABLES = ("thumbs", "comparisons", "rankings", "feedback_events",
                "reward_heads", "adapter_versions", "training_runs", "api_keys")
 
 
@@ -107,7 +108,7 @@ def delete_user(db: Database, user_id: int) -> None:
     get_user(db, user_id)
     db.execute("delete from features where message_id in "
                "(select id from messages where user_id = ?)", [user_id])
-    for table in USER_TABLES[1:]:
+    for table in USER_TABLES:
         db.execute(f"delete from {table} where user_id = ?", [user_id])
     db.execute("delete from messages where user_id = ?", [user_id])
     db.execute("delete from conversations where user_id = ?", [user_id])
