@@ -94,9 +94,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="samples per held-out prompt and model (pairs are all compared)")
     p.add_argument("--temperature", type=float, default=0.7,
                    help="sampling temperature for every answer (the product's default)")
-    p.add_argument("--max-tokens", type=int, default=96,
-                   help="answer cap for every request (= training.max_completion_tokens, so "
-                        "feedback, RL and evaluation see the same length regime)")
+    p.add_argument("--max-tokens", type=int, default=128,
+                   help="answer cap for every request, also given to the started server as "
+                        "training.max_completion_tokens, so feedback, RL and evaluation see "
+                        "the same length regime")
     p.add_argument("--curve", action="store_true",
                    help="also train and evaluate after 20, 40 and 60 events")
     p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
@@ -106,6 +107,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true",
                    help="smoke run: 6 events, 4 held-out prompts, 2 RL steps")
     p.add_argument("--keep-data", action="store_true", help="keep the server's data dir")
+    p.add_argument("--rescore", type=Path, metavar="DIR",
+                   help="no run: recompute the utility-based figures of DIR/results.json "
+                        "from DIR/answers.json with --personas, and rewrite DIR's reports")
     args = p.parse_args(argv)
     if args.quick:
         args.events, args.heldout, args.eval_n = min(args.events, 6), min(args.heldout, 4), 1
@@ -184,7 +188,9 @@ def server(args: argparse.Namespace) -> Iterator[Server]:
         return
     data_dir = Path(tempfile.mkdtemp(prefix="personalize-"))
     port, key = free_port(), "bench-" + secrets.token_urlsafe(24)
-    env = dict(SERVER_ENV, **(QUICK_ENV if args.quick else {}))
+    # RL samples as long as the answers the persona rated and the evaluation reads.
+    env = dict(SERVER_ENV, ASSISTANT_TRAINING_MAX_COMPLETION_TOKENS=str(args.max_tokens),
+               **(QUICK_ENV if args.quick else {}))
     env.update(kv.split("=", 1) for kv in args.env)
     full_env = dict(os.environ, **env, ASSISTANT_DATA_DIR=str(data_dir),
                     ASSISTANT_HOST="127.0.0.1", ASSISTANT_PORT=str(port),
@@ -514,34 +520,66 @@ def evaluate_stage(api: Api, persona: Persona, heldout: list[str], target: int,
 
 # ---- scoring and reports ----------------------------------------------------------------
 
-def score_stage(personas: list[Persona], shared: Shared, target: int) -> dict:
-    """Win rates, utilities and specificity for one stage, from the stored answers."""
+def score_answers(personas: list[Persona], base: list[list[str]],
+                  own: dict[str, list[list[str]]]) -> dict:
+    """Utility-based scores of one stage's held-out answers (texts per prompt): per persona
+    its win rate and utilities, the specificity matrix and the head-to-head matrix."""
     names = [p.name for p in personas]
-    base = texts(shared.base)
-    spec: dict[str, dict[str, float]] = {}
-    out: dict[str, dict] = {}
-    for judge in personas:
-        spec[judge.name] = {n: round(win_rate(judge, texts(shared.personal[(n, target)]), base),
-                                     3) for n in names}
+    spec = {j.name: {n: round(win_rate(j, own[n], base), 3) for n in names} for j in personas}
+    per = {p.name: {"win_rate": spec[p.name][p.name],
+                    "utility_personal": round(mean_utility(p, own[p.name]), 3),
+                    "utility_base": round(mean_utility(p, base), 3),
+                    "words_personal": round(_mean_words(own[p.name]), 1),
+                    "words_base": round(_mean_words(base), 1)} for p in personas}
+    return {"personas": per, "specificity": spec, "head_to_head": head_to_head(personas, own)}
+
+
+def head_to_head(personas: list[Persona], own: dict[str, list[list[str]]]) -> dict:
+    """judge -> other -> win rate of the judge's own adapter against the other persona's
+    adapter, by the judge's utility, on the same held-out prompts (ties count half)."""
+    return {j.name: {o.name: round(win_rate(j, own[j.name], own[o.name]), 3)
+                     for o in personas if o.name != j.name} for j in personas}
+
+
+def score_stage(personas: list[Persona], shared: Shared, target: int) -> dict:
+    """score_answers for one stage plus what the server reported (runs, heads, routing)."""
+    own = {p.name: texts(shared.personal[(p.name, target)]) for p in personas}
+    scores = score_answers(personas, texts(shared.base), own)
     for p in personas:
         info = shared.stage_info[(p.name, target)]
-        own = texts(shared.personal[(p.name, target)])
         me_acc = find_accuracy(info["reward_head"])
         held = info.get("heldout_head", {}).get("accuracy")
-        out[p.name] = {
-            "win_rate": spec[p.name][p.name],
-            "utility_personal": round(mean_utility(p, own), 3),
-            "utility_base": round(mean_utility(p, base), 3),
+        scores["personas"][p.name].update({
             "reward_head_accuracy": held if held is not None else me_acc,
             "reward_head_cv_accuracy": me_acc,
             "reward_head_heldout": info.get("heldout_head"),
             "events": target,
             "feedback_events": _feedback_events(info.get("me_counts")),
-            "feedback": info["feedback"], "run": info["run"], "routing": info.get("routing"),
-            "words_personal": round(_mean_words(own), 1),
-            "words_base": round(_mean_words(base), 1),
-        }
-    return {"events": target, "personas": out, "specificity": spec}
+            "feedback": info["feedback"], "run": info["run"], "routing": info.get("routing")})
+    return {"events": target, **scores}
+
+
+def answers_record(personas: list[Persona], heldout: list[str], shared: Shared,
+                   points: list[int]) -> dict:
+    """Every held-out answer text, so a run can be re-scored (--rescore) or audited."""
+    return {"heldout": heldout, "base": texts(shared.base),
+            "personal": {f"{p.name}@{t}": texts(shared.personal[(p.name, t)])
+                         for p in personas for t in points}}
+
+
+def rescore(results: dict, answers: dict, personas: list[Persona]) -> dict:
+    """Recompute every utility-based figure of a finished run from its answers.json."""
+    for stage in results["rounds"]:
+        own = {p.name: answers["personal"][f"{p.name}@{stage['events']}"] for p in personas}
+        scores = score_answers(personas, answers["base"], own)
+        for name, fresh in scores["personas"].items():
+            stage["personas"][name].update(fresh)
+        stage.update(specificity=scores["specificity"], head_to_head=scores["head_to_head"])
+    last = results["rounds"][-1]
+    for name, r in results["personas"].items():
+        r.update({k: v for k, v in last["personas"][name].items() if k in r})
+    results.update(specificity=last["specificity"], head_to_head=last["head_to_head"])
+    return results
 
 
 def _feedback_events(counts: dict | None) -> int | None:
@@ -583,6 +621,12 @@ def markdown(results: dict) -> str:
                   "| --- |" + " --- |" * len(names)]
         for judge, row in stage["specificity"].items():
             lines.append(f"| {judge} | " + " | ".join(fmt(row[n]) for n in names) + " |")
+        lines += ["", "Head to head: win rate of the row persona's own adapter against the "
+                  "column persona's adapter, by the row persona's utility.", "",
+                  "| judge (own adapter) \\ other adapter | " + " | ".join(names) + " |",
+                  "| --- |" + " --- |" * len(names)]
+        for judge, row in stage.get("head_to_head", {}).items():
+            lines.append(f"| {judge} | " + " | ".join(fmt(row.get(n)) for n in names) + " |")
         lines.append("")
     lines += ["## Seconds", "", "| phase | seconds |", "| --- | --- |"]
     lines += [f"| {k} | {v} |" for k, v in results["seconds"].items()]
@@ -630,7 +674,8 @@ def plots(results: dict, out: Path, curve: bool) -> None:
 
 # ---- main ---------------------------------------------------------------------------------
 
-def run_benchmark(args: argparse.Namespace) -> dict:
+def run_benchmark(args: argparse.Namespace) -> tuple[dict, dict]:
+    """Run everything against a server; returns (results, every held-out answer text)."""
     started, t0 = time.strftime("%Y-%m-%d %H:%M:%S"), time.monotonic()
     personas = load_personas(args.personas)
     prompts = load_prompts(args.prompts)
@@ -673,9 +718,10 @@ def run_benchmark(args: argparse.Namespace) -> dict:
         "personas": {n: {k: v for k, v in r.items() if k not in ("feedback", "run")}
                      for n, r in last["personas"].items()},
         "specificity": last["specificity"],
+        "head_to_head": last["head_to_head"],
         "rounds": rounds,
         "seconds": shared.seconds,
-    }
+    }, answers_record(personas, heldout, shared, points)
 
 
 def _guarded(fn, shared: Shared, *args) -> None:
@@ -692,12 +738,19 @@ def _guarded(fn, shared: Shared, *args) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    results = run_benchmark(args)
+    if args.rescore:
+        args.out = args.rescore
+        answers = json.loads((args.out / "answers.json").read_text())
+        results = rescore(json.loads((args.out / "results.json").read_text()), answers,
+                          load_personas(args.personas))
+    else:
+        results, answers = run_benchmark(args)
     args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "answers.json").write_text(json.dumps(answers, indent=1))
     (args.out / "results.json").write_text(json.dumps(results, indent=1))
     table = markdown(results)
     (args.out / "results.md").write_text(table)
-    plots(results, args.out, args.curve)
+    plots(results, args.out, args.curve or bool(args.rescore and len(results["rounds"]) > 1))
     print(table)
     return 0
 

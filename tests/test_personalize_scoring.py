@@ -1,0 +1,55 @@
+"""Scoring in bench/personalize.py: win rates, specificity, head to head, re-scoring."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))   # bench/ holds scripts, not an installed package
+
+import personalize  # noqa: E402
+from personas import parse_persona  # noqa: E402
+
+SHORT = parse_persona({"name": "short", "temperature": 0.0, "thumbs_up_at": 0.0,
+                       "thumbs_down_at": -1.0, "utility": {"words": -1.0}})
+LISTS = parse_persona({"name": "lists", "temperature": 0.0, "thumbs_up_at": 0.0,
+                       "thumbs_down_at": -1.0, "utility": {"has_bullets": 1.0}})
+LONG = "one two three four five six"
+BRIEF = "one two"
+LISTED = "Points:\n- one\n- two\nthree"       # 6 words ("-" counts), bulleted
+
+
+def test_win_rate_counts_ties_half_and_averages_per_prompt():
+    # Prompt 1: BRIEF beats LONG (1.0); prompt 2: two of ours vs one base, a win and a tie.
+    ours, base = [[BRIEF], [BRIEF, LONG]], [[LONG], [LONG]]
+    assert personalize.win_rate(SHORT, ours, base) == (1.0 + 0.75) / 2
+
+
+def test_specificity_and_head_to_head_tell_the_adapters_apart():
+    base = [[LONG], [LONG]]
+    own = {"short": [[BRIEF], [BRIEF]], "lists": [[LISTED], [LISTED]]}
+    scores = personalize.score_answers([SHORT, LISTS], base, own)
+    assert scores["specificity"] == {"short": {"short": 1.0, "lists": 0.5},
+                                     "lists": {"short": 0.5, "lists": 1.0}}
+    assert scores["head_to_head"] == {"short": {"lists": 1.0}, "lists": {"short": 1.0}}
+    assert scores["personas"]["short"]["win_rate"] == 1.0
+    assert scores["personas"]["short"]["words_personal"] == 2.0
+
+
+def test_rescore_rewrites_every_utility_figure(tmp_path):
+    answers = {"heldout": ["a", "b"], "base": [[LONG], [LONG]],
+               "personal": {"short@20": [[LONG], [LONG]], "lists@20": [[LONG], [LONG]],
+                            "short@40": [[BRIEF], [BRIEF]], "lists@40": [[LISTED], [LISTED]]}}
+    stale = {"win_rate": 0.0, "utility_personal": 0.0, "run": {"status": "succeeded"}}
+    results = {"personas": {"short": dict(stale), "lists": dict(stale)},
+               "rounds": [{"events": e, "personas": {"short": dict(stale),
+                                                      "lists": dict(stale)}}
+                          for e in (20, 40)]}
+    fresh = personalize.rescore(results, answers, [SHORT, LISTS])
+    assert [r["personas"]["short"]["win_rate"] for r in fresh["rounds"]] == [0.5, 1.0]
+    assert fresh["personas"]["lists"]["win_rate"] == 1.0
+    assert fresh["rounds"][0]["personas"]["short"]["run"] == {"status": "succeeded"}
+    assert fresh["head_to_head"]["lists"]["short"] == 1.0
+    json.dumps(fresh)            # still writable as results.json
