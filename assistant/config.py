@@ -81,18 +81,18 @@ class TrainingConfig:
     lora_r: int = 8
     lora_alpha: int = 16
     lora_dropout: float = 0.0
-    learning_rate: float = 2e-4
-    steps: int = 20
+    learning_rate: float = 5e-4
+    steps: int = 8
     group_size: int = 4
     prompts_per_step: int = 2
-    max_completion_tokens: int = 96
+    max_completion_tokens: int = 128
     kl_beta: float = 0.05
     public_prompts: str = ""
     promote_margin: float = 0.0
-    kl_budget: float = 0.5
+    kl_budget: float = 1.0
     heldout_frac: float = 0.25
     threads: int = 1
-    dpo_epochs: int = 1
+    dpo_epochs: int = 2
     dpo_beta: float = 0.1
     dpo_learning_rate: float = 5e-4
 
