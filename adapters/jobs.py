@@ -199,7 +199,8 @@ def execute_run(db, base, adapters_dir: Path, run: dict, settings: RunSettings,
     train, heldout = split_prompts(prompts, settings.heldout_frac, settings.policy.seed)
     reward_fn = reward_function(base, head)
     current = registry.current_path(db, user)
-    pairs = training_rows(db, user["id"], "preference")
+    seen = registry.version_meta(current).get("trained_through_event")
+    pairs = unseen_pairs(training_rows(db, user["id"], "preference", with_ids=True), seen)
     dpo_steps: list[dict] = []
 
     def warm_start(policy) -> None:
@@ -216,9 +217,10 @@ def execute_run(db, base, adapters_dir: Path, run: dict, settings: RunSettings,
                                  warm_start=warm_start)
     timer.phase("rl", t)
     timer.seconds["rl"] = round(timer.seconds["rl"] - timer.seconds.get("dpo", 0.0), 2)
+    through = max([*events, seen or 0]) or None
     try:
         outcome = _gate_and_save(db, base, adapters_dir, user, policy, current, heldout,
-                                 reward_fn, settings, timer, log)
+                                 reward_fn, settings, timer, log, through)
     finally:
         base.model = policy.unload()        # the shared base without LoRA layers again
     mark_events_used(db, user["id"], events, run["id"])
@@ -228,8 +230,22 @@ def execute_run(db, base, adapters_dir: Path, run: dict, settings: RunSettings,
     return outcome
 
 
+def unseen_pairs(rows: list[dict], trained_through: int | None) -> list[dict]:
+    """Preference rows (with event ids) that the serving adapter has not learned yet.
+
+    A new version starts from the serving one, which already took DPO on every pair up to
+    its `trained_through_event`. Fitting those pairs again from there compounds: measured on
+    a concise simulated user, a second run over all 33 pairs drove the DPO loss to 1e-4 and
+    its answers to ~8 tokens at 2 nats/token from the base.
+    """
+    if trained_through is None:
+        return rows
+    return [r for r in rows if max(r["event_ids"]) > trained_through]
+
+
 def _gate_and_save(db, base, adapters_dir, user, policy, current, heldout, reward_fn,
-                   settings: RunSettings, timer: Timer, log: Log) -> dict:
+                   settings: RunSettings, timer: Timer, log: Log,
+                   trained_through: int | None) -> dict:
     t = time.perf_counter()
     current_name = None
     if current is not None:
@@ -245,7 +261,8 @@ def _gate_and_save(db, base, adapters_dir, user, policy, current, heldout, rewar
         return {"status": "rejected", "metrics": metrics, "adapter_version": None}
     if current_name:
         policy.delete_adapter(current_name)
-    meta = {"base_id": base.base_id, "training_config": {
+    meta = {"base_id": base.base_id, "trained_through_event": trained_through,
+            "training_config": {
         "policy": asdict(settings.policy), "head": asdict(settings.head),
         "gate": asdict(settings.gate), "dpo": asdict(settings.dpo)}, "metrics": metrics}
     version = registry.save_version(db, adapters_dir, user, policy, meta)

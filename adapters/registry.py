@@ -160,3 +160,13 @@ def current_path(db: Database, user: dict) -> Path | None:
     """Directory of the version serving the user now, or None (the base serves them)."""
     version = get_user(db, user["id"])["current_version"]
     return Path(get_version(db, user["id"], version)["path"]) if version else None
+
+
+def version_meta(path: Path | None) -> dict:
+    """The meta.json saved with a version ({} for the base, None)."""
+    if path is None:
+        return {}
+    try:
+        return json.loads((Path(path) / "meta.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise TrainingError(f"cannot read the meta.json of {path}: {exc}") from exc

@@ -1,5 +1,6 @@
 """Training through the server on a tiny model: a worker process runs the whole pipeline."""
 
+import json
 import time
 
 import httpx
@@ -128,6 +129,12 @@ def test_rollback_and_second_version(promoting):
     give_feedback(live, key)
     second = wait(live, train(live, "carol")["id"])
     assert second["status"] == "succeeded" and second["adapter_version"] == 2
+    # version 2 starts from version 1, which already learned the first 3 pairs: its DPO
+    # takes only the 3 new ones (2 epochs x 1 batch of <= 4 pairs), not all 6 (2 x 2)
+    assert len(second["metrics"]["dpo_steps"]) == 2
+    metas = [json.loads((live.config.adapters_dir / "carol" / v / "meta.json").read_text())
+             for v in ("1", "2")]
+    assert 0 < metas[0]["trained_through_event"] < metas[1]["trained_through_event"]
     admin = live.headers(live.admin_key)
     users = httpx.get(f"{live.url}/admin/users", headers=admin).json()
     carol = next(u for u in users if u["name"] == "carol")
@@ -140,6 +147,15 @@ def test_rollback_and_second_version(promoting):
     bad = httpx.post(f"{live.url}/admin/users/{carol['id']}/rollback", headers=admin,
                      json={"version": 7})
     assert bad.status_code == 404
+
+
+def test_unseen_pairs_are_those_with_an_event_after_the_serving_version():
+    from adapters.jobs import unseen_pairs
+
+    rows = [{"event_ids": [3]}, {"event_ids": [5, 9]}, {"event_ids": [10]}]
+    assert unseen_pairs(rows, None) == rows
+    assert unseen_pairs(rows, 5) == rows[1:]        # an up on 9 makes (up, old down) new
+    assert unseen_pairs(rows, 10) == []
 
 
 def test_gate_rejects_and_keeps_serving_base(tmp_path, tiny_dir):
