@@ -217,7 +217,9 @@ def execute_run(db, base, adapters_dir: Path, run: dict, settings: RunSettings,
                                  warm_start=warm_start)
     timer.phase("rl", t)
     timer.seconds["rl"] = round(timer.seconds["rl"] - timer.seconds.get("dpo", 0.0), 2)
-    through = max([*events, seen or 0]) or None
+    # Everything up to here is in this version now: its new events and the pairs it fitted
+    # (a forced run with no new events may still fit pairs a rejected run left unlearned).
+    through = max([*events, *(max(p["event_ids"]) for p in pairs), seen or 0]) or None
     try:
         outcome = _gate_and_save(db, base, adapters_dir, user, policy, current, heldout,
                                  reward_fn, settings, timer, log, through)
