@@ -24,7 +24,8 @@ def build_engine(config: Config):
     base = load_base(config.model.path, config.cache_dir, config.model.device, config.model.dtype)
     return Engine(base.model, base.tokenizer, base.base_id,
                   context_tokens=config.model.context_tokens,
-                  cache_size=config.adapters.cache_size)
+                  cache_size=config.adapters.cache_size,
+                  max_batch_rows=config.model.max_batch_rows)
 
 
 def cmd_init(args: argparse.Namespace, config: Config) -> None:

@@ -36,6 +36,7 @@ class ModelConfig:
     dtype: str = "float32"
     context_tokens: int = 2048
     threads: int = 0
+    max_batch_rows: int = 8
 
 
 @dataclass(frozen=True)
@@ -241,6 +242,8 @@ def validate(c: Config) -> None:
            "must be float32, bfloat16 or float16")
     _check(c.model.context_tokens >= 256, "model.context_tokens", c.model.context_tokens,
            "must be at least 256")
+    _check(c.model.max_batch_rows >= 1, "model.max_batch_rows", c.model.max_batch_rows,
+           "must be at least 1")
     g = c.generation
     _check(1 <= g.max_tokens_default <= g.max_tokens_limit, "generation.max_tokens_default",
            g.max_tokens_default, "must be between 1 and generation.max_tokens_limit")

@@ -33,6 +33,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -98,6 +99,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="answer cap for every request, also given to the started server as "
                         "training.max_completion_tokens, so feedback, RL and evaluation see "
                         "the same length regime")
+    p.add_argument("--rows", type=int, default=8,
+                   help="candidate rows to keep in flight per generation phase, as a client "
+                        "pool would; 8 fills the server's default model.max_batch_rows")
     p.add_argument("--curve", action="store_true",
                    help="also train and evaluate after 20, 40 and 60 events")
     p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
@@ -297,21 +301,32 @@ def give_feedback(api: Api, persona: Persona, cands: list[dict], kind: str,
 
 def feedback_phase(api: Api, persona: Persona, prompts: list[str], args: argparse.Namespace,
                    rng: random.Random) -> FeedbackLog:
+    """Chat on every prompt (several requests in flight, so the server batches them), then
+    rate each reply in prompt order as it arrives."""
     log = FeedbackLog()
-    for prompt in prompts:
-        n = 3 if rng.random() < args.n3_share else 2
-        reply = api.call("POST", "/api/chat", {
-            "content": prompt, "n": n, "model": "personal", "temperature": args.temperature,
-            "max_tokens": args.max_tokens})
-        cands = reply["candidates"]
-        for c in cands:
-            log.utilities.append(persona.utility(c["content"]))
-            log.words.append(len(c["content"].split()))
-            version = str(c.get("adapter_version"))
-            log.adapter_versions[version] = log.adapter_versions.get(version, 0) + 1
-        give_feedback(api, persona, cands, pick_kind(args.mix, rng), rng, log)
-        log.prompts += 1
+    plan = [(prompt, 3 if rng.random() < args.n3_share else 2, pick_kind(args.mix, rng))
+            for prompt in prompts]
+
+    def chat(step: tuple[str, int, str]) -> list[dict]:
+        return api.call("POST", "/api/chat", {
+            "content": step[0], "n": step[1], "model": "personal",
+            "temperature": args.temperature, "max_tokens": args.max_tokens})["candidates"]
+
+    with ThreadPoolExecutor(in_flight(args.rows, 2)) as pool:
+        for (_, _, kind), cands in zip(plan, pool.map(chat, plan), strict=True):
+            for c in cands:
+                log.utilities.append(persona.utility(c["content"]))
+                log.words.append(len(c["content"].split()))
+                version = str(c.get("adapter_version"))
+                log.adapter_versions[version] = log.adapter_versions.get(version, 0) + 1
+            give_feedback(api, persona, cands, kind, rng, log)
+            log.prompts += 1
     return log
+
+
+def in_flight(rows: int, candidates: int) -> int:
+    """Requests to keep open so that about `rows` candidates decode together."""
+    return max(1, rows // candidates)
 
 
 # ---- training -----------------------------------------------------------------------------
@@ -365,9 +380,13 @@ def run_summary(run: dict) -> dict:
 def answer_heldout(api: Api, prompts: list[str], model: str,
                    args: argparse.Namespace) -> list[list[dict]]:
     """Candidates (eval_n each) per held-out prompt, same sampling settings for every model."""
-    return [api.call("POST", "/api/chat", {
-        "content": p, "n": args.eval_n, "model": model, "temperature": args.temperature,
-        "max_tokens": args.max_tokens})["candidates"] for p in prompts]
+    def chat(prompt: str) -> list[dict]:
+        return api.call("POST", "/api/chat", {
+            "content": prompt, "n": args.eval_n, "model": model,
+            "temperature": args.temperature, "max_tokens": args.max_tokens})["candidates"]
+
+    with ThreadPoolExecutor(in_flight(args.rows, args.eval_n)) as pool:
+        return list(pool.map(chat, prompts))
 
 
 def win_rate(persona: Persona, ours: list[list[str]], base: list[list[str]]) -> float:
@@ -712,7 +731,7 @@ def run_benchmark(args: argparse.Namespace) -> tuple[dict, dict]:
         "started": started,
         "settings": {"events": args.events, "rounds": args.rounds, "stages": points,
                      "heldout": len(heldout), "eval_n": args.eval_n, "mix": args.mix,
-                     "n3_share": args.n3_share, "temperature": args.temperature,
+                     "n3_share": args.n3_share, "rows": args.rows, "temperature": args.temperature,
                      "top_p": "server default (0.95)", "max_tokens": args.max_tokens,
                      "server_env": env, "seed": args.seed, "quick": args.quick},
         "personas": {n: {k: v for k, v in r.items() if k not in ("feedback", "run")}

@@ -1,6 +1,6 @@
 """The web UI in a real browser (Playwright + Debian chromium, headless) against a live server.
 
-Deterministic answers come from replacing the engine's generate_sync with a scripted one
+Deterministic answers come from replacing the engine's submit with a scripted one
 (`scripted_answers`): it streams fixed text through the real streaming path (engine.stream,
 SSE, fetch reader), so only the model is fake. Screenshots go to test-artifacts/screenshots/.
 """
@@ -113,7 +113,10 @@ def scripted_answers(live, answers: list[str], delay: float = 0.0) -> None:
             cands.append(cand)
         return GenResult(cands, 3, req.adapter)
 
-    engine.generate_sync = generate_sync
+    def submit(req, emit=lambda d: None, cancel=None):     # on the generation thread, as the
+        return engine._thread.submit(generate_sync, req, emit, cancel)     # real batches run
+
+    engine.submit = submit
 
 
 def send(page, text: str) -> None:
@@ -229,13 +232,13 @@ def test_real_model_streams_and_regenerates(live_server, new_page):
     """The tiny random model through the whole stack: answer, then regenerate it."""
     live = live_server
     key = live.add_user("rita")
-    engine, real = live.state.engine, live.state.engine.generate_sync
+    engine, real = live.state.engine, live.state.engine.submit
 
     def short(req, *args, **kwargs):                # 256 random tokens take ~30 s on 2 cores
         req.max_tokens = min(req.max_tokens, 12)
         return real(req, *args, **kwargs)
 
-    engine.generate_sync = short
+    engine.submit = short
     page = new_page(WIDE)
     sign_in(page, live, key)
     send(page, "Tell me something")
