@@ -77,6 +77,10 @@ class PolicySettings:
     prompts_per_step: int = 2
     max_completion_tokens: int = 96
     kl_beta: float = 0.05
+    # Early stop (as PPO's target_kl in Stable-Baselines3): once the policy's mean k3 KL per
+    # token on its own samples exceeds this, RL stops and keeps the last weights under it.
+    # 0 = never stop. A run that overshoots the gate's budget would otherwise be wasted.
+    target_kl: float = 0.0
     temperature: float = 1.0
     seed: int = 0
     # Not in config.toml: sample with a bfloat16 copy and run forwards under bf16 autocast.
@@ -325,7 +329,8 @@ def _rollout(run: _Run, rows: list[list[int]], messages: list[list[dict]]) -> di
 
 
 def _update(run: _Run, batch: dict) -> tuple[float, float]:
-    """One policy-gradient step on a rollout; returns (loss, mean k3 KL)."""
+    """One policy-gradient step on a rollout; returns (loss, mean k3 KL of the policy that
+    sampled it). No step is taken when that KL is over settings.target_kl."""
     s = run.settings
     adv = group_advantages(batch["rewards"].view(-1, s.group_size)).flatten()   # (B,)
     args = (batch["ids"], batch["mask"], batch["completion"], batch["cmask"])
@@ -339,6 +344,8 @@ def _update(run: _Run, batch: dict) -> tuple[float, float]:
     loss, kl = grpo_loss(logp, ref, adv, batch["cmask"], s.kl_beta)
     if not torch.isfinite(loss):
         raise TrainingError(f"non-finite loss {loss.item()}")
+    if _over_target(s, kl.item()):
+        return loss.item(), kl.item()
     run.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(run.params, MAX_GRAD_NORM)
@@ -347,6 +354,22 @@ def _update(run: _Run, batch: dict) -> tuple[float, float]:
     if run.sampler:
         run.sampler.sync()
     return loss.item(), kl.item()
+
+
+def _over_target(settings: PolicySettings, kl: float) -> bool:
+    return settings.target_kl > 0 and kl > settings.target_kl
+
+
+def _lora_weights(run: _Run) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in run.params]
+
+
+def _restore(run: _Run, weights: list[torch.Tensor]) -> None:
+    with torch.no_grad():
+        for param, saved in zip(run.params, weights, strict=True):
+            param.copy_(saved)
+    if run.sampler:
+        run.sampler.sync()
 
 
 def train_policy(model, tokenizer, prompts: list[list[dict]], reward_fn: RewardFn,
@@ -363,7 +386,9 @@ def train_policy(model, tokenizer, prompts: list[list[dict]], reward_fn: RewardF
     Returns (peft_model, records): the PeftModel whose "default" adapter was trained (call
     `.unload()` on it to get the untouched base back) and one record per step
     {step, reward_mean, reward_std, kl, completion_len, loss, seconds, gen_seconds,
-    cpu_seconds}.
+    cpu_seconds, kl_stop}. kl_stop marks the step whose policy went over target_kl: RL
+    ended there, with the weights from before the update that took it over (the samples
+    of step t measure the policy after t - 1 updates).
     """
     if not prompts:
         raise TrainingError("no prompts to train on")
@@ -385,19 +410,27 @@ def train_policy(model, tokenizer, prompts: list[list[dict]], reward_fn: RewardF
     rendered = render_prompts(tokenizer, prompts)
     batches = _prompt_cycle(len(prompts), settings.prompts_per_step, settings.seed)
     records = []
+    before_last = current = _lora_weights(run) if settings.target_kl > 0 else []
     for step in range(1, settings.steps + 1):
         started, cpu_started = time.perf_counter(), time.process_time()
         picked = next(batches)
         batch = _rollout(run, [rendered[i] for i in picked], [prompts[i] for i in picked])
         generated = time.perf_counter()
         loss, kl = _update(run, batch)
+        stop = _over_target(settings, kl)
+        if stop and step > 1:
+            _restore(run, before_last)
+        elif settings.target_kl > 0:
+            before_last, current = current, _lora_weights(run)
         records.append({
             "step": step, "reward_mean": batch["rewards"].mean().item(),
             "reward_std": batch["rewards"].std(unbiased=False).item(), "kl": kl,
             "completion_len": batch["cmask"].sum(1).mean().item(), "loss": loss,
             "seconds": time.perf_counter() - started, "gen_seconds": generated - started,
             # CPU time shows the cost apart from contention on a shared machine.
-            "cpu_seconds": time.process_time() - cpu_started})
+            "cpu_seconds": time.process_time() - cpu_started, "kl_stop": stop})
         if progress is not None:
             progress(records[-1])
+        if stop:
+            break
     return policy, records

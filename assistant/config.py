@@ -89,6 +89,7 @@ class TrainingConfig:
     prompts_per_step: int = 2
     max_completion_tokens: int = 128
     kl_beta: float = 0.05
+    target_kl: float = 0.5
     public_prompts: str = ""
     promote_margin: float = 0.0
     kl_budget: float = 1.0
@@ -263,6 +264,7 @@ def validate(c: Config) -> None:
            "must be at least 2 (the group is the baseline)")
     _check(0.0 < t.heldout_frac < 1.0, "training.heldout_frac", t.heldout_frac, "must be in (0, 1)")
     _check(t.kl_beta >= 0, "training.kl_beta", t.kl_beta, "must be 0 or more")
+    _check(t.target_kl >= 0, "training.target_kl", t.target_kl, "must be 0 or more")
     _check(t.dpo_epochs >= 0, "training.dpo_epochs", t.dpo_epochs, "must be 0 or more")
     _check(t.dpo_beta > 0, "training.dpo_beta", t.dpo_beta, "must be positive")
     _check(c.scheduler.interval_seconds >= 1, "scheduler.interval_seconds",

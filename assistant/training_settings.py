@@ -41,7 +41,7 @@ def run_settings(config: Config):
                               steps=t.steps, group_size=t.group_size,
                               prompts_per_step=t.prompts_per_step,
                               max_completion_tokens=t.max_completion_tokens,
-                              kl_beta=t.kl_beta),
+                              kl_beta=t.kl_beta, target_kl=t.target_kl),
         gate=GateSettings(promote_margin=t.promote_margin, kl_budget=t.kl_budget,
                           max_completion_tokens=t.max_completion_tokens),
         dpo=DpoSettings(epochs=t.dpo_epochs, beta=t.dpo_beta,

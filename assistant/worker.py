@@ -46,7 +46,9 @@ class RunLog:
         self.steps.append(record)
         self(f"step {record['step']}: reward {record['reward_mean']:.3f} "
              f"kl {record['kl']:.4f} len {record['completion_len']:.0f} "
-             f"loss {record['loss']:.4f}")
+             f"loss {record['loss']:.4f}"
+             + (" - over training.target_kl: RL stops, keeping the previous weights"
+                if record.get("kl_stop") else ""))
 
     @property
     def tail(self) -> str:

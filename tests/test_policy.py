@@ -247,3 +247,18 @@ def test_gate_evaluate(tokenizer, tiny_model, tmp_path):
     vs_current = gate.evaluate(model, tokenizer, "default", "zero", PROMPTS, count_e, settings)
     assert vs_current["baseline"] == "current"
     assert vs_current["candidate_reward"] == vs_base["candidate_reward"]
+
+
+def test_rl_stops_at_target_kl_and_keeps_the_weights_under_it(tokenizer):
+    """The fresh LoRA (B = 0) has KL 0; after one update it is over a tiny target, so step 2
+    stops RL and restores the weights from before that update."""
+    model = make_tiny_model(tokenizer)
+    settings = policy.PolicySettings(steps=3, group_size=4, prompts_per_step=2,
+                                     max_completion_tokens=12, learning_rate=1e-2,
+                                     target_kl=1e-6)
+    model, records = policy.train_policy(model, tokenizer, PROMPTS, count_e, settings)
+    assert [r["kl_stop"] for r in records] == [False, True]
+    assert records[0]["kl"] <= 1e-6 < records[1]["kl"]
+    assert all(v.abs().sum() == 0 for k, v in lora_state(model).items() if "lora_B" in k)
+
+
