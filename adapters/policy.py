@@ -360,8 +360,8 @@ def _over_target(settings: PolicySettings, kl: float) -> bool:
     return settings.target_kl > 0 and kl > settings.target_kl
 
 
-def _lora_weights(run: _Run) -> list[torch.Tensor]:
-    return [p.detach().clone() for p in run.params]
+def _lora_weights(params: list[torch.Tensor]) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in params]
 
 
 def _restore(run: _Run, weights: list[torch.Tensor]) -> None:
@@ -370,6 +370,41 @@ def _restore(run: _Run, weights: list[torch.Tensor]) -> None:
             param.copy_(saved)
     if run.sampler:
         run.sampler.sync()
+
+
+@dataclass
+class _Leash:
+    """settings.target_kl's bookkeeping: the weights of the last two policies, and of the
+    adapter before the warm start (when one ran), to fall back on."""
+
+    run: _Run
+    pre_warm: list[torch.Tensor] | None
+    before_last: list[torch.Tensor]
+    current: list[torch.Tensor]
+
+    @classmethod
+    def start(cls, run: _Run, pre_warm: list[torch.Tensor] | None) -> _Leash:
+        weights = _lora_weights(run.params) if run.settings.target_kl > 0 else []
+        return cls(run, pre_warm, weights, weights)
+
+    def check(self, step: int, kl: float) -> str | None:
+        """After step `step` (whose update _update skipped if kl was over the target):
+        None to go on; "warm_start_reverted" when the warm start alone went over, so RL
+        goes on from the adapter as it was before it; "stopped" to end RL with the weights
+        from before the update that went over."""
+        if self.run.settings.target_kl <= 0:
+            return None
+        if not _over_target(self.run.settings, kl):
+            self.before_last, self.current = self.current, _lora_weights(self.run.params)
+            return None
+        if step == 1 and self.pre_warm is not None:
+            _restore(self.run, self.pre_warm)
+            self.before_last = self.current = self.pre_warm
+            self.pre_warm = None
+            return "warm_start_reverted"
+        if step > 1:
+            _restore(self.run, self.before_last)
+        return "stopped"
 
 
 def train_policy(model, tokenizer, prompts: list[list[dict]], reward_fn: RewardFn,
@@ -386,9 +421,10 @@ def train_policy(model, tokenizer, prompts: list[list[dict]], reward_fn: RewardF
     Returns (peft_model, records): the PeftModel whose "default" adapter was trained (call
     `.unload()` on it to get the untouched base back) and one record per step
     {step, reward_mean, reward_std, kl, completion_len, loss, seconds, gen_seconds,
-    cpu_seconds, kl_stop}. kl_stop marks the step whose policy went over target_kl: RL
-    ended there, with the weights from before the update that took it over (the samples
-    of step t measure the policy after t - 1 updates).
+    cpu_seconds, kl_stop, warm_start_reverted}. kl_stop marks the step whose policy went
+    over target_kl: RL ended there, with the weights from before the update that took it
+    over (the samples of step t measure the policy after t - 1 updates). If the warm start
+    alone went over, it is undone instead (warm_start_reverted on step 1) and RL goes on.
     """
     if not prompts:
         raise TrainingError("no prompts to train on")
@@ -398,7 +434,10 @@ def train_policy(model, tokenizer, prompts: list[list[dict]], reward_fn: RewardF
     # Copied before PEFT injects its LoRA layers into `model`.
     plain = _plain_bf16_twin(model) if settings.bf16 else None
     policy = attach_lora(model, settings, init_adapter).eval()
+    pre_warm = None
     if warm_start is not None:
+        if settings.target_kl > 0:
+            pre_warm = _lora_weights([p for p in policy.parameters() if p.requires_grad])
         warm_start(policy)
     sampler = _Sampler(plain, policy) if plain is not None else None
     params = [p for p in policy.parameters() if p.requires_grad]
@@ -410,27 +449,25 @@ def train_policy(model, tokenizer, prompts: list[list[dict]], reward_fn: RewardF
     rendered = render_prompts(tokenizer, prompts)
     batches = _prompt_cycle(len(prompts), settings.prompts_per_step, settings.seed)
     records = []
-    before_last = current = _lora_weights(run) if settings.target_kl > 0 else []
+    leash = _Leash.start(run, pre_warm)
     for step in range(1, settings.steps + 1):
         started, cpu_started = time.perf_counter(), time.process_time()
         picked = next(batches)
         batch = _rollout(run, [rendered[i] for i in picked], [prompts[i] for i in picked])
         generated = time.perf_counter()
         loss, kl = _update(run, batch)
-        stop = _over_target(settings, kl)
-        if stop and step > 1:
-            _restore(run, before_last)
-        elif settings.target_kl > 0:
-            before_last, current = current, _lora_weights(run)
+        leashed = leash.check(step, kl)
         records.append({
             "step": step, "reward_mean": batch["rewards"].mean().item(),
             "reward_std": batch["rewards"].std(unbiased=False).item(), "kl": kl,
             "completion_len": batch["cmask"].sum(1).mean().item(), "loss": loss,
             "seconds": time.perf_counter() - started, "gen_seconds": generated - started,
             # CPU time shows the cost apart from contention on a shared machine.
-            "cpu_seconds": time.process_time() - cpu_started, "kl_stop": stop})
+            "cpu_seconds": time.process_time() - cpu_started,
+            "kl_stop": leashed == "stopped",
+            "warm_start_reverted": leashed == "warm_start_reverted"})
         if progress is not None:
             progress(records[-1])
-        if stop:
+        if leashed == "stopped":
             break
     return policy, records

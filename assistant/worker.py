@@ -48,7 +48,9 @@ class RunLog:
              f"kl {record['kl']:.4f} len {record['completion_len']:.0f} "
              f"loss {record['loss']:.4f}"
              + (" - over training.target_kl: RL stops, keeping the previous weights"
-                if record.get("kl_stop") else ""))
+                if record.get("kl_stop") else "")
+             + (" - the warm start went over training.target_kl: undone, RL goes on"
+                if record.get("warm_start_reverted") else ""))
 
     @property
     def tail(self) -> str:

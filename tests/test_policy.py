@@ -262,3 +262,16 @@ def test_rl_stops_at_target_kl_and_keeps_the_weights_under_it(tokenizer):
     assert all(v.abs().sum() == 0 for k, v in lora_state(model).items() if "lora_B" in k)
 
 
+
+
+def test_a_warm_start_over_target_kl_is_undone_and_rl_goes_on(tokenizer):
+    settings = policy.PolicySettings(steps=2, group_size=4, prompts_per_step=2,
+                                     max_completion_tokens=12, learning_rate=1e-4,
+                                     target_kl=1e-3)
+    model, records = policy.train_policy(make_tiny_model(tokenizer), tokenizer, PROMPTS,
+                                         count_e, settings, warm_start=randomize_lora)
+    assert records[0]["warm_start_reverted"] and records[0]["kl"] > 1e-3
+    assert len(records) == 2 and not records[1]["warm_start_reverted"]
+    assert records[1]["kl"] == 0 and not records[1]["kl_stop"]     # B = 0 again: the base
+    # Back at the fresh LoRA (B = 0) plus one small step, not the warm start's B ~ 0.3.
+    assert max(v.abs().max() for k, v in lora_state(model).items() if "lora_B" in k) < 1e-3
