@@ -25,8 +25,7 @@ def build_engine(config: Config):
     return Engine(base.model, base.tokenizer, base.base_id,
                   context_tokens=config.model.context_tokens,
                   cache_size=config.adapters.cache_size,
-                  max_batch_rows=config.model.max_batch_rows,
-                  batch_wait_ms=config.model.batch_wait_ms)
+                  max_batch_rows=config.model.max_batch_rows)
 
 
 def cmd_init(args: argparse.Namespace, config: Config) -> None:

@@ -37,7 +37,6 @@ class ModelConfig:
     context_tokens: int = 2048
     threads: int = 0
     max_batch_rows: int = 8
-    batch_wait_ms: float = 200.0
 
 
 @dataclass(frozen=True)
@@ -246,8 +245,6 @@ def validate(c: Config) -> None:
            "must be at least 256")
     _check(c.model.max_batch_rows >= 1, "model.max_batch_rows", c.model.max_batch_rows,
            "must be at least 1")
-    _check(0 <= c.model.batch_wait_ms <= 5000, "model.batch_wait_ms", c.model.batch_wait_ms,
-           "must be 0..5000")
     g = c.generation
     _check(1 <= g.max_tokens_default <= g.max_tokens_limit, "generation.max_tokens_default",
            g.max_tokens_default, "must be between 1 and generation.max_tokens_limit")

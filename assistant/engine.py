@@ -202,10 +202,6 @@ class _Job:
     future: Future = field(default_factory=Future)
 
 
-def _rows(jobs: list[_Job]) -> int:
-    return sum(job.req.n for job in jobs)
-
-
 def _stop_prefix_len(text: str, stops: list[str]) -> int:
     """Length of the longest end of `text` that is the start of some stop string."""
     best = 0
@@ -226,8 +222,7 @@ class Engine:
     """Owns the model; generates on its own thread; keeps an LRU of loaded adapters."""
 
     def __init__(self, model, tokenizer, base_id: str, *, context_tokens: int = 2048,
-                 cache_size: int = 16, max_batch_rows: int = 8,
-                 batch_wait_ms: float = 0) -> None:
+                 cache_size: int = 16, max_batch_rows: int = 8) -> None:
         self.base_model = model
         self.model = model              # becomes a PeftModel once an adapter is loaded
         self.tokenizer = tokenizer
@@ -236,8 +231,6 @@ class Engine:
         self.cache_size = cache_size
         self.loaded: OrderedDict[str, AdapterRef] = OrderedDict()
         self.max_batch_rows = max_batch_rows
-        self.batch_wait_s = batch_wait_ms / 1000
-        self._last_batch_jobs = 0
         self.stats = {"hits": 0, "misses": 0, "evictions": 0, "batches": 0, "rows": 0}
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="generate")
         self._pending: deque[_Job] = deque()
@@ -346,7 +339,7 @@ class Engine:
 
     def _drain(self) -> None:
         ready, names = [], []
-        for job in self._gather():
+        for job in self._take():
             try:
                 names.append(self._activate(job.req.adapter))
                 ready.append(job)
@@ -363,31 +356,17 @@ class Engine:
         for job, result in zip(ready, results, strict=True):
             job.future.set_result(result)
 
-    def _gather(self) -> list[_Job]:
-        """The next batch. When the previous batch served several requests (clients are
-        chatting concurrently), wait up to batch_wait_s for it to fill: a batch's replies
-        all come back at once, and their clients' next requests follow a moment later.
-        A lone user never waits."""
-        batch = self._take([])
-        if not batch or self._last_batch_jobs < 2:
-            return batch
-        deadline = time.perf_counter() + self.batch_wait_s
-        while _rows(batch) < self.max_batch_rows and time.perf_counter() < deadline:
-            time.sleep(0.005)
-            batch = self._take(batch)
-        return batch
-
-    def _take(self, batch: list[_Job]) -> list[_Job]:
-        """`batch` plus waiting jobs, oldest first, up to max_batch_rows rows (at least one
+    def _take(self) -> list[_Job]:
+        """Waiting jobs for one batch, oldest first, up to max_batch_rows rows (at least one
         job). Two versions of one user's adapter never share a batch (loading the newer
         evicts the older), nor do more adapters than the cache holds."""
-        batch = list(batch)
-        versions = {j.req.adapter.user_id: j.req.adapter.version for j in batch if j.req.adapter}
+        batch: list[_Job] = []
+        rows, versions = 0, {}
         with self._pending_lock:
             waiting, self._pending = self._pending, deque()
             for job in waiting:
                 ref = job.req.adapter
-                fits = _rows(batch) + job.req.n <= self.max_batch_rows
+                fits = rows + job.req.n <= self.max_batch_rows
                 clash = ref is not None and (
                     versions.get(ref.user_id, ref.version) != ref.version
                     or (ref.user_id not in versions and len(versions) >= self.cache_size))
@@ -395,6 +374,7 @@ class Engine:
                     self._pending.append(job)
                     continue
                 batch.append(job)
+                rows += job.req.n
                 if ref is not None:
                     versions[ref.user_id] = ref.version
         return batch
@@ -426,7 +406,6 @@ class Engine:
                 temperature=1.0, top_p=1.0, top_k=0, **kwargs)   # sampling does the filtering
         self.stats["batches"] += 1
         self.stats["rows"] += len(rows)
-        self._last_batch_jobs = len(jobs)
         return [self._result(job, tracker, len(ids))
                 for job, tracker, ids in zip(jobs, trackers, prompts, strict=True)]
 

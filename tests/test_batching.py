@@ -2,7 +2,6 @@
 answers as alone, each row on its own adapter, length and sampling settings."""
 
 import threading
-import time
 
 import pytest
 import torch
@@ -115,25 +114,3 @@ def test_row_sampling_filters_each_row_by_its_own_settings():
     assert torch.allclose(out[2], logits[2])
     hot = _RowSampling([2.0], [1.0])(None, logits[:1].clone())
     assert torch.allclose(hot, logits[:1] / 2)
-
-
-def test_busy_engine_waits_briefly_to_fill_a_batch(eng):
-    eng.max_batch_rows, eng.batch_wait_s = 2, 30.0     # the batch starts once it is full
-    together(eng, [request(PROMPTS[0]), request(PROMPTS[1])])      # clients are concurrent
-    batches = eng.stats["batches"]
-    first = eng.submit(request(PROMPTS[0]))
-    time.sleep(0.3)
-    second = eng.submit(request(PROMPTS[2]))
-    first.result(timeout=120), second.result(timeout=120)
-    assert eng.stats["batches"] == batches + 1
-
-
-def test_lone_user_never_waits_for_a_batch(eng):
-    eng.max_batch_rows, eng.batch_wait_s = 2, 30.0
-    eng.generate_sync(request(PROMPTS[0]))                         # one client at a time
-    batches = eng.stats["batches"]
-    first = eng.submit(request(PROMPTS[0]))
-    time.sleep(0.3)
-    second = eng.submit(request(PROMPTS[2]))
-    first.result(timeout=120), second.result(timeout=120)
-    assert eng.stats["batches"] == batches + 2
