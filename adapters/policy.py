@@ -434,13 +434,13 @@ def train_policy(model, tokenizer, prompts: list[list[dict]], reward_fn: RewardF
     # Copied before PEFT injects its LoRA layers into `model`.
     plain = _plain_bf16_twin(model) if settings.bf16 else None
     policy = attach_lora(model, settings, init_adapter).eval()
+    params = [p for p in policy.parameters() if p.requires_grad]
     pre_warm = None
     if warm_start is not None:
         if settings.target_kl > 0:
-            pre_warm = _lora_weights([p for p in policy.parameters() if p.requires_grad])
+            pre_warm = _lora_weights(params)
         warm_start(policy)
     sampler = _Sampler(plain, policy) if plain is not None else None
-    params = [p for p in policy.parameters() if p.requires_grad]
     run = _Run(policy=policy, sampler=sampler,
                tokenizer=tokenizer,
                optimizer=torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=0.0),
