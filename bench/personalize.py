@@ -307,13 +307,9 @@ def feedback_phase(api: Api, persona: Persona, prompts: list[str], args: argpars
     plan = [(prompt, 3 if rng.random() < args.n3_share else 2, pick_kind(args.mix, rng))
             for prompt in prompts]
 
-    def chat(step: tuple[str, int, str]) -> list[dict]:
-        return api.call("POST", "/api/chat", {
-            "content": step[0], "n": step[1], "model": "personal",
-            "temperature": args.temperature, "max_tokens": args.max_tokens})["candidates"]
-
     with ThreadPoolExecutor(in_flight(args.rows, 2)) as pool:
-        for (_, _, kind), cands in zip(plan, pool.map(chat, plan), strict=True):
+        replies = pool.map(lambda step: chat(api, args, step[0], step[1], "personal"), plan)
+        for (_, _, kind), cands in zip(plan, replies, strict=True):
             for c in cands:
                 log.utilities.append(persona.utility(c["content"]))
                 log.words.append(len(c["content"].split()))
@@ -322,6 +318,13 @@ def feedback_phase(api: Api, persona: Persona, prompts: list[str], args: argpars
             give_feedback(api, persona, cands, kind, rng, log)
             log.prompts += 1
     return log
+
+
+def chat(api: Api, args: argparse.Namespace, prompt: str, n: int, model: str) -> list[dict]:
+    """One chat turn's candidates, with the run's sampling settings."""
+    return api.call("POST", "/api/chat", {
+        "content": prompt, "n": n, "model": model, "temperature": args.temperature,
+        "max_tokens": args.max_tokens})["candidates"]
 
 
 def in_flight(rows: int, candidates: int) -> int:
@@ -380,13 +383,8 @@ def run_summary(run: dict) -> dict:
 def answer_heldout(api: Api, prompts: list[str], model: str,
                    args: argparse.Namespace) -> list[list[dict]]:
     """Candidates (eval_n each) per held-out prompt, same sampling settings for every model."""
-    def chat(prompt: str) -> list[dict]:
-        return api.call("POST", "/api/chat", {
-            "content": prompt, "n": args.eval_n, "model": model,
-            "temperature": args.temperature, "max_tokens": args.max_tokens})["candidates"]
-
     with ThreadPoolExecutor(in_flight(args.rows, args.eval_n)) as pool:
-        return list(pool.map(chat, prompts))
+        return list(pool.map(lambda p: chat(api, args, p, args.eval_n, model), prompts))
 
 
 def win_rate(persona: Persona, ours: list[list[str]], base: list[list[str]]) -> float:
