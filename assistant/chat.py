@@ -32,6 +32,9 @@ class TurnRequest:
     model: str = "personal"
     system: str | None = None
     history: list[dict] | None = None    # OpenAI-style: prior turns supplied by the client
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    seed: int | None = None
 
 
 def check_turn(state: AppState, body: dict) -> TurnRequest:
@@ -52,7 +55,17 @@ def check_turn(state: AppState, body: dict) -> TurnRequest:
     return TurnRequest(content=content or "", conversation_id=_opt_int(body, "conversation_id"),
                        regenerate=_opt_int(body, "regenerate"), n=n, temperature=temperature,
                        top_p=top_p, max_tokens=max_tokens, stop=_stops(body.get("stop")),
-                       model=model)
+                       model=model, **_sampling_extras(body))
+
+
+def _sampling_extras(body: dict) -> dict:
+    """OpenAI's repetition penalties (its range, -2 to 2) and seed (a 64-bit integer)."""
+    seed = _opt_int(body, "seed")
+    if seed is not None and not -2**63 <= seed < 2**64:
+        raise BadRequest(f"seed: must be a 64-bit integer; got {seed!r}")
+    return {"frequency_penalty": _float_in(body, "frequency_penalty", 0.0, -2.0, 2.0),
+            "presence_penalty": _float_in(body, "presence_penalty", 0.0, -2.0, 2.0),
+            "seed": seed}
 
 
 def _int_in(body: dict, name: str, default: int, lo: int, hi: int) -> int:
@@ -136,7 +149,9 @@ async def prepare_turn(state: AppState, user: dict, req: TurnRequest) -> Prepare
     fresh = await state.store.read(get_user, user["id"])   # current_version may have moved
     adapter = await state.store.read(adapter_for, state.adapters_root, fresh, req.model)
     gen = GenRequest(messages=messages, n=req.n, temperature=req.temperature, top_p=req.top_p,
-                     max_tokens=req.max_tokens, stop=req.stop, adapter=adapter)
+                     max_tokens=req.max_tokens, stop=req.stop, adapter=adapter,
+                     frequency_penalty=req.frequency_penalty,
+                     presence_penalty=req.presence_penalty, seed=req.seed)
     return PreparedTurn(conv_id, turn, gen, "personal" if adapter else "base")
 
 
@@ -146,6 +161,8 @@ def candidate_rows(prep: PreparedTurn, result: GenResult) -> list[dict]:
         "content": c.text, "model": prep.model,
         "adapter_version": result.adapter.version if result.adapter else None,
         "temperature": gen.temperature, "top_p": gen.top_p, "max_tokens": gen.max_tokens,
+        "frequency_penalty": gen.frequency_penalty, "presence_penalty": gen.presence_penalty,
+        "seed": gen.seed,
         "prompt_tokens": result.prompt_tokens, "completion_tokens": len(c.tokens),
         "first_token_ms": c.first_token_ms, "total_ms": c.total_ms,
         "finish_reason": c.finish_reason,

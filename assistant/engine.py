@@ -27,14 +27,10 @@ from pathlib import Path
 from typing import TypeVar
 
 import torch
-from transformers import (
-    LogitsProcessor,
-    LogitsProcessorList,
-    StoppingCriteria,
-    StoppingCriteriaList,
-)
+from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
 from adapters.policy import eos_ids, left_pad
+from assistant.sampling import RowSampling, RowSettings, row_seed
 from feedback_store.errors import ModelError
 
 T = TypeVar("T")
@@ -63,6 +59,15 @@ class GenRequest:
     max_tokens: int = 256
     stop: list[str] = field(default_factory=list)
     adapter: AdapterRef | None = None
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    seed: int | None = None         # same seed and settings -> same answers (best effort)
+
+    def row(self, candidate: int) -> RowSettings:
+        """How candidate number `candidate` of this request is sampled."""
+        seed = None if self.seed is None else row_seed(self.seed, candidate)
+        return RowSettings(self.temperature, self.top_p, self.frequency_penalty,
+                           self.presence_penalty, seed)
 
 
 @dataclass
@@ -161,35 +166,6 @@ class _BatchTracker(StoppingCriteria):
             done.append(tracker(input_ids[row:row + n], scores))
             row += n
         return torch.cat(done)
-
-
-class _RowSampling(LogitsProcessor):
-    """Temperature and nucleus (top-p) filtering with a value per row, so requests with
-    different settings share a batch. A row with temperature 0 is greedy: everything but
-    its argmax is masked, so the sampler can only pick that token.
-
-    scores: (rows, vocab) next-token logits; returns the filtered logits, same shape.
-    """
-
-    def __init__(self, temperatures: list[float], top_ps: list[float]) -> None:
-        temps = torch.tensor(temperatures, dtype=torch.float32)
-        self.greedy = temps <= 0
-        self.temps = temps.clamp(min=1e-4)[:, None]          # (rows, 1)
-        self.top_ps = torch.tensor(top_ps, dtype=torch.float32)[:, None]
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        scores = scores / self.temps.to(scores.device)
-        # As transformers' TopPLogitsWarper, with one p per row: drop the low tail whose
-        # total probability is at most 1 - p, always keeping the most likely token.
-        ordered, order = torch.sort(scores, descending=False)
-        tail = ordered.softmax(-1).cumsum(-1) <= 1 - self.top_ps.to(scores.device)
-        tail[:, -1] = False
-        scores = scores.masked_fill(tail.scatter(1, order, tail), -float("inf"))
-        if self.greedy.any():
-            best = scores.argmax(-1, keepdim=True)
-            only_best = torch.full_like(scores, -float("inf")).scatter(1, best, 0.0)
-            scores = torch.where(self.greedy.to(scores.device)[:, None], only_best, scores)
-        return scores
 
 
 @dataclass
@@ -386,11 +362,12 @@ class Engine:
         prompts = [self.render(job.req.messages, job.req.max_tokens) for job in jobs]
         trackers = [_Tracker(self, job.req, len(ids), job.submitted, job.emit, job.cancel)
                     for job, ids in zip(jobs, prompts, strict=True)]
-        rows = [(ids, name, job.req) for job, ids, name in zip(jobs, prompts, names, strict=True)
-                for _ in range(job.req.n)]
+        rows = [(ids, name, job.req.row(k))
+                for job, ids, name in zip(jobs, prompts, names, strict=True)
+                for k in range(job.req.n)]
         input_ids, mask = (t.to(self.base_model.device)
                            for t in left_pad([ids for ids, _, _ in rows], self.pad_id))
-        sampling = _RowSampling([r.temperature for _, _, r in rows], [r.top_p for _, _, r in rows])
+        sampling = RowSampling([r for _, _, r in rows], input_ids.shape[1])
         sample = any(r.temperature > 0 for _, _, r in rows)
         kwargs = {"adapter_names": [name for _, name, _ in rows]} \
             if self.model is not self.base_model else {}
@@ -399,7 +376,8 @@ class Engine:
                 input_ids=input_ids, attention_mask=mask,
                 max_new_tokens=max(job.req.max_tokens for job in jobs),
                 stopping_criteria=StoppingCriteriaList([_BatchTracker(trackers)]),
-                logits_processor=LogitsProcessorList([sampling]) if sample else None,
+                logits_processor=LogitsProcessorList([sampling])
+                if sample or sampling.penalize else None,
                 pad_token_id=self.pad_id, eos_token_id=list(self.eos_ids), do_sample=sample,
                 temperature=1.0, top_p=1.0, top_k=0, **kwargs)   # sampling does the filtering
         self.stats["batches"] += 1

@@ -54,7 +54,8 @@ def check_completion(state: AppState, body: dict) -> TurnRequest:
     if model not in MODELS:
         raise BadRequest(f"model: must be one of {', '.join(MODELS)}; got {model!r}")
     system, turns = split_messages(body.get("messages"), state.config.server.max_prompt_chars)
-    native = {name: body.get(name) for name in ("n", "temperature", "top_p", "stop")}
+    native = {name: body.get(name) for name in ("n", "temperature", "top_p", "stop", "seed",
+                                                "frequency_penalty", "presence_penalty")}
     native.update(model=model, content=turns[-1]["content"], max_tokens=_max_tokens(body))
     req = check_turn(state, native)
     req.system, req.history = system, turns[:-1]

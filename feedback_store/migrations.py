@@ -100,7 +100,15 @@ def m001_initial(db: Database) -> None:
     }, pk=("message_id", "base_id"))
 
 
-MIGRATIONS: list[Callable[[Database], None]] = [m001_initial]
+def m002_sampling_settings(db: Database) -> None:
+    # The rest of what sampled an answer, next to temperature and top_p: OpenAI's repetition
+    # penalties and the request's seed (null = unseeded). Rows from before stay null.
+    for column, kind in (("frequency_penalty", float), ("presence_penalty", float),
+                         ("seed", int)):
+        db["messages"].add_column(column, kind)
+
+
+MIGRATIONS: list[Callable[[Database], None]] = [m001_initial, m002_sampling_settings]
 
 
 def migrate(db: Database) -> list[str]:

@@ -6,7 +6,7 @@ import threading
 import pytest
 import torch
 
-from assistant.engine import AdapterRef, Engine, GenRequest, _RowSampling
+from assistant.engine import AdapterRef, Engine, GenRequest
 from feedback_store.errors import ModelError
 from tests.conftest import make_tiny_model
 from tests.test_routing import save_random_adapter
@@ -106,11 +106,27 @@ def test_two_versions_of_one_user_never_share_a_batch(eng, refs):
     assert list(eng.loaded) == [newer.name]
 
 
-def test_row_sampling_filters_each_row_by_its_own_settings():
-    logits = torch.log(torch.tensor([[0.6, 0.3, 0.1]] * 3))
-    out = _RowSampling([0.0, 1.0, 1.0], [1.0, 0.5, 1.0])(None, logits.clone())
-    finite = torch.isfinite(out)
-    assert finite.tolist() == [[True, False, False], [True, False, False], [True, True, True]]
-    assert torch.allclose(out[2], logits[2])
-    hot = _RowSampling([2.0], [1.0])(None, logits[:1].clone())
-    assert torch.allclose(hot, logits[:1] / 2)
+def test_a_seeded_request_gives_the_same_answers_alone_and_in_any_batch(eng, refs):
+    seeded = request(PROMPTS[1], refs[0], temperature=1.0, n=2, seed=7, max_tokens=12)
+    alone = [c.tokens for c in eng.generate_sync(seeded).candidates]
+    batched = together(eng, [request(PROMPTS[0], temperature=1.0, n=3), seeded,
+                             request(PROMPTS[2], refs[1], temperature=0.5)])[1]
+    assert [c.tokens for c in batched.candidates] == alone
+    assert alone[0] != alone[1]               # the candidates of one request still differ
+    other = eng.generate_sync(request(PROMPTS[1], refs[0], temperature=1.0, n=2, seed=8,
+                                      max_tokens=12))
+    assert [c.tokens for c in other.candidates] != alone
+
+
+def test_presence_penalty_counts_only_each_rows_own_answer(eng):
+    # A huge negative penalty forces every token after the first to be one the answer
+    # already has, so each answer is its first token repeated. The rows' prompts differ in
+    # length: counting from the wrong offset (prompt, padding, another row) would let
+    # other tokens through.
+    plain = [eng.generate_sync(request(p, max_tokens=12)).candidates[0].tokens
+             for p in PROMPTS[:2]]
+    assert all(len(set(tokens)) > 1 for tokens in plain)
+    forced = together(eng, [request(p, max_tokens=12, presence_penalty=-1e4)
+                            for p in PROMPTS[:2]])
+    for result, tokens in zip(forced, plain, strict=True):
+        assert result.candidates[0].tokens == [tokens[0]] * 12

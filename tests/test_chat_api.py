@@ -30,12 +30,13 @@ def test_multi_turn_follows_chosen_branch(live_server, alice):
 
 def test_candidates_record_generation_details(live_server, alice):
     body = chat(live_server, alice, content="hello", n=3, max_tokens=5, temperature=1.2,
-                top_p=0.9).json()
+                top_p=0.9, frequency_penalty=0.5, seed=11).json()
     cands = body["candidates"]
     assert [c["candidate_index"] for c in cands] == [0, 1, 2]
     assert [c["chosen"] for c in cands] == [1, 0, 0]
     for c in cands:
         assert c["temperature"] == 1.2 and c["top_p"] == 0.9 and c["max_tokens"] == 5
+        assert (c["frequency_penalty"], c["presence_penalty"], c["seed"]) == (0.5, 0.0, 11)
         assert 1 <= c["completion_tokens"] <= 5 and c["finish_reason"] in {"stop", "length"}
         assert c["total_ms"] >= c["first_token_ms"] > 0
 
@@ -93,6 +94,8 @@ def test_conversations_are_private_and_deletable(live_server, alice):
     ({"content": "x", "max_tokens": 100000}, 400, "max_tokens"),
     ({"content": "x", "temperature": "hot"}, 400, "temperature"),
     ({"content": "x", "model": "gpt-9"}, 400, "model"),
+    ({"content": "x", "frequency_penalty": -2.5}, 400, "frequency_penalty"),
+    ({"content": "x", "seed": "7"}, 400, "seed"),
     ({"content": "x", "stop": [1, 2]}, 400, "stop"),
     ({"content": "x" * 9000}, 413, "8000"),
     ({"content": "x", "conversation_id": "one"}, 400, "conversation_id"),

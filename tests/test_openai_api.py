@@ -99,6 +99,32 @@ def test_stream_wire_format_is_server_sent_events(live_server):
     assert all(e.startswith("data: {") for e in events[:-2])
 
 
+def test_same_seed_same_answers(live_server):
+    api = client(live_server, live_server.add_user("alice"))
+
+    def ask(seed: int, **kw) -> list[str]:
+        done = api.chat.completions.create(model="personal", messages=HI, n=2, max_tokens=8,
+                                           temperature=1.0, seed=seed, **kw)
+        return [c.message.content for c in done.choices]
+
+    first = ask(3)
+    assert ask(3) == first and first[0] != first[1]
+    assert ask(4) != first
+
+
+def test_repetition_penalties_reach_the_sampler(live_server):
+    api = client(live_server, live_server.add_user("alice"))
+
+    def greedy(**kw) -> str:
+        done = api.chat.completions.create(model="personal", messages=HI, max_tokens=24,
+                                           temperature=0, **kw)
+        return done.choices[0].message.content
+
+    plain = greedy()
+    assert greedy(frequency_penalty=2.0) != plain
+    assert greedy(presence_penalty=2.0) != plain
+
+
 def test_history_is_stored_and_used(live_server):
     key = live_server.add_user("alice")
     api = client(live_server, key)
@@ -174,6 +200,10 @@ INVALID = [   # (request fields, status, param, words the message must contain)
     ({"max_tokens": 100_000}, 400, "max_tokens", "from 1 to 1024"),
     ({"max_completion_tokens": 0}, 400, "max_tokens", "from 1 to 1024"),
     ({"temperature": 3}, 400, "temperature", "from 0.0 to 2.0"),
+    ({"frequency_penalty": 2.5}, 400, "frequency_penalty", "from -2.0 to 2.0"),
+    ({"presence_penalty": -3}, 400, "presence_penalty", "from -2.0 to 2.0"),
+    ({"seed": 1.5}, 400, "seed", "integer"),
+    ({"seed": 2**64}, 400, "seed", "64-bit"),
     ({"messages": []}, 400, "messages", "non-empty"),
     ({"messages": HI + [{"role": "assistant", "content": "hey"}]}, 400, "messages", "last"),
     ({"messages": HI + HI}, 400, "messages[1].role", "'assistant'"),
