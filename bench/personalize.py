@@ -32,6 +32,7 @@ import sys
 import tempfile
 import threading
 import time
+import zlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -308,7 +309,8 @@ def feedback_phase(api: Api, persona: Persona, prompts: list[str], args: argpars
             for prompt in prompts]
 
     with ThreadPoolExecutor(in_flight(args.rows, 2)) as pool:
-        replies = pool.map(lambda step: chat(api, args, step[0], step[1], "personal"), plan)
+        replies = pool.map(lambda step: chat(api, args, step[0], step[1], "personal",
+                                             seed_of(args.seed, persona.name, step[0])), plan)
         for (_, _, kind), cands in zip(plan, replies, strict=True):
             for c in cands:
                 log.utilities.append(persona.utility(c["content"]))
@@ -320,11 +322,19 @@ def feedback_phase(api: Api, persona: Persona, prompts: list[str], args: argpars
     return log
 
 
-def chat(api: Api, args: argparse.Namespace, prompt: str, n: int, model: str) -> list[dict]:
+def chat(api: Api, args: argparse.Namespace, prompt: str, n: int, model: str,
+         seed: int) -> list[dict]:
     """One chat turn's candidates, with the run's sampling settings."""
     return api.call("POST", "/api/chat", {
         "content": prompt, "n": n, "model": model, "temperature": args.temperature,
-        "max_tokens": args.max_tokens})["candidates"]
+        "max_tokens": args.max_tokens, "seed": seed})["candidates"]
+
+
+def seed_of(*parts: object) -> int:
+    """A request seed fixed by the run's seed and what is asked, so a rerun samples the same
+    answers from the same adapter (and every model is sampled with the same seed on a
+    held-out prompt: paired samples, so the comparison is less noisy)."""
+    return zlib.crc32(":".join(map(str, parts)).encode())
 
 
 def in_flight(rows: int, candidates: int) -> int:
@@ -384,7 +394,9 @@ def answer_heldout(api: Api, prompts: list[str], model: str,
                    args: argparse.Namespace) -> list[list[dict]]:
     """Candidates (eval_n each) per held-out prompt, same sampling settings for every model."""
     with ThreadPoolExecutor(in_flight(args.rows, args.eval_n)) as pool:
-        return list(pool.map(lambda p: chat(api, args, p, args.eval_n, model), prompts))
+        return list(pool.map(
+            lambda p: chat(api, args, p, args.eval_n, model, seed_of(args.seed, "eval", p)),
+            prompts))
 
 
 def win_rate(persona: Persona, ours: list[list[str]], base: list[list[str]]) -> float:
