@@ -53,3 +53,20 @@ def test_rescore_rewrites_every_utility_figure(tmp_path):
     assert fresh["rounds"][0]["personas"]["short"]["run"] == {"status": "succeeded"}
     assert fresh["head_to_head"]["lists"]["short"] == 1.0
     json.dumps(fresh)            # still writable as results.json
+
+
+def test_best_of_base_scores_each_personas_pick_for_every_judge():
+    import best_of_base
+
+    # Prompt 1: SHORT picks BRIEF, LISTS picks LISTED. Prompt 2: no list anywhere, so LISTS
+    # picks the first of its ties (LONG) and SHORT picks BRIEF.
+    samples = [{"prompt": "p1", "samples": [LONG, BRIEF, LISTED]},
+               {"prompt": "p2", "samples": [LONG, BRIEF, LONG]}]
+    table = best_of_base.matrix([SHORT, LISTS], samples)
+    # SHORT judging LISTS' picks: LISTED (6 words) ties LONG, beats nothing -> 0.25;
+    # LONG vs [BRIEF, LONG] -> a loss and a tie, 0.25. Own picks beat both others: 1.0.
+    assert table["short"] == {"short": 1.0, "lists": 0.25}
+    # LISTS judging SHORT's picks: BRIEF vs [LONG, LISTED] -> a tie and a loss, 0.25;
+    # prompt 2 all tie -> 0.5. Own: LISTED beats both (1.0), then all ties (0.5).
+    assert table["lists"] == {"short": 0.375, "lists": 0.75}
+    assert "| short | 1.000 | 0.250 | +0.750 |" in best_of_base.report(table)
