@@ -6,12 +6,12 @@ even if a newer one is promoted meanwhile.
 
 Requests that arrive while a batch is generating are decoded together in the next batch:
 every candidate of every waiting request is one row (left-padded prompts), each row routed
-through its own adapter with PEFT's `adapter_names=` and sampled with its own temperature
-and top_p. Decoding one token for 8 rows costs about 2.7x one row on this CPU (it is bound
-by reading the weights, not by arithmetic): measured with 1 torch thread, 1 row gave 13.3
-tokens/s, 4 rows 31.8, 8 rows 39.2 in all, so a busy server answers about 3x more tokens per
-second. Rows end independently (stop string, EOS, their own max_tokens, cancel); the batch
-ends when every row has.
+through its own adapter with PEFT's `adapter_names=` and sampled with its own temperature,
+top_p, penalties and seed (assistant/sampling.py). Decoding one token for 8 rows costs about
+2.7x one row on this CPU (it is bound by reading the weights, not by arithmetic): measured
+with 1 torch thread, 1 row gave 13.3 tokens/s, 4 rows 31.8, 8 rows 39.2 in all, so a busy
+server answers about 3x more tokens per second. Rows end independently (stop string, EOS,
+their own max_tokens, cancel); the batch ends when every row has.
 """
 
 from __future__ import annotations
