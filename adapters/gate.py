@@ -11,7 +11,9 @@ comparison is reproducible and free of sampling noise. Measured:
   a one-sample estimate, since greedy completions are not samples from pi;
 - mean completion length in tokens (reward heads often drift toward length).
 
-`decide` promotes only if gain >= promote_margin and KL <= kl_budget.
+`decide` promotes only if gain > promote_margin and KL <= kl_budget: a candidate no better
+than the serving version (for example one whose run changed nothing, after the KL leash
+undid its warm start and stopped RL at once) does not become a new version.
 
 `evaluate` takes a PeftModel holding both adapters (see `load_adapter`) and decodes each
 side with a bfloat16 copy that has that adapter merged in (the fast path on this CPU; greedy
@@ -159,15 +161,15 @@ def evaluate(model, tokenizer, candidate: str, current: str | None,
 
 
 def decide(metrics: dict, settings: GateSettings) -> tuple[bool, str]:
-    """Promote only if the reward gain reaches the margin and the KL stays in budget."""
+    """Promote only if the reward gain exceeds the margin and the KL stays in budget."""
     gain, kl = metrics["reward_gain"], metrics["candidate_kl"]
     if not (math.isfinite(gain) and math.isfinite(kl)):
         return False, f"rejected: non-finite metrics (gain {gain}, KL {kl})"
     if kl > settings.kl_budget:
         return False, (f"rejected: KL to base {kl:.3f} nats/token exceeds the budget "
                        f"{settings.kl_budget}")
-    if gain < settings.promote_margin:
-        return False, (f"rejected: reward gain {gain:+.4f} over the {metrics['baseline']} is "
-                       f"below the margin {settings.promote_margin}")
-    return True, (f"promoted: reward gain {gain:+.4f} >= margin {settings.promote_margin}, "
+    if gain <= settings.promote_margin:
+        return False, (f"rejected: reward gain {gain:+.4f} over the {metrics['baseline']} does "
+                       f"not exceed the margin {settings.promote_margin}")
+    return True, (f"promoted: reward gain {gain:+.4f} > margin {settings.promote_margin}, "
                   f"win rate {metrics['win_rate']:.2f}, KL {kl:.3f} <= {settings.kl_budget}")

@@ -227,7 +227,10 @@ def test_gate_decide_rules():
     ok, reason = gate.decide({**base, "candidate_kl": 0.9}, settings)
     assert not ok and "KL" in reason
     assert not gate.decide({**base, "reward_gain": float("nan")}, settings)[0]
-    assert gate.decide({**base, "reward_gain": 0.1}, settings)[0]      # gain == margin
+    ok, reason = gate.decide({**base, "reward_gain": 0.1}, settings)   # gain == margin
+    assert not ok and "does not exceed the margin" in reason
+    assert not gate.decide({**base, "reward_gain": 0.0},
+                           gate.GateSettings(promote_margin=0.0))[0]  # an unchanged adapter
 
 
 def test_gate_evaluate(tokenizer, tiny_model, tmp_path):

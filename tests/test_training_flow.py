@@ -165,7 +165,7 @@ def test_gate_rejects_and_keeps_serving_base(tmp_path, tiny_dir):
         give_feedback(live, key)
         run = wait(live, train(live, "dave")["id"])
         assert run["status"] == "rejected", run["error"]
-        assert "below the margin" in run["metrics"]["decision"]
+        assert "does not exceed the margin" in run["metrics"]["decision"]
         assert run["adapter_version"] is None
         assert not (live.config.adapters_dir / "dave" / "1").exists()
         assert greedy(live, key)["model"] == "base"
