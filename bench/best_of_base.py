@@ -74,8 +74,8 @@ def sample(args: argparse.Namespace) -> list[dict]:
 
 def beats(judge: Persona, answer: str, others: list[str]) -> float:
     """Share of `others` that `answer` beats by judge's utility, ties counting half."""
-    u = judge.utility(answer)
-    return sum((u > judge.utility(o)) + 0.5 * (u == judge.utility(o)) for o in others) / len(others)
+    u, theirs = judge.utility(answer), [judge.utility(o) for o in others]
+    return sum((u > v) + 0.5 * (u == v) for v in theirs) / len(others)
 
 
 def matrix(personas: list[Persona], samples: list[dict]) -> dict[str, dict[str, float]]:
