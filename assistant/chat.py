@@ -59,10 +59,11 @@ def check_turn(state: AppState, body: dict) -> TurnRequest:
 
 
 def _sampling_extras(body: dict) -> dict:
-    """OpenAI's repetition penalties (its range, -2 to 2) and seed (a 64-bit integer)."""
+    """OpenAI's repetition penalties (its range, -2 to 2) and seed (a signed 64-bit integer,
+    as OpenAI's; it is stored with each answer, and SQLite's integers are signed 64-bit)."""
     seed = _opt_int(body, "seed")
-    if seed is not None and not -2**63 <= seed < 2**64:
-        raise BadRequest(f"seed: must be a 64-bit integer; got {seed!r}")
+    if seed is not None and not -2**63 <= seed < 2**63:
+        raise BadRequest(f"seed: must be a signed 64-bit integer; got {seed!r}")
     return {"frequency_penalty": _float_in(body, "frequency_penalty", 0.0, -2.0, 2.0),
             "presence_penalty": _float_in(body, "presence_penalty", 0.0, -2.0, 2.0),
             "seed": seed}

@@ -203,7 +203,7 @@ INVALID = [   # (request fields, status, param, words the message must contain)
     ({"frequency_penalty": 2.5}, 400, "frequency_penalty", "from -2.0 to 2.0"),
     ({"presence_penalty": -3}, 400, "presence_penalty", "from -2.0 to 2.0"),
     ({"seed": 1.5}, 400, "seed", "integer"),
-    ({"seed": 2**64}, 400, "seed", "64-bit"),
+    ({"seed": 2**63}, 400, "seed", "signed 64-bit"),   # SQLite could not store it
     ({"messages": []}, 400, "messages", "non-empty"),
     ({"messages": HI + [{"role": "assistant", "content": "hey"}]}, 400, "messages", "last"),
     ({"messages": HI + HI}, 400, "messages[1].role", "'assistant'"),
