@@ -7,13 +7,9 @@ from assistant.sampling import RowSampling, RowSettings, row_seed
 PROBS = torch.log(torch.tensor([[0.6, 0.3, 0.1]]))
 
 
-def rows(*settings: RowSettings) -> list[RowSettings]:
-    return list(settings)
-
-
 def test_each_row_is_filtered_by_its_own_temperature_and_top_p():
     logits = PROBS.repeat(3, 1)
-    out = RowSampling(rows(RowSettings(0.0, 1.0), RowSettings(1.0, 0.5), RowSettings(1.0, 1.0)),
+    out = RowSampling([RowSettings(0.0, 1.0), RowSettings(1.0, 0.5), RowSettings(1.0, 1.0)],
                       prompt_len=0)(torch.zeros(3, 0, dtype=torch.long), logits.clone())
     finite = torch.isfinite(out)
     assert finite.tolist() == [[True, False, False], [True, False, False], [True, True, True]]
@@ -26,8 +22,8 @@ def test_each_row_is_filtered_by_its_own_temperature_and_top_p():
 def test_penalties_follow_openais_definition_on_the_answer_only():
     # Row 0 generated tokens 1, 1, 2 after a prompt of [0, 0]; row 1 has no penalties.
     ids = torch.tensor([[0, 0, 1, 1, 2], [0, 0, 1, 1, 2]])
-    settings = rows(RowSettings(1.0, 1.0, frequency_penalty=0.5, presence_penalty=0.25),
-                    RowSettings(1.0, 1.0))
+    settings = [RowSettings(1.0, 1.0, frequency_penalty=0.5, presence_penalty=0.25),
+                RowSettings(1.0, 1.0)]
     out = RowSampling(settings, prompt_len=2)(ids, torch.zeros(2, 3))
     # token 0: only in the prompt; token 1: twice (2 * 0.5 + 0.25); token 2: once.
     assert torch.allclose(out[0], torch.tensor([0.0, -1.25, -0.75]))
