@@ -108,7 +108,15 @@ def m002_sampling_settings(db: Database) -> None:
         db["messages"].add_column(column, kind)
 
 
-MIGRATIONS: list[Callable[[Database], None]] = [m001_initial, m002_sampling_settings]
+def m003_adapter_fallback_from(db: Database) -> None:
+    # The adapter version that should have served an answer but failed to load (files
+    # missing or corrupt); the answer then came from adapter_version (an earlier one, or
+    # null: the base). Null for every normal answer.
+    db["messages"].add_column("adapter_fallback_from", int)
+
+
+MIGRATIONS: list[Callable[[Database], None]] = [m001_initial, m002_sampling_settings,
+                                                 m003_adapter_fallback_from]
 
 
 def migrate(db: Database) -> list[str]:
