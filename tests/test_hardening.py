@@ -78,8 +78,10 @@ def test_out_of_range_ids_in_bodies_are_400_naming_the_field(live):
 
 def int_routes(app) -> list[tuple[str, str]]:
     """(method, path template) of every route with an int path parameter, from the app."""
-    return [(method, route.path) for route in app.routes if re.search(r"{\w+:int}", route.path)
-            for method in sorted(getattr(route, "methods", ())) if method not in ("HEAD", "OPTIONS")]
+    return [(method, route.path) for route in app.routes
+            if re.search(r"{\w+:int}", route.path)
+            for method in sorted(getattr(route, "methods", ()))
+            if method not in ("HEAD", "OPTIONS")]
 
 
 def test_every_int_path_parameter_is_range_checked(live):
