@@ -1,0 +1,112 @@
+"""Per-user choice of how strongly to trust the shared prior, and calibrated margins.
+
+A fixed prior strength helps a user who agrees with the consensus and costs one who does
+not (relabeled HH: the helpfulness user lost a point to it). Here each user's head is
+fitted on a small grid of (how much of the prior to aim at, how hard to pull):
+
+    min_w  sum BT(w) + thumbs + lam * ||w - alpha * w_prior||^2,
+
+alpha in ALPHAS (0 = the user's own head with plain L2, 1 = the usual shared prior) and
+lam in STRENGTHS, and the pair with the lowest k-fold cross-validated log loss on the
+user's own pairs wins (after temperature scaling, so the choice is about ranking and
+shape, not margin scale). The out-of-fold margins of the winner then fit the temperature
+(adapters/calibration.py) by which the final head's weights are divided, so sigmoid of
+its margins is a usable probability. This is cross-validated model selection; the
+grid's alpha = 0 row guarantees a departing user can drop the prior entirely.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from adapters.calibration import fit_temperature
+from adapters.reward_head import STD_FLOOR, HeadSettings, RewardHead, fit_head
+
+ALPHAS = (0.0, 0.5, 1.0)
+STRENGTHS = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0)
+CV_FOLDS = 5
+MIN_PAIRS_TO_SELECT = 8
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Grid, folds and the fallback used when a user has too few pairs to cross-validate."""
+
+    alphas: tuple[float, ...] = ALPHAS
+    strengths: tuple[float, ...] = STRENGTHS
+    folds: int = CV_FOLDS
+    min_pairs: int = MIN_PAIRS_TO_SELECT
+    calibrate: bool = True
+
+
+@dataclass
+class SelectedHead:
+    head: RewardHead
+    alpha: float
+    strength: float
+    temperature: float
+    cv_log_loss: dict = field(default_factory=dict)   # "alpha,strength" -> loss
+
+
+def _anchor(prior: RewardHead | None, alpha: float, C, R, T) -> RewardHead:
+    """The head the penalty pulls toward: alpha * prior in the prior's standardization, or
+    zero in the data's own standardization when there is no prior."""
+    if prior is not None:
+        return RewardHead(alpha * prior.w, alpha * prior.b, prior.mean, prior.std)
+    X = np.concatenate([a for a in (C, R, T) if len(a)])
+    std = np.maximum(X.std(0), STD_FLOOR) * np.sqrt(X.shape[1])
+    return RewardHead(np.zeros(X.shape[1]), 0.0, X.mean(0), std)
+
+
+def _fit(C, R, T, y, base: HeadSettings, anchor: RewardHead, strength: float) -> RewardHead:
+    settings = replace(base, shared_prior=True, prior_strength=strength)
+    return fit_head(C, R, T, y, settings, anchor)
+
+
+def _log_loss(margins: np.ndarray) -> float:
+    t = fit_temperature(margins)
+    return float(np.logaddexp(0.0, -margins / t).mean())
+
+
+def _oof_margins(C, R, T, y, base, anchor, strength, folds) -> np.ndarray:
+    margins = np.zeros(len(C))
+    for fold in folds:
+        train = np.setdiff1d(np.arange(len(C)), fold)
+        head = _fit(C[train], R[train], T, y, base, anchor, strength)
+        margins[fold] = head.score(C[fold]) - head.score(R[fold])
+    return margins
+
+
+def fit_selected_head(C: np.ndarray, R: np.ndarray, T: np.ndarray, y: np.ndarray,
+                      base: HeadSettings, prior: RewardHead | None,
+                      selection: Selection = Selection(), seed: int = 0) -> SelectedHead:
+    """The head at the grid point with the best CV log loss, divided by its CV temperature.
+
+    Pairs (P, D) x 2 are cross-validated; thumbs (T, D) always train. With fewer than
+    selection.min_pairs pairs the settings' own choice (prior_strength toward the prior,
+    or l2) is used uncalibrated.
+    """
+    alphas = selection.alphas if prior is not None else (0.0,)
+    if len(C) < selection.min_pairs:
+        use_prior = prior is not None and base.shared_prior
+        anchor = _anchor(prior if use_prior else None, 1.0, C, R, T)
+        strength = base.prior_strength if use_prior else base.l2
+        head = _fit(C, R, T, y, base, anchor, strength)
+        return SelectedHead(head, 1.0 if use_prior else 0.0, strength, 1.0)
+    folds = np.array_split(np.random.default_rng(seed).permutation(len(C)), selection.folds)
+    losses, oof = {}, {}
+    for alpha in alphas:
+        anchor = _anchor(prior, alpha, C, R, T)
+        for lam in selection.strengths:
+            m = _oof_margins(C, R, T, y, base, anchor, lam, folds)
+            losses[(alpha, lam)], oof[(alpha, lam)] = _log_loss(m), m
+    alpha, lam = min(losses, key=losses.get)
+    head = _fit(C, R, T, y, base, _anchor(prior, alpha, C, R, T), lam)
+    temperature = fit_temperature(oof[(alpha, lam)]) if selection.calibrate else 1.0
+    head.w, head.b = head.w / temperature, head.b / temperature
+    head.metrics = {**head.metrics, "alpha": alpha, "strength": lam,
+                    "temperature": temperature}
+    return SelectedHead(head, alpha, lam, temperature,
+                        {f"{a},{s}": round(v, 5) for (a, s), v in losses.items()})
