@@ -22,12 +22,14 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from adapters.calibration import fit_temperature
-from adapters.reward_head import STD_FLOOR, HeadSettings, RewardHead, fit_head
+from adapters.reward_head import STD_FLOOR, HeadSettings, RewardHead, _optimize, fit_head
 
 ALPHAS = (0.0, 0.5, 1.0)
 STRENGTHS = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0)
 CV_FOLDS = 5
 MIN_PAIRS_TO_SELECT = 8
+# L-BFGS iterations per warm-started fit along the path (the final fit runs to the end).
+PATH_ITER = 40
 
 
 @dataclass(frozen=True)
@@ -70,12 +72,23 @@ def _log_loss(margins: np.ndarray) -> float:
     return float(np.logaddexp(0.0, -margins / t).mean())
 
 
-def _oof_margins(C, R, T, y, base, anchor, strength, folds) -> np.ndarray:
-    margins = np.zeros(len(C))
+def _oof_path(D: np.ndarray, Tz: np.ndarray, y: np.ndarray, thumbs_weight: float,
+              anchor: RewardHead, strengths: tuple[float, ...], folds) -> np.ndarray:
+    """Out-of-fold margins (len(strengths), P) of standardized pair differences D (P, D).
+
+    Within a fold the strengths run from strongest to weakest pull, each fit warm-started
+    from the previous one (a regularization path): a few L-BFGS steps each, not hundreds.
+    """
+    margins = np.zeros((len(strengths), len(D)))
+    order = np.argsort(strengths)[::-1]
     for fold in folds:
-        train = np.setdiff1d(np.arange(len(C)), fold)
-        head = _fit(C[train], R[train], T, y, base, anchor, strength)
-        margins[fold] = head.score(C[fold]) - head.score(R[fold])
+        train = np.setdiff1d(np.arange(len(D)), fold)
+        init = None
+        for i in order:
+            w, b = _optimize(D[train], Tz, y, thumbs_weight, strengths[i], anchor.w, anchor.b,
+                             init=init, max_iter=PATH_ITER)
+            init = (w, b)
+            margins[i, fold] = D[fold] @ w
     return margins
 
 
@@ -88,6 +101,8 @@ def fit_selected_head(C: np.ndarray, R: np.ndarray, T: np.ndarray, y: np.ndarray
     selection.min_pairs pairs the settings' own choice (prior_strength toward the prior,
     or l2) is used uncalibrated.
     """
+    C, R = np.asarray(C, dtype=np.float64), np.asarray(R, dtype=np.float64)
+    T, y = np.asarray(T, dtype=np.float64), np.asarray(y, dtype=np.float64).reshape(-1)
     alphas = selection.alphas if prior is not None else (0.0,)
     if len(C) < selection.min_pairs:
         use_prior = prior is not None and base.shared_prior
@@ -99,8 +114,9 @@ def fit_selected_head(C: np.ndarray, R: np.ndarray, T: np.ndarray, y: np.ndarray
     losses, oof = {}, {}
     for alpha in alphas:
         anchor = _anchor(prior, alpha, C, R, T)
-        for lam in selection.strengths:
-            m = _oof_margins(C, R, T, y, base, anchor, lam, folds)
+        D, Tz = (C - R) / anchor.std, (T - anchor.mean) / anchor.std
+        path = _oof_path(D, Tz, y, base.thumbs_weight, anchor, selection.strengths, folds)
+        for lam, m in zip(selection.strengths, path, strict=True):
             losses[(alpha, lam)], oof[(alpha, lam)] = _log_loss(m), m
     alpha, lam = min(losses, key=losses.get)
     head = _fit(C, R, T, y, base, _anchor(prior, alpha, C, R, T), lam)

@@ -31,7 +31,8 @@ FEATURES_SUBDIR = "features"
 DEFAULT_SETTINGS = HeadSettings()
 # global / personal / personal_prior: the heads as the product fitted them so far (fixed
 # L2 and prior strength); global_cv: L2 chosen by 5-fold CV, temperature-scaled;
-# selected: per-user prior target and strength chosen by CV, toward global_cv
+# selected: per-user prior target and strength chosen by CV, toward the other users'
+# consensus as in the product (adapters/jobs.py fit_prior), temperature-scaled
 # (adapters/head_selection.py); lowrank: shared basis + per-user weights
 # (adapters/lowrank.py); ensemble: 8 bootstrap heads with the prior (adapters/ensemble.py).
 METHODS = ("global", "personal", "personal_prior", "global_cv", "selected", "lowrank",
@@ -129,15 +130,26 @@ def _method_heads(C, R, splits, settings: HeadSettings, methods: tuple[str, ...]
     train_all = np.concatenate(list(train.values()))
     shared = {"global": fit_head(C[train_all], R[train_all], *_no_thumbs(C),
                                  replace(settings, shared_prior=False))}
-    if {"global_cv", "selected"} & set(methods):
+    if "global_cv" in methods:
         shared["global_cv"] = fit_selected_head(
             C[train_all], R[train_all], *_no_thumbs(C), replace(settings, shared_prior=False),
             None, seed=seed).head
+    if "selected" in methods:      # as in the product: the prior never saw the user's data
+        shared["others"] = {u: _others_head(C, R, train, u, settings) for u in train}
     if "lowrank" in methods:
         shared["lowrank"] = fit_lowrank({u: (C[tr], R[tr]) for u, tr in train.items()},
                                         rank=LOWRANK_RANK, seed=seed)
     return {m: {u: _user_head(m, C[tr], R[tr], u, shared, settings, seed)
                 for u, tr in train.items()} for m in methods}
+
+
+def _others_head(C, R, train: dict, user: str, settings: HeadSettings):
+    """The consensus over every other user's training pairs (None if there is nobody)."""
+    others = [tr for u, tr in train.items() if u != user]
+    if not others:
+        return None
+    idx = np.concatenate(others)
+    return fit_head(C[idx], R[idx], *_no_thumbs(C), replace(settings, shared_prior=False))
 
 
 def _no_thumbs(C: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -157,7 +169,7 @@ def _user_head(method: str, Cu, Ru, user: str, shared: dict, settings: HeadSetti
     if method == "personal_prior":
         return fit_head(Cu, Ru, *_no_thumbs(Cu), with_prior, prior=shared["global"])
     if method == "selected":
-        return fit_selected_head(Cu, Ru, *_no_thumbs(Cu), settings, shared["global_cv"],
+        return fit_selected_head(Cu, Ru, *_no_thumbs(Cu), settings, shared["others"][user],
                                  seed=seed).head
     return fit_ensemble(Cu, Ru, *_no_thumbs(Cu), with_prior, shared["global"], k=ENSEMBLE_K,
                         seed=seed)
