@@ -25,8 +25,8 @@ from adapters.calibration import fit_temperature
 from adapters.reward_head import STD_FLOOR, HeadSettings, RewardHead, _optimize, fit_head
 
 ALPHAS = (0.0, 0.5, 1.0)
-STRENGTHS = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0)
-CV_FOLDS = 5
+STRENGTHS = (0.3, 1.0, 3.0, 10.0, 30.0)
+CV_FOLDS = 3
 MIN_PAIRS_TO_SELECT = 8
 # L-BFGS iterations per warm-started fit along the path (the final fit runs to the end).
 PATH_ITER = 40
@@ -73,13 +73,16 @@ def _log_loss(margins: np.ndarray) -> float:
 
 
 def _oof_path(D: np.ndarray, Tz: np.ndarray, y: np.ndarray, thumbs_weight: float,
-              anchor: RewardHead, strengths: tuple[float, ...], folds) -> np.ndarray:
-    """Out-of-fold margins (len(strengths), P) of standardized pair differences D (P, D).
+              anchor: RewardHead, strengths: tuple[float, ...], folds,
+              probe: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Out-of-fold margins (len(strengths), P) of standardized pair differences D (P, D),
+    and each strength's mean RMS margin on `probe` differences over the fold models.
 
     Within a fold the strengths run from strongest to weakest pull, each fit warm-started
     from the previous one (a regularization path): a few L-BFGS steps each, not hundreds.
     """
     margins = np.zeros((len(strengths), len(D)))
+    scale = np.zeros(len(strengths))
     order = np.argsort(strengths)[::-1]
     for fold in folds:
         train = np.setdiff1d(np.arange(len(D)), fold)
@@ -89,7 +92,12 @@ def _oof_path(D: np.ndarray, Tz: np.ndarray, y: np.ndarray, thumbs_weight: float
                              init=init, max_iter=PATH_ITER)
             init = (w, b)
             margins[i, fold] = D[fold] @ w
-    return margins
+            scale[i] += _rms(probe @ w) / len(folds)
+    return margins, scale
+
+
+def _rms(x: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(x ** 2))) if x.size else 0.0
 
 
 def fit_selected_head(C: np.ndarray, R: np.ndarray, T: np.ndarray, y: np.ndarray,
@@ -106,23 +114,36 @@ def fit_selected_head(C: np.ndarray, R: np.ndarray, T: np.ndarray, y: np.ndarray
     alphas = selection.alphas if prior is not None else (0.0,)
     if len(C) < selection.min_pairs:
         use_prior = prior is not None and base.shared_prior
-        anchor = _anchor(prior if use_prior else None, 1.0, C, R, T)
-        strength = base.prior_strength if use_prior else base.l2
-        head = _fit(C, R, T, y, base, anchor, strength)
-        return SelectedHead(head, 1.0 if use_prior else 0.0, strength, 1.0)
-    folds = np.array_split(np.random.default_rng(seed).permutation(len(C)), selection.folds)
-    losses, oof = {}, {}
+        head = fit_head(C, R, T, y, base, prior)
+        return SelectedHead(head, 1.0 if use_prior else 0.0,
+                            base.prior_strength if use_prior else base.l2, 1.0)
+    rng = np.random.default_rng(seed)
+    folds = np.array_split(rng.permutation(len(C)), selection.folds)
+    # Probe pairs: chosen of one pair against rejected of another, never a training pair,
+    # to compare margin scales of the fold models and the final model.
+    probe_raw = C[rng.permutation(len(C))] - R
+    losses, oof, scales = {}, {}, {}
     for alpha in alphas:
         anchor = _anchor(prior, alpha, C, R, T)
         D, Tz = (C - R) / anchor.std, (T - anchor.mean) / anchor.std
-        path = _oof_path(D, Tz, y, base.thumbs_weight, anchor, selection.strengths, folds)
-        for lam, m in zip(selection.strengths, path, strict=True):
+        path, scale = _oof_path(D, Tz, y, base.thumbs_weight, anchor, selection.strengths,
+                                folds, probe_raw / anchor.std)
+        for lam, m, sc in zip(selection.strengths, path, scale, strict=True):
             losses[(alpha, lam)], oof[(alpha, lam)] = _log_loss(m), m
+            scales[(alpha, lam)] = sc
     alpha, lam = min(losses, key=losses.get)
-    head = _fit(C, R, T, y, base, _anchor(prior, alpha, C, R, T), lam)
-    temperature = fit_temperature(oof[(alpha, lam)]) if selection.calibrate else 1.0
+    anchor = _anchor(prior, alpha, C, R, T)
+    head = _fit(C, R, T, y, base, anchor, lam)
+    temperature = 1.0
+    if selection.calibrate:
+        # The OOF temperature is that of models fitted on (k-1)/k of the pairs; the final
+        # model, fitted on all of them, has larger margins: scale T by the ratio of RMS
+        # margins on the probe pairs (final / fold models).
+        ratio = _rms((probe_raw / anchor.std) @ head.w) / max(scales[(alpha, lam)], 1e-12)
+        temperature = fit_temperature(oof[(alpha, lam)]) * ratio
     head.w, head.b = head.w / temperature, head.b / temperature
-    head.metrics = {**head.metrics, "alpha": alpha, "strength": lam,
+    head.metrics = {**head.metrics, "prior": prior is not None and alpha > 0,
+                    "alpha": alpha, "strength": lam,
                     "temperature": temperature}
     return SelectedHead(head, alpha, lam, temperature,
                         {f"{a},{s}": round(v, 5) for (a, s), v in losses.items()})

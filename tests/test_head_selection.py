@@ -85,3 +85,24 @@ def test_lowrank_basis_gives_new_users_good_heads_from_few_labels():
     assert _acc(new, w_new, rng) > _acc(own, w_new, rng) + 0.1
     assert _acc(new, w_new, rng) > _acc(consensus, w_new, rng) + 0.05
     assert _acc(model.user_head("u0"), mixes[0] @ directions, rng) > 0.85
+
+
+def test_training_fits_the_selected_head_when_enabled(monkeypatch, tmp_path):
+    from types import SimpleNamespace
+
+    from adapters import jobs
+
+    rng = np.random.default_rng(5)
+    data = jobs.HeadData(*_bt_pairs(rng, rng.normal(size=DIM), 40), *NO_THUMBS)
+    saved = []
+    monkeypatch.setattr(jobs, "backfill_features", lambda db, base, uid: 0)
+    monkeypatch.setattr(jobs, "head_data", lambda db, base, uid: data)
+    monkeypatch.setattr(jobs, "fit_prior", lambda db, base, uid, settings: None)
+    monkeypatch.setattr(jobs, "save_head_version",
+                        lambda db, folder, uid, head, metrics, fid: saved.append(head) or 1)
+    base = SimpleNamespace(base_id="base@a")
+    user = {"id": 1, "name": "u"}
+    for select in (True, False):
+        jobs.fit_user_head(None, base, tmp_path, user, HeadSettings(select_prior=select),
+                           lambda msg: None)
+    assert "temperature" in saved[0].metrics and "temperature" not in saved[1].metrics
