@@ -41,7 +41,7 @@ class HeadSettings:
     prior_strength: float = 1.0
     l2: float = 1.0
     thumbs_weight: float = 0.5
-    select_prior: bool = True   # per-user prior target/strength by CV (head_selection.py)
+    select_prior: bool = False  # per-user prior target/strength by CV (head_selection.py)
 
 
 @dataclass

@@ -16,7 +16,9 @@ from assistant.eval_reward import FEATURES_SUBDIR, Pair, read_pairs
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / "data" / "cache"
-SHARED = Path("/work/shared/data")
+# The shared data: next to the checkout (../shared, as for /work/main) or at /work/shared.
+SHARED = next((p for p in (ROOT.parent / "shared" / "data", Path("/work/shared/data"))
+               if p.exists()), ROOT.parent / "shared" / "data")
 HH = SHARED / "hh-harmless-dev.jsonl"
 RELABELED = SHARED / "relabeled-hh-dev.jsonl"
 RICH = {"layers": (0.27, 0.4, 0.53), "pools": POOL_NAMES, "max_tokens": 512,
@@ -56,3 +58,32 @@ def rich_pairs(path: Path, limit: int | None = None) -> tuple[list[Pair], np.nda
 def cut(X: np.ndarray, layers, pools) -> np.ndarray:
     """The columns of one recipe inside rich features."""
     return X[:, recipe_columns(HIDDEN, RICH["layers"], RICH["pools"], layers, pools)]
+
+
+def materialize_cache(layers, pools, paths=(HH, RELABELED)) -> int:
+    """Write the disk cache of recipe (layers, pools) at RICH's token budget from the rich
+    one, for every cached text of these files; `assistant eval reward --layers ... --pools
+    ... --max-tokens 512 --answer-tokens 256` then reads them without a forward. Returns
+    the number of vectors written."""
+    tokenizer = load_tokenizer("", CACHE)
+    base_id = resolve_source("", CACHE).base_id
+    rich = DiskFeatureCache(CACHE / FEATURES_SUBDIR, base_id,
+                            feature_spec(RICH["layers"], RICH["max_tokens"], RICH["pools"],
+                                         RICH["answer_tokens"]))
+    product = DiskFeatureCache(CACHE / FEATURES_SUBDIR, base_id,
+                               feature_spec(layers, RICH["max_tokens"], pools,
+                                            RICH["answer_tokens"]))
+    cols = recipe_columns(HIDDEN, RICH["layers"], RICH["pools"], layers, pools)
+    keys, rows = [], []
+    for path in paths:
+        for p in read_pairs(path):
+            for a in (p.chosen, p.rejected):
+                text = _template(tokenizer, p.prompt, a)[1]
+                k_rich, k_prod = rich.key(text), product.key(text)
+                if k_rich in rich.vectors and k_prod not in product.vectors:
+                    keys.append(k_prod)
+                    rows.append(rich.vectors[k_rich][cols])
+                    product.vectors[k_prod] = rows[-1]
+    if keys:
+        product.put(keys, np.stack(rows))
+    return len(keys)

@@ -24,7 +24,8 @@ from assistant.eval_reward import FEATURES_SUBDIR, pair_features, read_pairs
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / "data" / "cache"
-SHARED = Path("/work/shared/data")
+SHARED = next((p for p in (ROOT.parent / "shared" / "data", Path("/work/shared/data"))
+               if p.exists()), ROOT.parent / "shared" / "data")
 DEFAULT_DATA = [SHARED / "hh-harmless-dev.jsonl", SHARED / "relabeled-hh-dev.jsonl"]
 RICH_LAYERS = (0.27, 0.4, 0.53)
 
