@@ -99,7 +99,7 @@ def test_training_fits_the_selected_head_when_enabled(monkeypatch, tmp_path):
     monkeypatch.setattr(jobs, "head_data", lambda db, base, uid: data)
     monkeypatch.setattr(jobs, "fit_prior", lambda db, base, uid, settings: None)
     monkeypatch.setattr(jobs, "save_head_version",
-                        lambda db, folder, uid, head, metrics, fid: saved.append(head) or 1)
+                        lambda db, folder, uid, head, metrics, fid, **kw: saved.append(head) or 1)
     base = SimpleNamespace(base_id="base@a")
     user = {"id": 1, "name": "u"}
     for select in (True, False):
