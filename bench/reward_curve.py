@@ -173,7 +173,8 @@ def plot(result: dict, path: Path) -> None:
         ax.set_xlabel("labels per user")
         ax.set_ylabel("held-out pair accuracy")
         ax.grid(alpha=0.3)
-    axes[0][0].legend()
+    for ax in axes[0]:
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
