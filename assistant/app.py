@@ -18,7 +18,7 @@ from litestar.types import Message, Scope
 from assistant.auth import is_admin_request
 from assistant.config import Config
 from assistant.engine import Engine
-from assistant.ids import check_request_ids
+from assistant.ids import check_request_ids, document_id_ranges
 from assistant.routes_admin import admin_router
 from assistant.routes_chat import chat_router
 from assistant.routes_feedback import feedback_router
@@ -121,6 +121,7 @@ def openapi_document() -> dict:
     """The API's OpenAPI document without a running server (it depends on the routes only)."""
     app = Litestar(route_handlers=route_handlers(),
                    dependencies={"ctx": Provide(lambda: None, sync_to_thread=False)})
+    document_id_ranges(app.openapi_schema)
     schema = app.openapi_schema.to_schema()
     return json.loads(encode_json(schema))      # plain JSON types (a default is a Path)
 
@@ -148,5 +149,6 @@ def create_app(config: Config, engine: Engine, store: Store | None = None) -> Li
         debug=False,
     )
     app.state.assistant = state
+    document_id_ranges(app.openapi_schema)
     return app
 
