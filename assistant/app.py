@@ -16,6 +16,7 @@ from assistant.engine import Engine
 from assistant.routes_admin import admin_router
 from assistant.routes_chat import chat_router
 from assistant.routes_feedback import feedback_router
+from assistant.routes_insights import insights_router
 from assistant.routes_me import me_router
 from assistant.routes_openai import openai_router
 from assistant.routes_training import training_router
@@ -88,7 +89,7 @@ def create_app(config: Config, engine: Engine, store: Store | None = None) -> Li
 
     app = Litestar(
         route_handlers=[health, index, chat_router, admin_router, openai_router,
-                        feedback_router, me_router, training_router,
+                        feedback_router, me_router, training_router, insights_router,
                         create_static_files_router(path="/static", directories=[STATIC])],
         dependencies={"ctx": Provide(lambda: state, sync_to_thread=False)},
         exception_handlers={AssistantError: handle_assistant_error,

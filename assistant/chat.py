@@ -24,6 +24,7 @@ class TurnRequest:
     content: str
     conversation_id: int | None = None
     regenerate: int | None = None        # a user turn id to answer again
+    edit: int | None = None              # a user turn id this content replaces (a new branch)
     n: int = 1
     temperature: float = 0.7
     top_p: float = 0.95
@@ -53,9 +54,9 @@ def check_turn(state: AppState, body: dict) -> TurnRequest:
     if model not in MODELS:
         raise BadRequest(f"model: must be one of {', '.join(MODELS)}; got {model!r}")
     return TurnRequest(content=content or "", conversation_id=_opt_int(body, "conversation_id"),
-                       regenerate=_opt_int(body, "regenerate"), n=n, temperature=temperature,
-                       top_p=top_p, max_tokens=max_tokens, stop=_stops(body.get("stop")),
-                       model=model, **_sampling_extras(body))
+                       regenerate=_opt_int(body, "regenerate"), edit=_opt_int(body, "edit"),
+                       n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens,
+                       stop=_stops(body.get("stop")), model=model, **_sampling_extras(body))
 
 
 def _sampling_extras(body: dict) -> dict:
@@ -129,6 +130,12 @@ def _prepare(db, user: dict, req: TurnRequest, adapters_root) -> tuple[int, dict
         if turn["role"] != "user":
             raise BadRequest(f"regenerate: message {req.regenerate} is not a user turn")
         conv_id = turn["conversation_id"]
+    elif req.edit is not None:
+        edited = conv.get_message(db, user["id"], req.edit)
+        if edited["role"] != "user":
+            raise BadRequest(f"edit: message {req.edit} is not a user turn")
+        conv_id = edited["conversation_id"]
+        turn = conv.add_user_turn(db, user["id"], conv_id, req.content, edit_of=edited)
     else:
         conv_id = req.conversation_id
         if conv_id is None:
