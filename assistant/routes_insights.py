@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from litestar import Response, Router, get, patch, post
+from litestar import Response, Router, get, post, put
 from litestar.di import Provide
 from litestar.params import FromPath
 
@@ -70,7 +70,7 @@ async def verdicts(conversation_id: FromPath[int], user: dict, ctx: AppState) ->
     return await ctx.store.read(fb.verdicts_in_conversation, user["id"], conversation_id)
 
 
-@patch("/conversations/{conversation_id:int}")
+@put("/conversations/{conversation_id:int}/title")
 async def rename(conversation_id: FromPath[int], data: dict, user: dict, ctx: AppState) -> dict:
     return await ctx.store.write(conv.rename_conversation, user["id"], conversation_id,
                                  data.get("title"))

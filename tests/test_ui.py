@@ -2,7 +2,9 @@
 
 Deterministic answers come from replacing the engine's submit with a scripted one
 (`scripted_answers`): it streams fixed text through the real streaming path (engine.stream,
-SSE, fetch reader), so only the model is fake. Screenshots go to test-artifacts/screenshots/.
+SSE, fetch reader), so only the model is fake. Screenshots of every page, light and dark, go
+to tests/screenshots/ (gitignored). Every page fails its test on a console error or an uncaught
+exception unless the test names the error it expects.
 """
 
 from __future__ import annotations
@@ -20,11 +22,11 @@ import pytest
 from assistant.engine import Candidate, Delta, GenResult
 
 ROOT = Path(__file__).resolve().parent.parent
-SHOTS = ROOT / "test-artifacts" / "screenshots"
+SHOTS = ROOT / "tests" / "screenshots"
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--disable-sync", "--no-first-run"]
-WIDE, NARROW = {"width": 1280, "height": 820}, {"width": 375, "height": 760}
+WIDE, NARROW = {"width": 1280, "height": 820}, {"width": 390, "height": 844}
 TIMEOUT = 20_000
 
 
@@ -41,28 +43,48 @@ def browser():
 
 @pytest.fixture
 def new_page(browser):
-    """new_page(viewport) -> a page in a fresh context (own localStorage); closed afterwards."""
-    contexts = []
+    """new_page(viewport, dark=False) -> a page in a fresh context (own localStorage).
 
-    def make(viewport=WIDE):
-        ctx = browser.new_context(viewport=viewport, accept_downloads=True)
+    Console errors and uncaught exceptions are collected; at the end of the test each must
+    match one of the page's `expected_console` patterns (e.g. the 401 of a wrong key)."""
+    pages = []
+
+    def make(viewport=WIDE, dark=False):
+        ctx = browser.new_context(viewport=viewport, accept_downloads=True,
+                                  color_scheme="dark" if dark else "light")
         ctx.set_default_timeout(TIMEOUT)
-        contexts.append(ctx)
         page = ctx.new_page()
-        errors = []
+        errors, console = [], []
         page.on("pageerror", lambda exc: errors.append(str(exc)))
-        page.js_errors = errors
+        page.on("console", lambda m: console.append(m.text) if m.type == "error" else None)
+        page.js_errors, page.console_errors, page.expected_console = errors, console, []
+        pages.append((ctx, page))
         return page
 
     yield make
-    for ctx in contexts:
+    problems = []
+    for ctx, page in pages:
+        problems += page.js_errors
+        problems += [m for m in page.console_errors
+                     if not any(re.search(p, m) for p in page.expected_console)]
         ctx.close()
+    assert problems == [], f"console errors: {problems}"
+
+
+def settle(page) -> None:
+    """Wait until no CSS transition or animation is running (a drawer sliding, a toast)."""
+    page.wait_for_function("""() => document.getAnimations()
+        .every(a => a.playState !== 'running' || a.effect?.getTiming().iterations === Infinity)""")
 
 
 def shot(page, name: str) -> None:
     SHOTS.mkdir(parents=True, exist_ok=True)
-    page.wait_for_timeout(150)          # let transitions settle
+    settle(page)
     page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=False)
+
+
+def no_object_object(page) -> None:
+    assert "[object Object]" not in page.inner_text("body")
 
 
 def sign_in(page, live, key: str) -> None:
@@ -138,9 +160,11 @@ def test_sign_in_stream_markdown_and_thumbs(live_server, new_page):
               "- one\n- two\n\nSee [the docs](https://example.org/docs).")
     scripted_answers(live, [answer], delay=0.03)
     page = new_page(WIDE)
+    page.expected_console = [r"status of 401"]       # the wrong key below
 
     page.goto(live.url + "/")
-    page.fill("#api-key", "ak_not-a-real-key")
+    assert page.get_attribute("#api-key", "placeholder").startswith("pa-")
+    page.fill("#api-key", "pa-not-a-real-key")
     page.press("#api-key", "Enter")
     page.wait_for_selector("#signin-error:has-text('not accepted')")
     shot(page, "signin-error-1280")
@@ -170,6 +194,9 @@ def test_sign_in_stream_markdown_and_thumbs(live_server, new_page):
     assert answer_el.locator(".md strong").inner_text() == "world"
     assert answer_el.locator(".md em").inner_text() == "some"
     assert answer_el.locator("pre code.language-python").inner_text() == "print('hi')"
+    # highlight.js (vendored) colours the code; each block has its own copy button.
+    page.wait_for_selector(".msg-assistant pre code.hljs span[class^='hljs-']")
+    assert answer_el.locator("pre .code-copy").count() == 1
     assert answer_el.locator(".md li").count() == 2
     link = answer_el.locator(".md a")
     assert link.get_attribute("href") == "https://example.org/docs"
@@ -179,9 +206,14 @@ def test_sign_in_stream_markdown_and_thumbs(live_server, new_page):
     page.wait_for_selector(".conv.active .conv-title:has-text('first line')")
     shot(page, "chat-1280")
 
-    # Thumbs up with a reason chip and a comment; the vote lands in the database.
+    # Thumbs up with a reason chip and a comment; the vote lands in the database. The thumbs
+    # stay where they were when the reasons panel opens.
     message_id = int(answer_el.get_attribute("data-message-id"))
-    answer_el.get_by_role("button", name="Good answer (thumbs up)").click()
+    thumb = answer_el.get_by_role("button", name="Good answer (thumbs up)")
+    before = thumb.bounding_box()
+    thumb.click()
+    page.wait_for_selector(".feedback-panel:not([hidden])")
+    assert thumb.bounding_box() == before
     answer_el.locator(".chip[data-reason='helpful']").click()
     answer_el.get_by_label("Comment on this answer").fill("nice and short")
     answer_el.get_by_role("button", name="Save comment").click()
@@ -205,27 +237,26 @@ def test_sign_in_stream_markdown_and_thumbs(live_server, new_page):
     page.wait_for_selector(".feedback[data-saved='down']")
     rows = db_rows(live, "select value from thumbs where message_id = ?", [message_id])
     assert rows[0]["value"] == "down"
-    page.get_by_role("button", name="Clear my vote").click()
+    page.get_by_role("button", name="Clear vote").click()
     page.wait_for_selector(".feedback[data-saved='none']")
     assert db_rows(live, "select * from thumbs where message_id = ?", [message_id]) == []
     assert up.get_attribute("aria-pressed") == "false"
 
     # Narrow screen: the sidebar is a drawer behind the menu button.
     page.set_viewport_size(NARROW)
-    page.wait_for_timeout(300)
+    settle(page)
     box = page.locator("#sidebar").bounding_box()
     assert box["x"] + box["width"] <= 0            # off-canvas
-    shot(page, "chat-375")
+    shot(page, "chat-390")
     page.get_by_role("button", name="Open menu").click()
-    page.wait_for_timeout(300)
+    settle(page)
     assert page.locator("#sidebar").bounding_box()["x"] >= 0
-    shot(page, "chat-375-menu")
+    shot(page, "chat-390-menu")
 
     # Sign out forgets the key.
     page.click("#sign-out")
     page.wait_for_selector("#api-key")
     assert page.evaluate("localStorage.getItem('assistant.apiKey')") is None
-    assert page.js_errors == []
 
 
 def test_real_model_streams_and_regenerates(live_server, new_page):
@@ -253,8 +284,18 @@ def test_real_model_streams_and_regenerates(live_server, new_page):
     assert [r["id"] for r in rows] == [first, second]
     assert rows[0]["candidate_group"] == rows[1]["candidate_group"]
     assert [r["chosen"] for r in rows] == [0, 1]
-    assert page.inner_text(".msg-assistant .answer-info").count("chosen of 2") == 1
-    assert page.js_errors == []
+    # The previous answer stays reachable with the 1/2 switcher...
+    assert page.inner_text(".msg-assistant .switcher-n") == "2/2"
+    page.get_by_role("button", name="Previous answer", exact=True).click()
+    page.wait_for_selector(f".msg-assistant[data-message-id='{first}']")
+    assert page.inner_text(".msg-assistant .switcher-n") == "1/2"
+    # ...and a regeneration asks whether it was better: "Same" is stored as a tie.
+    page.get_by_role("button", name="Same as the previous answer").click()
+    page.wait_for_selector(".regen-ask", state="detached")
+    comp = wait_rows(live, "select * from comparisons")
+    assert len(comp) == 1 and comp[0]["choice"] == "tie"
+    assert {comp[0]["message_a"], comp[0]["message_b"]} == {first, second}
+    page.wait_for_selector(".verdict-note:has-text('tie')")
 
 
 def test_stop_keeps_partial_answer(live_server, new_page):
@@ -280,7 +321,7 @@ def test_compare_then_rank_and_next_turn_follows_choice(live_server, new_page):
     scripted_answers(live, ["First candidate: **short** answer.",
                             "Second candidate with a list:\n\n1. alpha\n2. beta",
                             "Third candidate, `code` inside."])
-    for viewport, suffix in [(NARROW, "375"), (WIDE, "1280")]:
+    for viewport, suffix in [(NARROW, "390"), (WIDE, "1280")]:
         page = new_page(viewport)
         sign_in(page, live, key)
         page.get_by_role("button", name=re.compile("^Compare")).click()
@@ -314,8 +355,8 @@ def test_compare_then_rank_and_next_turn_follows_choice(live_server, new_page):
     shot(page, "rank-1280")
     cands = page.locator(".verdict-rank .cand[data-message-id]")
     ids = [int(cands.nth(i).get_attribute("data-message-id")) for i in range(3)]
-    page.get_by_role("button", name="Rank answer C next").click()
-    page.get_by_role("button", name="Rank answer A next").click()
+    page.get_by_role("button", name=re.compile("^Rank answer C")).click()
+    page.get_by_role("button", name=re.compile("^Rank answer A")).click()
     assert page.inner_text(".rank-summary") == "Your order: C › A › B"
     page.get_by_role("button", name="Submit ranking").click()
     page.wait_for_selector(".verdict", state="detached")
@@ -337,7 +378,31 @@ def test_compare_then_rank_and_next_turn_follows_choice(live_server, new_page):
     page.get_by_role("button", name="Tie").click()
     page.wait_for_selector(".verdict", state="detached")
     assert db_rows(live, "select choice from comparisons order by id")[-1]["choice"] == "tie"
-    assert page.js_errors == []
+    # The verdict stays visible, and both answers stay reachable.
+    last = page.locator(".turn").last
+    assert "tie with answer 2" in last.locator(".verdict-note").inner_text()
+    last.get_by_role("button", name="Next answer", exact=True).click()
+    page.wait_for_selector(".turn >> nth=-1 >> .verdict-note:has-text('tie with answer 1')")
+
+    # Both bad, then an unrated comparison that survives a reload.
+    page.get_by_role("button", name=re.compile("^Compare")).click()
+    send(page, "Two bad ones")
+    page.wait_for_selector(".verdict-compare .cand[data-message-id] >> nth=1")
+    page.get_by_role("button", name="Both bad").click()
+    page.wait_for_selector(".turn >> nth=-1 >> .verdict-note:has-text('both bad')")
+    send(page, "Unrated pair")
+    page.wait_for_selector(".verdict-compare .cand[data-message-id] >> nth=1")
+    page.get_by_role("button", name="Skip rating for now").click()
+    page.wait_for_selector(".verdict", state="detached")
+    page.reload()
+    last = page.locator(".turn").last
+    last.locator(".switcher-n").wait_for()
+    assert last.locator(".switcher-n").inner_text() == "1/2"
+    last.get_by_role("button", name="Next answer", exact=True).click()
+    assert last.locator(".switcher-n").inner_text() == "2/2"
+    last.get_by_role("button", name="Compare these answers").click()
+    page.wait_for_selector(".verdict-compare .cand[data-message-id] >> nth=1")
+    no_object_object(page)
 
 
 def test_second_user_cannot_see_first_users_conversations(live_server, new_page):
@@ -348,6 +413,7 @@ def test_second_user_cannot_see_first_users_conversations(live_server, new_page)
     assert r.status_code == 200, r.text
     conv_id = r.json()["conversation_id"]
     page = new_page(WIDE)
+    page.expected_console = [r"status of 404"]        # alice's conversation is not found
     sign_in(page, live, bob)
     page.wait_for_selector("#conv-list :text('No conversations yet.')")
     assert "secret" not in page.inner_text("body")
@@ -392,7 +458,7 @@ def test_my_assistant_page_export_and_delete(live_server, new_page):
     mid = r.json()["candidates"][0]["id"]
     httpx.put(f"{live.url}/api/messages/{mid}/thumbs", headers=live.headers(key),
               json={"value": "up", "reasons": ["clear"], "comment": ""})
-    for viewport, suffix in [(NARROW, "375"), (WIDE, "1280")]:
+    for viewport, suffix in [(NARROW, "390"), (WIDE, "1280")]:
         page = new_page(viewport)
         sign_in(page, live, key)
         page.goto(f"{live.url}/#/me")
@@ -423,16 +489,17 @@ def test_admin_page_for_admins_only(live_server, new_page):
     httpx.put(f"{live.url}/api/messages/{r.json()['candidates'][0]['id']}/thumbs",
               headers=live.headers(bob), json={"value": "down", "reasons": [], "comment": ""})
     page = new_page(WIDE)
+    page.expected_console = [r"status of 403"]        # bob is not an admin
     sign_in(page, live, bob)
     assert page.locator("#nav-admin").count() == 0
     page.goto(f"{live.url}/#/admin")
     page.wait_for_selector(".notice-warn:has-text('Admin role needed')")
     shot(page, "admin-refused-1280")
 
-    for viewport, suffix in [(WIDE, "1280"), (NARROW, "375")]:
+    for viewport, suffix in [(WIDE, "1280"), (NARROW, "390")]:
         page = new_page(viewport)
         sign_in(page, live, live.admin_key)
-        if suffix == "375":
+        if suffix == "390":
             page.get_by_role("button", name="Open menu").click()
         page.click("#nav-admin")
         page.wait_for_selector("td:has-text('bob')")
@@ -444,19 +511,23 @@ def test_admin_page_for_admins_only(live_server, new_page):
             assert httpx.get(f"{live.url}/api/conversations",
                              headers=live.headers(new_key)).status_code == 200
             # Retrain bob: a queued run shows up (or "pending" if training is not there).
-            page.get_by_role("button", name="Retrain bob now").click()
-            page.wait_for_selector(".pending-list li:has-text('bob'), "
-                                   "tr:has(td:has-text('bob')) .pill-queued")
-            if page.locator(".pending-list li").count() == 0:
-                runs = db_rows(live, "select status, force from training_runs")
-                assert runs == [{"status": "queued", "force": 1}]
+            page.get_by_role("button", name="Retrain bob", exact=True).click()
+            page.wait_for_selector("tr:has(td:has-text('bob')) .pill-queued")
+            runs = db_rows(live, "select status, force from training_runs")
+            assert runs == [{"status": "queued", "force": 1}]
+            # A run is going: Retrain is off for bob; erin has no feedback: off too.
+            assert page.get_by_role("button", name="Retrain bob", exact=True).is_disabled()
+            assert page.get_by_role("button", name="Retrain erin", exact=True).is_disabled()
+            # The export list knows erin without a reload.
+            assert "erin" in page.inner_text("[aria-label='User to export']")
+            no_object_object(page)
         shot(page, f"admin-{suffix}")
 
     # Rotate erin's key: the old one stops working, the new one is shown once.
     page = new_page(WIDE)
     sign_in(page, live, live.admin_key)
     page.goto(f"{live.url}/#/admin")
-    page.get_by_role("button", name="Rotate API key of erin").click()
+    page.get_by_role("button", name="Rotate key of erin").click()
     page.get_by_role("button", name="Rotate key", exact=True).click()
     page.wait_for_selector(".key-reveal:has-text('API key for erin')")
     rotated = page.inner_text(".key-reveal code")
@@ -469,7 +540,7 @@ def test_admin_page_for_admins_only(live_server, new_page):
         page.get_by_role("button", name="Download export").click()
     assert info.value.suggested_filename.endswith(".jsonl")
 
-    page.get_by_role("button", name="Delete user erin").click()
+    page.get_by_role("button", name="Delete erin").click()
     page.get_by_role("button", name="Delete user", exact=True).click()
     page.wait_for_selector("td:has-text('erin')", state="detached")
     assert db_rows(live, "select * from users where name = 'erin'") == []

@@ -3,7 +3,7 @@
 //   #/me      my assistant      #/admin    admin (admins only; others see "admin role needed")
 
 import { ApiError, api, auth } from "./api.js";
-import { isStreaming, refreshConversations, setChatUser, showChat, stopGeneration } from "./chat.js";
+import { isStreaming, paintConversations, refreshConversations, setChatUser, showChat, stopGeneration } from "./chat.js";
 import { loadGuidelines } from "./feedback.js";
 import { showAdmin, showMe } from "./pages.js";
 import { button, el, icon } from "./ui.js";
@@ -27,7 +27,7 @@ async function whoAmI() {
 function signInView(message = "") {
   document.title = "Sign in · Personal assistant";
   const input = el("input", { id: "api-key", class: "input", type: "password", autocomplete: "off",
-    spellcheck: "false", placeholder: "ak_…", "aria-describedby": "key-help", required: true });
+    spellcheck: "false", placeholder: "pa-…", "aria-describedby": "key-help", required: true });
   const error = el("p", { class: "error", id: "signin-error", role: "alert", text: message });
   const submit = el("button", { type: "submit", class: "btn btn-primary btn-block" }, "Sign in");
   const form = el("form", { class: "signin-card", "aria-labelledby": "signin-title",
@@ -73,6 +73,8 @@ function shell() {
     el("a", { href: "#/", class: "btn btn-primary btn-block new-chat", "aria-label": "New chat" }, icon("plus"), el("span", { text: "New chat" })),
     el("nav", { class: "conv-nav", "aria-label": "Conversations" },
       el("h2", { class: "sidebar-h", text: "Recent" }),
+      el("input", { id: "conv-search", class: "input conv-search", type: "search", "aria-label": "Search conversations",
+        placeholder: "Search conversations", autocomplete: "off", oninput: paintConversations }),
       el("ul", { id: "conv-list", class: "conv-list" })),
     el("nav", { class: "sidebar-foot", "aria-label": "Pages" },
       navLink("#/", "Chat", "chat", "nav-chat"),
@@ -82,7 +84,7 @@ function shell() {
         el("span", { class: "avatar", "aria-hidden": "true", text: (user.name || "?").slice(0, 1).toUpperCase() }),
         el("span", { class: "whoami-name", text: user.name || "Signed in" }),
         button({ label: "Sign out", iconName: "out", cls: "btn-icon", onclick: signOut, id: "sign-out" }))));
-  const main = el("div", { class: "main" },
+  const main = el("main", { class: "main" },
     el("header", { class: "topbar" },
       button({ label: "Open menu", iconName: "menu", cls: "btn-icon only-narrow", onclick: openMenu, id: "menu-btn",
         "aria-controls": "sidebar", "aria-expanded": "false" }),
