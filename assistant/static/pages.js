@@ -79,10 +79,11 @@ export async function showMe(view, { onDeleted }) {
     for (const box of [nextBox, learnBox, likesBox, chartBox]) box.replaceChildren(el("p", { class: "muted", text: insights.error }));
     return;
   }
-  nextBox.replaceChildren(...nextTraining(insights.training, runs, totalSteps));
-  learnBox.replaceChildren(...whatChanged(me, insights.versions));
-  likesBox.replaceChildren(...likes(insights.reward));
-  chartBox.replaceChildren(...versionsChart(insights.versions));
+  const fill = (box, nodes) => box.replaceChildren(...nodes.filter(Boolean));
+  fill(nextBox, nextTraining(insights.training, runs, totalSteps));
+  fill(learnBox, whatChanged(me, insights.versions));
+  fill(likesBox, likes(insights.reward));
+  fill(chartBox, versionsChart(insights.versions));
 }
 
 function nextTraining(t, runs, totalSteps) {
