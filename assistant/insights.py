@@ -82,10 +82,11 @@ def scored_answers(db: Database, user_id: int, base_id: str) -> dict:
         return {"head": None, "likes": [], "dislikes": [], "scored": 0, "unscored": 0}
     messages = {m["id"]: m for m in db["messages"].rows_where(
         "user_id = ? and role = 'assistant' and content != ''", [user_id])}
-    vectors = cached_features(db, list(messages), base_id)
+    head = _load(head_row["path"])
+    vectors = {k: v for k, v in cached_features(db, list(messages), base_id).items()
+               if v.size == head.dim}
     ids = sorted(vectors)
-    scores = (_load(head_row["path"]).score(np.stack([vectors[i] for i in ids]))
-              if ids else np.zeros(0))
+    scores = head.score(np.stack([vectors[i] for i in ids])) if ids else np.zeros(0)
     order = np.argsort(-scores)
     ranked = [_answer_view(db, messages[ids[j]], float(scores[j])) for j in order]
     shown = min(EXAMPLE_SHOWN, len(ranked) // 2)

@@ -33,19 +33,20 @@ def run_metrics(win_rate: float, baseline: str, decision: str) -> dict:
 
 
 def seed(db_path: Path, adapters_dir: Path, user_id: int, base_id: str,
-         message_scores: dict[int, float]) -> None:
+         message_scores: dict[int, float], dim: int = DIM) -> None:
     """A head that scores message i as message_scores[i] (features chosen so), two runs
-    (v1 rejected vs base, v1 promoted), and v1 serving."""
+    (v1 rejected vs base, v1 promoted), and v1 serving. `dim` is the feature width: the
+    engine's own (feature_dim) where the server will also compute features."""
     def write(db) -> None:
-        w = np.zeros(DIM)
+        w = np.zeros(dim)
         w[0] = 1.0
-        head = RewardHead(w=w, b=0.0, mean=np.zeros(DIM), std=np.ones(DIM),
+        head = RewardHead(w=w, b=0.0, mean=np.zeros(dim), std=np.ones(dim),
                           metrics={"cv_accuracy": 0.75, "n_pairs": 6, "n_thumbs": 4, "prior": 0})
         save_head_version(db, adapters_dir / "heads" / str(user_id), user_id, head,
                           head.metrics, features_id(base_id))
         vectors = {}
         for mid, score in message_scores.items():
-            v = np.zeros(DIM, dtype=np.float32)
+            v = np.zeros(dim, dtype=np.float32)
             v[0] = score
             vectors[mid] = v
         store_features(db, vectors, base_id)
@@ -72,3 +73,11 @@ def seed(db_path: Path, adapters_dir: Path, user_id: int, base_id: str,
         transaction(db, write)
     finally:
         db.close()
+
+
+def feature_dim(engine) -> int:
+    """The width of the frozen-base features of this engine's model."""
+    from adapters.features import compute_features
+
+    prompt = [{"role": "user", "content": "hi"}]
+    return int(compute_features(engine.model, engine.tokenizer, [(prompt, "hello")]).shape[1])

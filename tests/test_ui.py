@@ -545,3 +545,221 @@ def test_admin_page_for_admins_only(live_server, new_page):
     page.wait_for_selector("td:has-text('erin')", state="detached")
     assert db_rows(live, "select * from users where name = 'erin'") == []
     assert page.js_errors == []
+
+
+def test_failed_send_keeps_the_draft_and_retries(live_server, new_page):
+    live = live_server
+    key = live.add_user("fred")
+    scripted_answers(live, ["Here you are."])
+    page = new_page(NARROW)
+    page.expected_console = [r"ERR_FAILED", r"status of 500"]
+    sign_in(page, live, key)
+
+    # The server cannot be reached: the text stays, a human error offers Retry.
+    page.route("**/api/chat", lambda route: route.abort())
+    send(page, "Please keep this message")
+    page.wait_for_selector(".send-error:has-text(\"Can't reach the assistant\")")
+    assert page.input_value("#prompt") == "Please keep this message"
+    assert page.locator(".turn").count() == 0 and page.locator(".badge-wait").count() == 0
+    shot(page, "send-failed-390")
+    # On a phone the error sits above the message box, not over it.
+    err, box = page.locator(".send-error").bounding_box(), page.locator("#prompt").bounding_box()
+    assert err["y"] + err["height"] <= box["y"]
+
+    # The server fails: the same, in words.
+    page.unroute("**/api/chat")
+    page.route("**/api/chat", lambda route: route.fulfill(
+        status=500, content_type="application/json", body='{"detail": "internal error"}'))
+    page.get_by_role("button", name="Retry sending").click()
+    page.wait_for_selector(".send-error:has-text('had a problem')")
+    assert page.input_value("#prompt") == "Please keep this message"
+
+    # Back up: Retry sends it, and only then is the box emptied.
+    page.unroute("**/api/chat")
+    page.get_by_role("button", name="Retry sending").click()
+    page.wait_for_selector(".msg-assistant[data-message-id]:has-text('Here you are.')")
+    assert page.input_value("#prompt") == ""
+    assert page.is_hidden(".send-error")
+    rows = db_rows(live, "select content from messages where role = 'user'")
+    assert rows == [{"content": "Please keep this message"}]
+
+    # Over the limit: a counter warns while typing and nothing is sent.
+    limit = live.config.server.max_prompt_chars
+    requests = []
+    page.on("request", lambda r: requests.append(r) if r.url.endswith("/api/chat") else None)
+    page.fill("#prompt", "x" * int(limit * 0.9))
+    assert page.inner_text("#char-count") == f"{int(limit * 0.9):,} / {limit:,}"
+    page.fill("#prompt", "x" * (limit + 5))
+    page.wait_for_selector("#char-count.over")
+    page.press("#prompt", "Enter")
+    page.wait_for_selector(".send-error:has-text('too long')")
+    assert f"{limit:,}" in page.inner_text(".send-error")
+    assert len(page.input_value("#prompt")) == limit + 5 and requests == []
+    no_object_object(page)
+
+
+def test_edit_a_sent_message_makes_a_branch(live_server, new_page):
+    live = live_server
+    key = live.add_user("gina")
+    scripted_answers(live, ["An answer."])
+    page = new_page(WIDE)
+    sign_in(page, live, key)
+    send(page, "Original question")
+    page.wait_for_selector(".msg-assistant[data-message-id]")
+    first_answer = page.get_attribute(".msg-assistant[data-message-id]", "data-message-id")
+    page.get_by_role("button", name="Edit message").click()
+    page.get_by_label("Edit your message").fill("Better question")
+    page.get_by_role("button", name="Send edited message").click()
+    page.wait_for_selector(f".msg-assistant[data-message-id]:not([data-message-id='{first_answer}'])")
+    wait_answer_done(page)
+    assert page.inner_text(".msg-user .bubble") == "Better question"
+    versions = page.get_by_role("group", name="Versions of this message")
+    assert versions.locator(".switcher-n").inner_text() == "2/2"
+    versions.get_by_role("button", name="Previous version of this message").click()
+    page.wait_for_selector(f".msg-assistant[data-message-id='{first_answer}']")
+    assert page.inner_text(".msg-user .bubble") == "Original question"
+    rows = db_rows(live, "select content, parent_id from messages where role = 'user' order by id")
+    assert rows == [{"content": "Original question", "parent_id": None},
+                    {"content": "Better question", "parent_id": None}]
+
+
+def test_deleted_conversation_link_does_not_open_another_chat(live_server, new_page):
+    live = live_server
+    key = live.add_user("hank")
+    scripted_answers(live, ["Noted."])
+    page = new_page(NARROW)
+    sign_in(page, live, key)
+    send(page, "Soon deleted")
+    page.wait_for_selector(".msg-assistant[data-message-id]")
+    url = page.url
+    page.get_by_role("button", name="Open menu").click()
+    delete = page.get_by_role("button", name=re.compile("^Delete conversation"))
+    # Phones have no hover: the delete and rename icons are visible anyway.
+    assert delete.evaluate("b => getComputedStyle(b).opacity") == "1"
+    delete.click()
+    # The dialog's focus is on the safe choice: Enter does not delete.
+    assert page.evaluate("document.activeElement.textContent") == "Cancel"
+    page.get_by_role("button", name="Delete", exact=True).click()
+    page.wait_for_selector("#conv-list :text('No conversations yet.')")
+    page.goto(url)
+    page.wait_for_selector("h2:has-text('Conversation not found')")
+    assert "Soon deleted" not in page.inner_text("#view")
+
+
+def test_rename_and_search_conversations(live_server, new_page):
+    live = live_server
+    key = live.add_user("iris")
+    for text in ("Cooking pasta", "Fixing my bike"):
+        r = httpx.post(f"{live.url}/api/chat", headers=live.headers(key), timeout=60,
+                       json={"content": text, "max_tokens": 2})
+        assert r.status_code == 200
+    page = new_page(WIDE)
+    sign_in(page, live, key)
+    page.wait_for_selector(".conv-title:has-text('Cooking pasta')")
+    page.fill("#conv-search", "bike")
+    page.wait_for_selector(".conv-title:has-text('Cooking pasta')", state="detached")
+    assert page.locator(".conv").count() == 1
+    page.get_by_role("button", name="Rename conversation “Fixing my bike”").click()
+    page.fill("#prompt-dialog-input", "Bike repair")
+    page.press("#prompt-dialog-input", "Enter")
+    page.fill("#conv-search", "")
+    page.wait_for_selector(".conv-title:has-text('Bike repair')")
+    assert db_rows(live, "select title from conversations order by id")[1]["title"] == "Bike repair"
+
+
+def seeded_user(live, name: str) -> str:
+    """A user with three answers, one thumbs, and what training would have left behind."""
+    from seed_learning import feature_dim, seed
+
+    key = live.add_user(name)
+    ids = []
+    conv = None
+    for text in ("Write a haiku", "Summarise the news", "Plan my week"):
+        body = {"content": text, "max_tokens": 3, **({"conversation_id": conv} if conv else {})}
+        r = httpx.post(f"{live.url}/api/chat", headers=live.headers(key), timeout=60, json=body)
+        conv = r.json()["conversation_id"]
+        ids.append(r.json()["candidates"][0]["id"])
+    httpx.put(f"{live.url}/api/messages/{ids[0]}/thumbs", headers=live.headers(key),
+              json={"value": "up", "reasons": ["clear"]})
+    user_id = httpx.get(f"{live.url}/api/me", headers=live.headers(key)).json()["id"]
+    seed(live.config.db_path, live.config.adapters_dir, user_id, live.state.engine.base_id,
+         {ids[0]: 1.5, ids[1]: -0.5, ids[2]: 0.3}, dim=feature_dim(live.state.engine))
+    return key
+
+
+def test_my_assistant_shows_what_was_learned(live_server, new_page):
+    live = live_server
+    key = seeded_user(live, "jane")
+    page = new_page(WIDE)
+    sign_in(page, live, key)
+    page.goto(f"{live.url}/#/me")
+    page.wait_for_selector(".card:has-text('Training history') table")
+    text = page.inner_text("#view")
+    assert "1 of 10" in text or f"1 of {live.config.training.min_new_events}" in text
+    assert "Promoted as v1: it won 75% of 4 test prompts against the base model" in text
+    assert "Not promoted: it was not better than what you have now" in text
+    assert "learning 2 min" in text and "4 learning steps" in text
+    assert "It agrees with 75% of your own choices" in text
+    likes = page.locator(".likes-col").first
+    assert "Write a haiku" in likes.locator("li").first.inner_text()
+    page.wait_for_selector(".chart canvas")                 # uPlot drew the win-rate plot
+    no_object_object(page)
+    shot(page, "my-assistant-learned-1280")
+
+
+@pytest.mark.parametrize("dark", [False, True], ids=["light", "dark"])
+def test_every_page_in_both_themes(live_server, new_page, dark):
+    live = live_server
+    theme = "dark" if dark else "light"
+    key = seeded_user(live, "kim")
+    scripted_answers(live, ["Sure:\n\n```js\nconst x = 1; // one\n```\n\nAnything else?",
+                            "Another take, *shorter*."])
+    for viewport, size in [(WIDE, "1280"), (NARROW, "390")]:
+        page = new_page(viewport, dark=dark)
+        page.goto(live.url + "/")
+        shot(page, f"signin-{size}-{theme}")
+        sign_in(page, live, key)
+        background = page.evaluate("getComputedStyle(document.body).backgroundColor")
+        channels = [int(c) for c in re.findall(r"\d+", background)[:3]]
+        assert (sum(channels) / 3 < 60) if dark else (sum(channels) / 3 > 200), background
+        page.get_by_role("button", name=re.compile("^Compare")).click()
+        send(page, "Show me code")
+        page.wait_for_selector(".verdict-compare .cand[data-message-id] >> nth=1")
+        shot(page, f"compare-{size}-{theme}")
+        page.get_by_role("button", name="A is better").click()
+        page.wait_for_selector(".verdict-note")
+        page.wait_for_selector(".msg-assistant pre code.hljs")
+        page.get_by_role("button", name="Good answer (thumbs up)").last.click()
+        shot(page, f"chat-{size}-{theme}")
+        page.goto(f"{live.url}/#/me")
+        page.wait_for_selector(".chart canvas")
+        no_object_object(page)
+        shot(page, f"my-assistant-{size}-{theme}")
+        admin = new_page(viewport, dark=dark)
+        sign_in(admin, live, live.admin_key)
+        admin.goto(f"{live.url}/#/admin")
+        admin.wait_for_selector("td:has-text('kim')")
+        admin.get_by_role("button", name="Versions of kim").click()
+        admin.wait_for_selector("td:has-text('v1') .pill:has-text('serving')")
+        admin.wait_for_selector(".card:has-text('Training') table")
+        no_object_object(admin)
+        shot(admin, f"admin-{size}-{theme}")
+
+
+def test_delete_my_data_shows_progress_then_signs_out(live_server, new_page):
+    live = live_server
+    key = live.add_user("lou")
+    page = new_page(WIDE)
+    sign_in(page, live, key)
+    page.goto(f"{live.url}/#/me")
+    held = []
+    page.route("**/api/me", lambda route: held.append(route) if route.request.method == "DELETE"
+               else route.continue_())
+    page.get_by_role("button", name="Delete my data").click()
+    page.get_by_role("button", name="Delete everything").click()
+    page.wait_for_selector("dialog[open]:has-text('Deleting your data') .spinner")
+    assert page.evaluate("localStorage.getItem('assistant.apiKey')") == key
+    held[0].continue_()
+    page.wait_for_selector("#api-key")
+    assert page.evaluate("localStorage.getItem('assistant.apiKey')") is None
+    assert httpx.get(f"{live.url}/api/me", headers=live.headers(key)).status_code == 401

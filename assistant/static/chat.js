@@ -332,12 +332,12 @@ function scrollDown() {
   S.thread.scrollTop = S.thread.scrollHeight;
 }
 
-function switcher(label, index, total, go) {
+function switcher(label, one, index, total, go) {
   return el("div", { class: "switcher", role: "group", "aria-label": label },
-    button({ label: `Previous ${label.toLowerCase().replace(/s$/, "")}`, iconName: "left", cls: "btn-icon btn-tiny",
+    button({ label: `Previous ${one}`, iconName: "left", cls: "btn-icon btn-tiny",
       disabled: index === 0, onclick: () => go(index - 1) }),
     el("span", { class: "switcher-n small", text: `${index + 1}/${total}` }),
-    button({ label: `Next ${label.toLowerCase().replace(/s$/, "")}`, iconName: "right", cls: "btn-icon btn-tiny",
+    button({ label: `Next ${one}`, iconName: "right", cls: "btn-icon btn-tiny",
       disabled: index === total - 1, onclick: () => go(index + 1) }));
 }
 
@@ -347,7 +347,7 @@ function userBubble(turn, step) {
   const tools = el("div", { class: "user-tools" });
   if (step && step.siblings.length > 1) {
     const i = step.siblings.indexOf(turn);
-    tools.append(switcher("Versions of this message", i, step.siblings.length, (j) => {
+    tools.append(switcher("Versions of this message", "version of this message", i, step.siblings.length, (j) => {
       S.branch.set(step.key, step.siblings[j].id);
       renderThread();
     }));
@@ -467,7 +467,7 @@ function answerEl(msg, turn, isLast) {
     words.length ? el("p", { class: "verdict-note small" }, words.join(" · ")) : null,
     el("div", { class: "answer-foot" },
       el("div", { class: "answer-info" }, modelBadge(msg), finishTag(msg),
-        cands.length > 1 ? switcher("Answers", index, cands.length, (j) => { S.shown.set(turn.id, cands[j].id); renderThread(); }) : null,
+        cands.length > 1 ? switcher("Answers", "answer", index, cands.length, (j) => { S.shown.set(turn.id, cands[j].id); renderThread(); }) : null,
         cands.length > 1 && !msg.chosen ? el("span", { class: "tag", text: "not followed" }) : null),
       fb,
       el("div", { class: "answer-actions" },
