@@ -77,10 +77,12 @@ def settle(page) -> None:
         .every(a => a.playState !== 'running' || a.effect?.getTiming().iterations === Infinity)""")
 
 
-def shot(page, name: str) -> None:
+def shot(page, name: str, full_page: bool = False) -> None:
     SHOTS.mkdir(parents=True, exist_ok=True)
     settle(page)
-    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=False)
+    if full_page:         # the page scrolls inside #view: let it grow for the picture
+        page.add_style_tag(content=".shell{height:auto}.view{overflow:visible}")
+    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=full_page)
 
 
 def no_object_object(page) -> None:
@@ -690,21 +692,31 @@ def seeded_user(live, name: str) -> str:
 def test_my_assistant_shows_what_was_learned(live_server, new_page):
     live = live_server
     key = seeded_user(live, "jane")
+    user_id = db_rows(live, "select id from users where name = 'jane'")[0]["id"]
+    con = sqlite3.connect(live.config.db_path)
+    with con:                                  # a run going on now, 3 steps in
+        con.execute("insert into training_runs (user_id, status, force, requested_by, created_at,"
+                    " metrics) values (?, 'running', 0, 'scheduler', '2026-01-01T00:00:00Z', ?)",
+                    [user_id, json.dumps({"steps": [{"step": i, "reward_mean": 0.5}
+                                                    for i in range(3)]})])
+    con.close()
     page = new_page(WIDE)
     sign_in(page, live, key)
     page.goto(f"{live.url}/#/me")
     page.wait_for_selector(".card:has-text('Training history') table")
     text = page.inner_text("#view")
+    assert f"Learning: step 3 of {live.config.training.steps}" in text
+    assert "A training run is going now" in text
     assert "1 of 10" in text or f"1 of {live.config.training.min_new_events}" in text
     assert "Promoted as v1: it won 75% of 4 test prompts against the base model" in text
-    assert "Not promoted: it was not better than what you have now" in text
+    assert "Not promoted: it was not better than the base model" in text
     assert "learning 2 min" in text and "4 learning steps" in text
     assert "It agrees with 75% of your own choices" in text
     likes = page.locator(".likes-col").first
     assert "Write a haiku" in likes.locator("li").first.inner_text()
     page.wait_for_selector(".chart canvas")                 # uPlot drew the win-rate plot
     no_object_object(page)
-    shot(page, "my-assistant-learned-1280")
+    shot(page, "my-assistant-learned-1280", full_page=True)
 
 
 @pytest.mark.parametrize("dark", [False, True], ids=["light", "dark"])
@@ -734,7 +746,7 @@ def test_every_page_in_both_themes(live_server, new_page, dark):
         page.goto(f"{live.url}/#/me")
         page.wait_for_selector(".chart canvas")
         no_object_object(page)
-        shot(page, f"my-assistant-{size}-{theme}")
+        shot(page, f"my-assistant-{size}-{theme}", full_page=True)
         admin = new_page(viewport, dark=dark)
         sign_in(admin, live, live.admin_key)
         admin.goto(f"{live.url}/#/admin")
@@ -743,7 +755,7 @@ def test_every_page_in_both_themes(live_server, new_page, dark):
         admin.wait_for_selector("td:has-text('v1') .pill:has-text('serving')")
         admin.wait_for_selector(".card:has-text('Training') table")
         no_object_object(admin)
-        shot(admin, f"admin-{size}-{theme}")
+        shot(admin, f"admin-{size}-{theme}", full_page=True)
 
 
 def test_delete_my_data_shows_progress_then_signs_out(live_server, new_page):
@@ -763,3 +775,40 @@ def test_delete_my_data_shows_progress_then_signs_out(live_server, new_page):
     page.wait_for_selector("#api-key")
     assert page.evaluate("localStorage.getItem('assistant.apiKey')") is None
     assert httpx.get(f"{live.url}/api/me", headers=live.headers(key)).status_code == 401
+
+
+def test_thumbs_comment_kept_and_answer_length(live_server, new_page):
+    live = live_server
+    key = live.add_user("mona")
+    scripted_answers(live, ["A short answer."])
+    page = new_page(NARROW)
+    sign_in(page, live, key)
+    # Answer length: "Short" halves the default max_tokens, and is remembered.
+    page.select_option("#answer-length", "short")
+    bodies = []
+    page.on("request", lambda r: bodies.append(json.loads(r.post_data))
+            if r.url.endswith("/api/chat") else None)
+    send(page, "Hi")
+    page.wait_for_selector(".msg-assistant[data-message-id]")
+    assert bodies[0]["max_tokens"] == live.config.generation.max_tokens_default // 2
+    mid = int(page.get_attribute(".msg-assistant[data-message-id]", "data-message-id"))
+
+    # A comment typed under a thumbs down and closed with Done is saved...
+    page.get_by_role("button", name="Bad answer (thumbs down)").click()
+    panel = page.locator(".feedback-panel:not([hidden])")
+    panel.wait_for()
+    assert panel.bounding_box()["y"] + 40 < page.viewport_size["height"]   # scrolled into view
+    page.get_by_label("Comment on this answer").fill("too vague")
+    page.get_by_role("button", name="Done").click()
+    page.wait_for_selector(".feedback-status:has-text('Comment saved')")
+    rows = db_rows(live, "select value, comment from thumbs where message_id = ?", [mid])
+    assert rows == [{"value": "down", "comment": "too vague"}]
+    # ...and does not carry over to a thumbs up.
+    page.get_by_role("button", name="Good answer (thumbs up)").click()
+    page.wait_for_selector(".feedback[data-saved='up']")
+    assert page.input_value(".feedback-panel textarea") == ""
+    rows = db_rows(live, "select value, comment from thumbs where message_id = ?", [mid])
+    assert rows == [{"value": "up", "comment": None}]
+    page.reload()
+    page.wait_for_selector("#answer-length")
+    assert page.input_value("#answer-length") == "short"

@@ -154,7 +154,7 @@ function likes(reward) {
       el("p", { class: "example-text", text: a.answer }),
       el("span", { class: "small muted", text: `score ${a.score.toFixed(2)}` })))));
   out.push(el("div", { class: "likes-grid" }, list("Likes most", reward.likes), list("Likes least", reward.dislikes)),
-    el("p", { class: "small muted", text: `Among ${reward.scored} of your answers it has seen${reward.unscored ? ` (${reward.unscored} newer ones are scored after the next training)` : ""}.` }));
+    el("p", { class: "small muted", text: `Among ${reward.scored} of your answers it has seen${reward.unscored ? ` (${reward.unscored} newer ${reward.unscored === 1 ? "one is" : "ones are"} scored after the next training)` : ""}.` }));
   return out;
 }
 
@@ -187,7 +187,7 @@ async function drawChart(holder, versions) {
   const opts = {
     width: Math.max(260, holder.clientWidth), height: 220,
     scales: { x: { time: false }, y: { range: [0, 1] } },
-    axes: [{ ...axis, values: (u, vals) => vals.map((v) => (Number.isInteger(v) && versions[v - 1] ? `#${versions[v - 1].run_id}` : "")) },
+    axes: [{ ...axis, splits: () => xs, values: (u, vals) => vals.map((v) => (Number.isInteger(v) && versions[v - 1] ? `#${versions[v - 1].run_id}` : "")) },
       { ...axis, values: (u, vals) => vals.map((v) => pct(v)) }],
     series: [{ label: "run" },
       { label: "win rate", stroke: accent, width: 2, points: { size: 7, fill: accent }, value: (u, v) => (v == null ? "—" : pct(v)) },

@@ -27,7 +27,7 @@ export function verdictWords(run) {
   if (run.status === "rejected") {
     const d = String(m.decision || "");
     const why = d.includes("KL") && d.includes("exceeds") ? "it drifted too far from the base model"
-      : "it was not better than what you have now";
+      : `it was not better than ${against}`;
     return `Not promoted: ${why}${win ? ` (${win})` : ""}. Your current version keeps answering.`;
   }
   return null;
