@@ -476,7 +476,7 @@ def test_my_assistant_page_export_and_delete(live_server, new_page):
 
     page.get_by_role("button", name="Delete my data").click()
     page.get_by_role("button", name="Cancel").click()       # a confirmation, not an accident
-    assert page.is_visible("h1.page-h")
+    assert page.is_visible(".page-h")
     page.get_by_role("button", name="Delete my data").click()
     page.get_by_role("button", name="Delete everything").click()
     page.wait_for_selector("#api-key")
@@ -812,3 +812,44 @@ def test_thumbs_comment_kept_and_answer_length(live_server, new_page):
     page.reload()
     page.wait_for_selector("#answer-length")
     assert page.input_value("#answer-length") == "short"
+
+
+def axe_violations(page) -> list[str]:
+    """axe-core (bundled by axe-playwright-python) on the page as shown, with the
+    experimental rule that names and visible labels match turned on."""
+    axe = pytest.importorskip("axe_playwright_python.sync_playwright")
+    options = {"resultTypes": ["violations"],
+               "rules": {"label-content-name-mismatch": {"enabled": True}}}
+    result = axe.Axe().run(page, options=options)
+    return [f"{v['id']}: {[n['target'] for n in v['nodes']][:4]}"
+            for v in result.response["violations"]]
+
+
+@pytest.mark.parametrize("dark", [False, True], ids=["light", "dark"])
+def test_accessibility_axe(live_server, new_page, dark):
+    live = live_server
+    key = seeded_user(live, "nina")
+    scripted_answers(live, ["Sure:\n\n```python\nx = 1\n```", "Or *this*."])
+    page = new_page(WIDE, dark=dark)
+    page.goto(live.url + "/")
+    page.wait_for_selector("#api-key")
+    found = {"signin": axe_violations(page)}
+    sign_in(page, live, key)
+    page.get_by_role("button", name=re.compile("^Compare")).click()
+    send(page, "Show me")
+    page.wait_for_selector(".verdict-compare .cand[data-message-id] >> nth=1")
+    found["compare"] = axe_violations(page)
+    page.get_by_role("button", name="Tie").click()
+    page.wait_for_selector(".verdict-note")
+    page.get_by_role("button", name="Bad answer (thumbs down)").click()
+    page.wait_for_selector(".msg-assistant pre code.hljs")
+    found["chat"] = axe_violations(page)
+    page.goto(f"{live.url}/#/me")
+    page.wait_for_selector(".chart canvas")
+    found["me"] = axe_violations(page)
+    admin = new_page(WIDE, dark=dark)
+    sign_in(admin, live, live.admin_key)
+    admin.goto(f"{live.url}/#/admin")
+    admin.wait_for_selector(".card:has-text('Training') table")
+    found["admin"] = axe_violations(admin)
+    assert {k: v for k, v in found.items() if v} == {}

@@ -57,7 +57,7 @@ function signInView(message = "") {
     el("p", { id: "key-help", class: "small muted", text: "Your administrator gives you a key. It is kept in this browser until you sign out." }),
     error,
     submit);
-  root.replaceChildren(el("main", { class: "signin" }, form));
+  root.replaceChildren(el("main", { class: "signin", id: "main" }, form));
   input.focus();
 }
 
@@ -84,11 +84,11 @@ function shell() {
         el("span", { class: "avatar", "aria-hidden": "true", text: (user.name || "?").slice(0, 1).toUpperCase() }),
         el("span", { class: "whoami-name", text: user.name || "Signed in" }),
         button({ label: "Sign out", iconName: "out", cls: "btn-icon", onclick: signOut, id: "sign-out" }))));
-  const main = el("main", { class: "main" },
+  const main = el("main", { class: "main", id: "main" },
     el("header", { class: "topbar" },
       button({ label: "Open menu", iconName: "menu", cls: "btn-icon only-narrow", onclick: openMenu, id: "menu-btn",
         "aria-controls": "sidebar", "aria-expanded": "false" }),
-      el("div", { class: "page-title", id: "page-title", text: "" })),
+      el("h1", { class: "page-title", id: "page-title", text: "" })),
     el("div", { class: "view", id: "view" }));
   const scrim = el("div", { class: "scrim", onclick: closeMenu });
   root.replaceChildren(el("div", { class: "shell" }, sidebar, scrim, main));

@@ -14,7 +14,7 @@ function card(title, ...children) {
 }
 
 function loading(view, title) {
-  view.replaceChildren(el("div", { class: "page" }, el("h1", { class: "page-h", text: title }),
+  view.replaceChildren(el("div", { class: "page" }, el("p", { class: "page-h", "aria-hidden": "true", text: title }),
     el("p", { class: "muted", text: "Loading…" })));
 }
 
@@ -34,7 +34,7 @@ export async function showMe(view, { onDeleted }) {
   try {
     me = await api.get("/api/me");
   } catch (err) {
-    view.replaceChildren(el("div", { class: "page" }, el("h1", { class: "page-h", text: "My assistant" }),
+    view.replaceChildren(el("div", { class: "page" }, el("p", { class: "page-h", "aria-hidden": "true", text: "My assistant" }),
       el("div", { class: "notice" }, `Could not load your profile: ${err.message}`)));
     return;
   }
@@ -54,7 +54,7 @@ export async function showMe(view, { onDeleted }) {
   const chartBox = el("div", {}, el("p", { class: "muted", text: "Loading…" }));
   const runsBox = el("div", {}, el("p", { class: "muted", text: "Loading…" }));
   const page = el("div", { class: "page" },
-    el("h1", { class: "page-h", text: "My assistant" }),
+    el("p", { class: "page-h", "aria-hidden": "true", text: "My assistant" }),
     card(`${me.name ?? "You"}${me.role === "admin" ? " · admin" : ""}`, version,
       el("div", { class: "stats" },
         stat("thumbs up", counts.thumbs_up), stat("thumbs down", counts.thumbs_down),
@@ -110,7 +110,7 @@ function whatChanged(me, versions) {
     return out;
   }
   const examples = el("div", { class: "examples" });
-  const go = button({ label: "Show side-by-side examples", text: "Show examples", cls: "btn", onclick: async () => {
+  const go = button({ label: "Show examples", text: "Show examples", cls: "btn", onclick: async () => {
     go.disabled = true;
     examples.replaceChildren(el("p", { class: "muted", role: "status" }, el("span", { class: "spinner", "aria-hidden": "true" }),
       " Asking the base model and your version the same prompts… (up to a minute when the server is busy)"));
@@ -234,7 +234,7 @@ export async function showAdmin(view) {
   try {
     users = await api.get("/admin/users");
   } catch (err) {
-    view.replaceChildren(el("div", { class: "page" }, el("h1", { class: "page-h", text: "Admin" }),
+    view.replaceChildren(el("div", { class: "page" }, el("p", { class: "page-h", "aria-hidden": "true", text: "Admin" }),
       el("div", { class: "notice notice-warn", role: "alert" },
         el("strong", { text: err.status === 403 ? "Admin role needed." : "Could not load the admin page." }),
         " ", err.status === 403 ? "Your key does not have the admin role; ask an administrator." : err.message)));
@@ -370,7 +370,7 @@ export async function showAdmin(view) {
     el("option", { value: "preference", text: "preference pairs" }), el("option", { value: "unpaired", text: "unpaired (thumbs)" }));
 
   view.replaceChildren(el("div", { class: "page" },
-    el("h1", { class: "page-h", text: "Admin" }),
+    el("p", { class: "page-h", "aria-hidden": "true", text: "Admin" }),
     card("Users", create, keyBox, usersBox, versionsBox),
     card("Training",
       el("div", { class: "row space" },
