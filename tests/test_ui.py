@@ -81,7 +81,8 @@ def shot(page, name: str, full_page: bool = False) -> None:
     SHOTS.mkdir(parents=True, exist_ok=True)
     settle(page)
     if full_page:         # the page scrolls inside #view: let it grow for the picture
-        page.add_style_tag(content=".shell{height:auto}.view{overflow:visible}")
+        page.evaluate("""() => { document.querySelector('.shell').style.height = 'auto';
+                                 document.querySelector('.view').style.overflow = 'visible'; }""")
     page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=full_page)
 
 
@@ -820,8 +821,9 @@ def axe_violations(page) -> list[str]:
     axe = pytest.importorskip("axe_playwright_python.sync_playwright")
     options = {"resultTypes": ["violations"],
                "rules": {"label-content-name-mismatch": {"enabled": True}}}
+    settle(page)                        # colour contrast is measured on a still page
     result = axe.Axe().run(page, options=options)
-    return [f"{v['id']}: {[n['target'] for n in v['nodes']][:4]}"
+    return [f"{v['id']}: {[(n['target'], n.get('failureSummary')) for n in v['nodes']][:4]}"
             for v in result.response["violations"]]
 
 
