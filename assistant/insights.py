@@ -30,13 +30,10 @@ SNIPPET_CHARS = 400
 
 
 def effective_new_labels(db: Database, user_id: int, counts: dict) -> int:
-    """New labels since the last run, counting a vote changed several times as one label when
-    the store can say so (`effective_since_last_training`), else its raw event count."""
-    for key in ("effective_since_last_training", "effective_labels_since_last_training",
-                "labels_since_last_training"):
-        if isinstance(counts.get(key), int):
-            return counts[key]
-    return runs.new_event_count(db, user_id)
+    """New labels since the last run, counting a vote changed several times as one label
+    when the store says so (counts' `effective_new_labels`), else the raw event count."""
+    value = counts.get("effective_new_labels")
+    return value if isinstance(value, int) else runs.new_event_count(db, user_id)
 
 
 def training_progress(db: Database, user_id: int, min_new_events: int) -> dict:

@@ -20,10 +20,8 @@ function loading(view, title) {
 
 /** New labels since the last run: a vote changed several times counts once when the server says so. */
 export function newLabels(counts) {
-  for (const k of ["effective_since_last_training", "effective_labels_since_last_training", "labels_since_last_training"]) {
-    if (Number.isInteger(counts?.[k])) return counts[k];
-  }
-  return counts?.events_since_last_training ?? 0;
+  return Number.isInteger(counts?.effective_new_labels) ? counts.effective_new_labels
+    : counts?.events_since_last_training ?? 0;
 }
 
 // ---- my assistant -------------------------------------------------------------------------
@@ -97,7 +95,7 @@ function nextTraining(t, runs, totalSteps) {
       : "Enough new feedback: your next training starts at the next scheduled check.";
   return [el("p", {}, el("strong", { text: `${t.new_labels} of ${t.needed}` }), " new labels since your last training. ", words),
     bar,
-    el("p", { class: "small muted", text: "Changing a vote on one answer counts as one label." }),
+    el("p", { class: "small muted", text: "Changing a vote on one answer counts as one label; ties, “both bad” and cleared votes teach nothing and are not counted." }),
     active && totalSteps ? el("p", { class: "small muted", text: `Training learns in ${totalSteps} steps, then checks the new version against the current one.` }) : null];
 }
 
@@ -262,11 +260,11 @@ export async function showAdmin(view) {
     if (!c) return "—";
     return el("span", { title: "thumbs up / down, comparisons, rankings; new since last training" },
       `${c.thumbs_up}↑ ${c.thumbs_down}↓ · ${c.comparisons} cmp · ${c.rankings} rank · `,
-      el("strong", { text: `${c.events_since_last_training} new` }));
+      el("strong", { text: `${newLabels(c)} new` }));
   };
   const hasFeedback = (u) => {
     const c = counts[String(u.id)];
-    return !c || c.thumbs_up + c.thumbs_down + c.comparisons + c.rankings + c.events_since_last_training > 0;
+    return !c || c.thumbs_up + c.thumbs_down + c.comparisons + c.rankings + newLabels(c) > 0;
   };
   const refreshUsers = async () => {
     [users, counts] = await Promise.all([api.get("/admin/users"), api.get("/admin/feedback-counts").catch(() => ({}))]);

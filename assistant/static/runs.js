@@ -18,7 +18,14 @@ const secs = (s) => (s >= 90 ? `${Math.round(s / 60)} min` : `${Math.round(s)} s
 export function verdictWords(run) {
   const m = metricsOf(run);
   const g = m.gate;
-  if (!g || typeof g !== "object") return null;
+  if (!g || typeof g !== "object") {
+    // A run can stop before the gate, e.g. "skipped: not enough evidence to train (...)".
+    const d = typeof m.decision === "string" ? m.decision.trim() : "";
+    if (!d) return null;
+    const skipped = d.match(/^skipped:\s*(.*?);?\s*nothing trained\.?$/i);
+    return skipped ? `Skipped: ${skipped[1]}. Nothing was trained; your current version keeps answering.`
+      : d.charAt(0).toUpperCase() + d.slice(1);
+  }
   const against = g.baseline === "base" ? "the base model" : "your previous version";
   const win = has(g.win_rate) ? `it won ${pct(g.win_rate)} of ${g.n_prompts ?? "the"} test prompts against ${against}` : "";
   if (run.status === "succeeded") {
