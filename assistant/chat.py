@@ -25,6 +25,7 @@ class TurnRequest:
     conversation_id: int | None = None
     regenerate: int | None = None        # a user turn id to answer again
     edit: int | None = None              # a user turn id this content replaces (a new branch)
+    follow: int | None = None            # the answer id this turn follows (default: the chosen)
     n: int = 1
     temperature: float = 0.7
     top_p: float = 0.95
@@ -55,6 +56,7 @@ def check_turn(state: AppState, body: dict) -> TurnRequest:
         raise BadRequest(f"model: must be one of {', '.join(MODELS)}; got {model!r}")
     return TurnRequest(content=content or "", conversation_id=_opt_int(body, "conversation_id"),
                        regenerate=_opt_int(body, "regenerate"), edit=_opt_int(body, "edit"),
+                       follow=_opt_int(body, "follow"),
                        n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens,
                        stop=_stops(body.get("stop")), model=model, **_sampling_extras(body))
 
@@ -143,7 +145,8 @@ def _prepare(db, user: dict, req: TurnRequest, adapters_root) -> tuple[int, dict
             conv.add_history(db, user["id"], conv_id, req.history or [])
         else:
             conv.get_conversation_row(db, user["id"], conv_id)
-        turn = conv.add_user_turn(db, user["id"], conv_id, req.content)
+        follow = conv.get_message(db, user["id"], req.follow) if req.follow is not None else None
+        turn = conv.add_user_turn(db, user["id"], conv_id, req.content, follow=follow)
     row = conv.get_conversation_row(db, user["id"], conv_id)
     messages = [{"role": m["role"], "content": m["content"]}
                 for m in conv.history(db, conv_id, turn["id"])]

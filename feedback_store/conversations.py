@@ -107,10 +107,19 @@ def history(db: Database, conversation_id: int, tip_id: int | None) -> list[dict
 
 
 def add_user_turn(db: Database, user_id: int, conversation_id: int, content: str,
-                  edit_of: dict | None = None) -> dict:
-    """Store a user turn following the conversation's chosen branch, or, for an edit of an
-    earlier turn `edit_of`, as a new branch beside it (same parent: the turns after it stay)."""
-    parent = edit_of["parent_id"] if edit_of else chosen_tip(db, conversation_id)
+                  edit_of: dict | None = None, follow: dict | None = None) -> dict:
+    """Store a user turn following the conversation's chosen branch; or, for an edit of an
+    earlier turn `edit_of`, as a new branch beside it (same parent: the turns after it stay);
+    or after the answer `follow` (the branch the reader is looking at)."""
+    if edit_of:
+        parent = edit_of["parent_id"]
+    elif follow:
+        if follow["role"] != "assistant" or follow["conversation_id"] != conversation_id:
+            raise BadRequest(f"follow: message {follow['id']} is not an answer in conversation "
+                             f"{conversation_id}")
+        parent = follow["id"]
+    else:
+        parent = chosen_tip(db, conversation_id)
     message_id = db["messages"].insert({
         "conversation_id": conversation_id, "user_id": user_id, "role": "user",
         "content": content, "parent_id": parent, "created_at": now(),

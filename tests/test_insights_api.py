@@ -168,6 +168,24 @@ def test_edit_makes_a_new_branch(live_server, user):
     assert r.status_code == 404
 
 
+def test_follow_continues_the_branch_on_screen(live_server, user):
+    key, _ = user
+    first = chat(live_server, key, "Start", n=2)
+    conv_id = first["conversation_id"]
+    a, b = (c["id"] for c in first["candidates"])
+    after_b = chat(live_server, key, "Go on from B", conversation_id=conv_id, follow=b)
+    assert after_b["message"]["parent_id"] == b
+    after_a = chat(live_server, key, "Default follows the chosen", conversation_id=conv_id)
+    assert after_a["message"]["parent_id"] == after_b["candidates"][0]["id"]
+    other_conv = chat(live_server, key, "Elsewhere")
+    r = api(live_server, key, "POST", "/api/chat", json={
+        "content": "x", "conversation_id": conv_id, "follow": other_conv["candidates"][0]["id"]})
+    assert r.status_code == 400 and "follow" in r.json()["detail"]
+    r = api(live_server, key, "POST", "/api/chat",
+            json={"content": "x", "conversation_id": conv_id, "follow": first["message"]["id"]})
+    assert r.status_code == 400
+
+
 def test_feedback_counts_for_admins_only(live_server, user):
     key, user_id = user
     mid = chat(live_server, key, "Hi")["candidates"][0]["id"]

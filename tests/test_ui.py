@@ -624,6 +624,14 @@ def test_edit_a_sent_message_makes_a_branch(live_server, new_page):
     rows = db_rows(live, "select content, parent_id from messages where role = 'user' order by id")
     assert rows == [{"content": "Original question", "parent_id": None},
                     {"content": "Better question", "parent_id": None}]
+    # A new message continues the branch on screen (the original one here).
+    send(page, "Follow-up on the original")
+    page.wait_for_selector(".turn >> nth=1 >> .msg-assistant[data-message-id]")
+    wait_answer_done(page)
+    assert page.inner_text(".turn >> nth=0 >> .bubble") == "Original question"
+    follow_up = db_rows(live, "select parent_id from messages where content = ?",
+                        ["Follow-up on the original"])
+    assert follow_up == [{"parent_id": int(first_answer)}]
 
 
 def test_deleted_conversation_link_does_not_open_another_chat(live_server, new_page):

@@ -321,6 +321,16 @@ function path() {
   return out;
 }
 
+/** The answer shown at the end of the thread: what a new message continues from. */
+function shownTip() {
+  if (!S.detail) return null;
+  const steps = path();
+  const turn = steps[steps.length - 1]?.turn;
+  if (!turn || !turn.candidates.length) return null;
+  const shown = turn.candidates.find((c) => c.id === S.shown.get(turn.id));
+  return (shown || turn.candidates.find((c) => c.chosen) || turn.candidates[turn.candidates.length - 1]).id;
+}
+
 function renderThread() {
   const steps = path();
   S.thread.replaceChildren(...steps.map((step, i) => turnEl(step, i === steps.length - 1)));
@@ -631,6 +641,8 @@ async function send() {
   S.thread.append(article);
   const body = { content, n, max_tokens: maxTokens() };
   if (S.convId) body.conversation_id = S.convId;
+  const tip = shownTip();
+  if (tip != null) body.follow = tip;          // continue the branch on screen
   await runStream(body, article, n);
 }
 
