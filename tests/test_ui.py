@@ -716,6 +716,12 @@ def test_my_assistant_shows_what_was_learned(live_server, new_page):
     text = page.inner_text("#view")
     assert f"Learning: step 3 of {live.config.training.steps}" in text
     assert "A training run is going now" in text
+    con = sqlite3.connect(live.config.db_path)
+    with con:                                  # the run moves on: the page follows by itself
+        con.execute("update training_runs set metrics = ? where status = 'running'",
+                    [json.dumps({"steps": [{"step": i, "reward_mean": 0.5} for i in range(5)]})])
+    con.close()
+    page.wait_for_selector(f"td:has-text('Learning: step 5 of {live.config.training.steps}')")
     assert "1 of 10" in text or f"1 of {live.config.training.min_new_events}" in text
     assert "Promoted as v1: it won 75% of 4 test prompts against the base model" in text
     assert "Not promoted: it was not better than the base model" in text

@@ -8,6 +8,7 @@ import { button, confirmDialog, el, fmtDate, progressDialog, statusPill, table, 
 const has = (v) => v !== undefined && v !== null && v !== "";
 const today = () => new Date().toISOString().slice(0, 10);
 const pct = (x) => `${Math.round(x * 100)}%`;
+const POLL_MS = 4000;      // a run's progress is written every 2 s; twice that is plenty
 
 function card(title, ...children) {
   return el("section", { class: "card", "aria-label": title }, el("h2", { class: "card-title", text: title }), ...children);
@@ -71,8 +72,11 @@ export async function showMe(view, { onDeleted }) {
     api.get("/api/me/insights").catch((e) => ({ error: e.message })),
     api.get("/api/me/runs").catch(() => [])]);
   const totalSteps = me.limits?.rl_steps;
-  runsBox.replaceChildren(runs.length ? runsTable(runs, { totalSteps })
+  let myRuns = runs;
+  const paintRuns = () => runsBox.replaceChildren(myRuns.length ? runsTable(myRuns, { totalSteps })
     : el("p", { class: "muted", text: "No training runs yet. Keep rating answers: training starts once you have given enough new feedback." }));
+  paintRuns();
+  pollWhileActive(runsBox, () => myRuns, async () => { myRuns = await api.get("/api/me/runs"); paintRuns(); });
   if (insights.error) {
     for (const box of [nextBox, learnBox, likesBox, chartBox]) box.replaceChildren(el("p", { class: "muted", text: insights.error }));
     return;
@@ -393,4 +397,15 @@ export async function showAdmin(view) {
   paintUsers();
   await refreshUsers().catch(() => {});
   await refreshRuns();
+  pollWhileActive(runsBox, () => runs, refreshRuns);
+}
+
+/** Refresh every few seconds while a run is queued or running and `node` is on screen. */
+function pollWhileActive(node, current, refresh) {
+  const tick = async () => {
+    if (!node.isConnected) return;
+    if (current().some((r) => r.status === "queued" || r.status === "running")) await refresh().catch(() => {});
+    setTimeout(tick, POLL_MS);
+  };
+  setTimeout(tick, POLL_MS);
 }
