@@ -3,9 +3,10 @@
 //   #/me      my assistant      #/admin    admin (admins only; others see "admin role needed")
 
 import { ApiError, api, auth } from "./api.js";
-import { isStreaming, paintConversations, refreshConversations, setChatUser, showChat, stopGeneration } from "./chat.js";
+import { isStreaming, setChatUser, showChat, stopGeneration } from "./chat.js";
 import { loadGuidelines } from "./feedback.js";
 import { showAdmin, showMe } from "./pages.js";
+import { paintConversations, refreshConversations } from "./sidebar.js";
 import { button, el, icon } from "./ui.js";
 
 const root = document.getElementById("app");

@@ -7,7 +7,10 @@
 import { api, streamChat } from "./api.js";
 import { feedbackBar, getGuidelines, guidelinesButton } from "./feedback.js";
 import { enhanceCode, renderMarkdown } from "./markdown.js";
-import { button, confirmDialog, el, promptDialog, toast } from "./ui.js";
+import { LENGTHS, deletedIds, getLength, markDeleted, setLength, setPrefsUser, userKey } from "./prefs.js";
+import { refreshConversations, setActiveConversation } from "./sidebar.js";
+import { threadPath, verdictText } from "./thread.js";
+import { button, el, toast } from "./ui.js";
 
 const S = {
   user: null,
@@ -23,108 +26,29 @@ const S = {
   streaming: null,             // {controller}
   epoch: 0,                    // bumps when the view changes, so stale work does not render
   failed: null,                // {body, content, message}: the last send that did not go through
-  convs: [],
   thread: null, input: null, sendBtn: null, stopBtn: null, note: null, counter: null, alert: null,
 };
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const LETTERS = ["A", "B", "C", "D"];
-export const LENGTHS = [["short", "Short", 0.5], ["normal", "Normal", 1], ["long", "Long", 3]];
 
 export function setChatUser(user) {
   S.user = user;
+  setPrefsUser(user);
   S.limits = { ...S.limits, ...(user.limits || {}) };
   S.pending = new Map(JSON.parse(localStorage.getItem(pendingKey()) || "[]"));
 }
+setActiveConversation(() => S.convId);
+
 export const isStreaming = () => Boolean(S.streaming);
 export function stopGeneration() { S.streaming?.controller.abort(); }
 
-const userKey = (what) => `assistant.${what}.${S.user?.id ?? S.user?.name ?? "me"}`;
 const pendingKey = () => userKey("pending");
 function savePending() { localStorage.setItem(pendingKey(), JSON.stringify([...S.pending].slice(-50))); }
 
-/** The user's answer-length setting: short | normal | long (kept in this browser). */
-export function getLength() { return localStorage.getItem(userKey("length")) || "normal"; }
-export function setLength(value) { localStorage.setItem(userKey("length"), value); }
 function maxTokens() {
   const factor = (LENGTHS.find(([v]) => v === getLength()) || LENGTHS[1])[2];
   return Math.max(16, Math.min(S.limits.max_tokens_limit, Math.round(S.limits.max_tokens_default * factor)));
-}
-
-// Deleted conversations are remembered so that an old link never opens another chat.
-const deletedKey = () => userKey("deleted");
-const deletedIds = () => new Set(JSON.parse(localStorage.getItem(deletedKey()) || "[]"));
-function markDeleted(id, deleted) {
-  const ids = deletedIds();
-  if (deleted) ids.add(id); else ids.delete(id);
-  localStorage.setItem(deletedKey(), JSON.stringify([...ids].slice(-200)));
-}
-
-// ---- conversation list (sidebar) ----------------------------------------------------------
-
-export async function refreshConversations() {
-  const list = document.getElementById("conv-list");
-  if (!list) return;
-  try {
-    S.convs = await api.get("/api/conversations");
-  } catch (err) {
-    list.replaceChildren(el("li", { class: "muted small empty", text: err.message }));
-    return;
-  }
-  paintConversations();
-}
-
-export function paintConversations() {
-  const list = document.getElementById("conv-list");
-  if (!list) return;
-  const query = (document.getElementById("conv-search")?.value || "").trim().toLowerCase();
-  const convs = S.convs.filter((c) => !query || (c.title || "").toLowerCase().includes(query));
-  if (!convs.length) {
-    list.replaceChildren(el("li", { class: "muted small empty",
-      text: S.convs.length ? "No conversation matches." : "No conversations yet." }));
-    return;
-  }
-  list.replaceChildren(...convs.map((c) => {
-    const title = c.title || "Untitled";
-    const active = c.id === S.convId && location.hash.startsWith("#/c/");
-    return el("li", { class: active ? "conv active" : "conv", dataset: { id: c.id } },
-      el("a", { href: `#/c/${c.id}`, class: "conv-link", "aria-current": active ? "page" : null },
-        el("span", { class: "conv-title", text: title }),
-        el("span", { class: "conv-meta", text: `${c.turns ?? 0} ${c.turns === 1 ? "turn" : "turns"}` })),
-      button({ label: `Rename conversation “${title}”`, iconName: "edit", cls: "btn-icon conv-action",
-        onclick: () => renameConversation(c.id, title) }),
-      button({ label: `Delete conversation “${title}”`, iconName: "trash", cls: "btn-icon conv-action conv-delete",
-        onclick: () => deleteConversation(c.id, title) }));
-  }));
-}
-
-async function renameConversation(id, title) {
-  const next = await promptDialog({ title: "Rename conversation", label: "Title", value: title, confirm: "Rename" });
-  if (next == null || !next.trim() || next.trim() === title) return;
-  try {
-    await api.put(`/api/conversations/${id}/title`, { title: next.trim() });
-    toast("Renamed");
-    if (S.convId === id) setTitle(next.trim());
-    refreshConversations();
-  } catch (err) {
-    toast(err.message, "error");
-  }
-}
-
-async function deleteConversation(id, title) {
-  const ok = await confirmDialog({ title: "Delete this conversation?",
-    body: `“${title}” and the feedback on it will be deleted. This cannot be undone.`,
-    confirm: "Delete", danger: true });
-  if (!ok) return;
-  try {
-    await api.del(`/api/conversations/${id}`);
-    markDeleted(id, true);
-    toast("Conversation deleted");
-    if (S.convId === id) location.hash = "#/";
-    refreshConversations();
-  } catch (err) {
-    toast(err.message, "error");
-  }
 }
 
 // ---- the view -----------------------------------------------------------------------------
@@ -283,48 +207,10 @@ async function reload(waitForTurn = null) {
   renderThread();
 }
 
-/** Index the tree: turns by id, answer id -> turn, sibling groups by parent turn. */
-function tree() {
-  const turns = S.detail.turns;
-  const byAnswer = new Map();
-  for (const t of turns) for (const c of t.candidates) byAnswer.set(c.id, t);
-  const groupOf = (t) => (t.parent_id == null ? "root" : `t${byAnswer.get(t.parent_id)?.id ?? t.parent_id}`);
-  const groups = new Map();
-  for (const t of turns) {
-    const key = groupOf(t);
-    if (!groups.has(key)) groups.set(key, []);
-    groups.get(key).push(t);
-  }
-  const latest = new Map();            // turn id -> newest id in its subtree
-  const newest = (t) => {
-    if (latest.has(t.id)) return latest.get(t.id);
-    const kids = groups.get(`t${t.id}`) || [];
-    const v = Math.max(t.id, ...t.candidates.map((c) => c.id), ...kids.map(newest));
-    latest.set(t.id, v);
-    return v;
-  };
-  return { groups, newest };
-}
-
-/** The path shown: in each sibling group the selected turn, else the one with the newest work. */
-function path() {
-  const { groups, newest } = tree();
-  const out = [];
-  let key = "root";
-  while (groups.has(key)) {
-    const siblings = groups.get(key);
-    let pick = siblings.find((t) => t.id === S.branch.get(key));
-    if (!pick) pick = siblings.reduce((a, b) => (newest(b) > newest(a) ? b : a));
-    out.push({ turn: pick, siblings, key });
-    key = `t${pick.id}`;
-  }
-  return out;
-}
-
 /** The answer shown at the end of the thread: what a new message continues from. */
 function shownTip() {
   if (!S.detail) return null;
-  const steps = path();
+  const steps = threadPath(S.detail, S.branch);
   const turn = steps[steps.length - 1]?.turn;
   if (!turn || !turn.candidates.length) return null;
   const shown = turn.candidates.find((c) => c.id === S.shown.get(turn.id));
@@ -332,7 +218,7 @@ function shownTip() {
 }
 
 function renderThread() {
-  const steps = path();
+  const steps = threadPath(S.detail, S.branch);
   S.thread.replaceChildren(...steps.map((step, i) => turnEl(step, i === steps.length - 1)));
   for (const md of S.thread.querySelectorAll(".md:not(.streaming)")) enhanceCode(md);
   scrollDown();
@@ -425,28 +311,6 @@ function verdictOf(ids) {
   return S.verdicts.find((v) => ids.every((id) => v.message_ids.includes(id)));
 }
 
-function candLabel(turn, id) {
-  return `answer ${turn.candidates.findIndex((c) => c.id === id) + 1}`;
-}
-
-/** The verdict(s) that cover this answer, in words. */
-function verdictText(msg, turn) {
-  const out = [];
-  for (const v of S.verdicts.filter((x) => x.message_ids.includes(msg.id))) {
-    if (v.kind === "ranking") {
-      out.push(`You ranked this #${v.message_ids.indexOf(msg.id) + 1} of ${v.message_ids.length}`);
-      continue;
-    }
-    const other = candLabel(turn, v.message_ids.find((id) => id !== msg.id));
-    const mine = v.message_ids.indexOf(msg.id) === 0 ? "a" : "b";
-    if (v.choice === "tie") out.push(`You judged this a tie with ${other}`);
-    else if (v.choice === "both_bad") out.push(`You judged this and ${other} both bad`);
-    else if (v.choice === mine) out.push(`You preferred this over ${other}`);
-    else out.push(`You preferred ${other} over this`);
-  }
-  return out;
-}
-
 function modelBadge(msg) {
   const model = msg.model || "base";
   if (model === "personal") {
@@ -469,7 +333,7 @@ function answerEl(msg, turn, isLast) {
   md.innerHTML = renderMarkdown(msg.content);
   const cands = turn.candidates;
   const index = cands.indexOf(msg);
-  const words = verdictText(msg, turn);
+  const words = verdictText(msg, turn, S.verdicts);
   const unrated = cands.length > 1 && !S.verdicts.some((v) => v.message_ids.some((id) => cands.some((c) => c.id === id)));
   const fb = feedbackBar(msg);
   return el("div", { class: "msg msg-assistant", dataset: { messageId: msg.id } },

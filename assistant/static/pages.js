@@ -1,7 +1,7 @@
 // "My assistant" (what was learned, training, settings, export, delete) and the admin page.
 
 import { api, download } from "./api.js";
-import { LENGTHS, getLength, setLength } from "./chat.js";
+import { LENGTHS, getLength, setLength } from "./prefs.js";
 import { runsTable, verdictWords } from "./runs.js";
 import { button, confirmDialog, el, fmtDate, progressDialog, statusPill, table, toast } from "./ui.js";
 
