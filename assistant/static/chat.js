@@ -569,6 +569,7 @@ async function runStream(body, article, n, before = null) {
         convId = d.conversation_id;
         turnId = d.message?.id;
         live.start(d);
+        if (d.notice) S.note.textContent = d.notice;      // e.g. served by an earlier version
         if (draft != null && body.edit == null && S.input.value.trim() === draft) {   // accepted: the draft goes
           S.input.value = "";
           localStorage.removeItem(userKey("draft"));
