@@ -316,7 +316,7 @@ export async function showAdmin(view) {
       button({ label: "Close versions", iconName: "close", cls: "btn-icon", onclick: () => versionsBox.replaceChildren() }));
     if (!list.length) { versionsBox.replaceChildren(head, el("p", { class: "muted", text: `${u.name} has no personal versions; the base model answers them.` })); return; }
     versionsBox.replaceChildren(head, table([
-      ["Version", (v) => el("span", {}, `v${v.version}`, v.current ? el("span", { class: "pill pill-succeeded", text: "serving" }) : null)],
+      ["Version", (v) => el("span", {}, `v${v.version} `, v.current ? el("span", { class: "pill pill-succeeded", text: "serving" }) : null)],
       ["Created", (v) => fmtDate(v.created_at)],
       ["Check", (v) => { const g = v.metrics?.gate; return g && typeof g.win_rate === "number" ? `won ${pct(g.win_rate)} vs ${g.baseline === "base" ? "base" : "previous"}` : "—"; }],
       ["", (v) => (v.current ? "" : button({ label: `Serve v${v.version} to ${u.name}`, text: `Serve v${v.version}`, cls: "btn btn-small", onclick: async () => {
