@@ -22,6 +22,7 @@ from assistant.ids import check_request_ids, document_id_ranges
 from assistant.routes_admin import admin_router
 from assistant.routes_chat import chat_router
 from assistant.routes_feedback import feedback_router
+from assistant.routes_insights import insights_router
 from assistant.routes_me import me_router
 from assistant.routes_openai import openai_router
 from assistant.routes_training import training_router
@@ -113,7 +114,7 @@ def ensure_admin_identity(store: Store, config: Config) -> int | None:
 
 def route_handlers() -> list:
     return [health, index, chat_router, admin_router, openai_router, feedback_router,
-            me_router, training_router,
+            me_router, training_router, insights_router,
             create_static_files_router(path="/static", directories=[STATIC])]
 
 
