@@ -68,12 +68,12 @@ def delete_conversation(db: Database, user_id: int, conversation_id: int) -> Non
 
 
 def rename_conversation(db: Database, user_id: int, conversation_id: int, title: object) -> dict:
+    get_conversation_row(db, user_id, conversation_id)   # another user's id is 404 first
     if not isinstance(title, str) or not title.strip():
         raise BadRequest("title: must be a non-empty string")
     title = " ".join(title.split())
     if len(title) > TITLE_CHARS * 2:
         raise BadRequest(f"title: {len(title)} characters is over {TITLE_CHARS * 2}")
-    get_conversation_row(db, user_id, conversation_id)
     db["conversations"].update(conversation_id, {"title": title})
     return get_conversation_row(db, user_id, conversation_id)
 
