@@ -53,7 +53,7 @@ import torch.nn.functional as F
 from transformers import DynamicCache
 
 from adapters.policy import eos_ids
-from assistant.multi_lora import MultiLora
+from assistant.multi_lora import MultiLora, Prepared
 from assistant.sampling import RowSampling, RowSettings, row_seed
 from feedback_store.errors import ModelError
 
@@ -176,6 +176,7 @@ class _Job:
     future: Future = field(default_factory=Future)
     tracker: _Tracker | None = None
     open_rows: int = 0
+    prepared: Prepared | None = None     # its adapter, read from disk at submit if not loaded
 
 
 @dataclass(eq=False)
@@ -240,7 +241,7 @@ class Engine:
         self.max_batch_rows = max_batch_rows
         self.continuous = continuous
         self.prefix_cache_tokens = prefix_cache_tokens
-        self.lora = MultiLora(model)
+        self.lora = MultiLora(model, capacity=cache_size)
         self.loaded: OrderedDict[str, AdapterRef] = OrderedDict()
         self.stats = {"hits": 0, "misses": 0, "evictions": 0, "batches": 0, "rows": 0,
                       "prefix_hits": 0, "prefix_tokens": 0}
@@ -325,8 +326,9 @@ class Engine:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     # ---- adapters (generation thread) ---------------------------------------------------
-    def _activate(self, ref: AdapterRef | None) -> int:
-        """Make sure the adapter is loaded; return the slot its rows are routed through."""
+    def _activate(self, ref: AdapterRef | None, prepared: Prepared | None = None) -> int:
+        """Make sure the adapter is loaded (from `prepared`, its weights already read off
+        this thread, when given); return the slot its rows are routed through."""
         if ref is None:
             return 0
         if ref.name in self.loaded:
@@ -341,7 +343,7 @@ class Engine:
                 break
             if name not in in_use:
                 self._unload(name)
-        slot = self.lora.load(ref.name, ref.path)
+        slot = self.lora.install(ref.name, prepared or self.lora.prepare(ref.name, ref.path))
         self.loaded[ref.name] = ref
         return slot
 
@@ -380,11 +382,14 @@ class Engine:
 
     def submit(self, req: GenRequest, emit: Callable[[Delta], None] = lambda d: None,
                cancel: threading.Event | None = None) -> Future:
-        """Render the prompt on the calling thread and queue the request for the running
-        batch; the Future resolves to its GenResult."""
+        """Render the prompt (and read the adapter from disk if it is not loaded) on the
+        calling thread and queue the request for the running batch; the Future resolves to
+        its GenResult, or fails with ModelError if the adapter cannot be served."""
         job = _Job(req, emit, cancel or threading.Event())
         try:
             job.prompt = self.render(req.messages, req.max_tokens)
+            if req.adapter is not None and req.adapter.name not in self.loaded:
+                job.prepared = self.lora.prepare(req.adapter.name, req.adapter.path)
         except Exception as exc:
             job.future.set_exception(exc)
             return job.future
@@ -438,7 +443,8 @@ class Engine:
         self._pinned = set()             # adapters of jobs joining now: not to be evicted
         for job in jobs:
             try:
-                slot = self._activate(job.req.adapter)
+                slot = self._activate(job.req.adapter, job.prepared)
+                job.prepared = None
             except Exception as exc:        # this request's adapter only; the rest go on
                 job.future.set_exception(exc)
                 continue

@@ -6,11 +6,11 @@ with 8 adapters on 7 projections of 30 layers that is 1,680 pairs of tiny matmul
 token, and it measured 0.51x the base batch's speed. Here the loaded adapters' weights are
 stacked per projection, slot 0 being zeros (the base),
 
-    A: (S, in, r)      B: (S, r, out)      scaling folded into B,
+    A: (S, r, in)      B: (S, out, r)      scaling folded into B,
 
 and a batch x (rows, T, in) whose rows are routed to slots idx (rows,) gets
 
-    y = base(x) + bmm(bmm(x, A[idx]), B[idx])          (rows, T, r) -> (rows, T, out)
+    y = base(x) + bmm(bmm(x, A[idx]^T), B[idx]^T)      (rows, T, r) -> (rows, T, out)
 
 i.e. two batched matmuls per projection whatever the number of adapters (S-LoRA's and
 Punica's gathered "BGMV", Sheng et al. 2023 / Chen et al. 2023, in plain torch). A[idx] and
@@ -39,9 +39,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+from peft.utils.other import get_pattern_key
 from torch import nn
 
 from feedback_store.errors import ModelError
+
+Prepared = dict[str, tuple[torch.Tensor, torch.Tensor]]   # module -> (A (r, in), scaled B (out, r))
 
 KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<ab>[AB])(?:\.[^.]+)?\.weight$")
 UNSUPPORTED = {"use_dora": "DoRA", "lora_bias": "LoRA biases",
@@ -71,37 +74,38 @@ class Router:
 class _Projection:
     """One target Linear's stacked adapter weights and the hook that adds their deltas."""
 
-    def __init__(self, module: nn.Linear, router: Router) -> None:
+    def __init__(self, module: nn.Linear, router: Router, slots: int) -> None:
         self.router = router
         w = module.weight
-        self.a = torch.zeros(1, module.in_features, 0, dtype=w.dtype, device=w.device)
-        self.b = torch.zeros(1, 0, module.out_features, dtype=w.dtype, device=w.device)
+        self.a = torch.zeros(slots, 0, module.in_features, dtype=w.dtype, device=w.device)
+        self.b = torch.zeros(slots, module.out_features, 0, dtype=w.dtype, device=w.device)
         self.gathered: tuple[int, torch.Tensor, torch.Tensor] | None = None
         self.handle = module.register_forward_hook(self.hook)
 
     @property
     def rank(self) -> int:
-        return self.a.shape[2]
+        return self.a.shape[1]
 
     def reserve(self, slots: int, rank: int) -> None:
-        """Grow the stacks to at least `slots` slots and `rank` columns (zero-padded)."""
+        """Grow the stacks to at least `slots` slots and `rank` (zero-padded); rarely
+        needed, as the stacks are allocated for the whole adapter cache at once."""
         s, r = max(slots, self.a.shape[0]), max(rank, self.rank)
         if (s, r) == (self.a.shape[0], self.rank):
             return
-        a = self.a.new_zeros(s, self.a.shape[1], r)
-        b = self.b.new_zeros(s, r, self.b.shape[2])
-        a[:self.a.shape[0], :, :self.rank] = self.a
-        b[:self.b.shape[0], :self.rank] = self.b
+        a = self.a.new_zeros(s, r, self.a.shape[2])
+        b = self.b.new_zeros(s, self.b.shape[1], r)
+        a[:self.a.shape[0], :self.rank] = self.a
+        b[:self.b.shape[0], :, :self.rank] = self.b
         self.a, self.b, self.gathered = a, b, None
 
     def write(self, slot: int, a: torch.Tensor | None, b: torch.Tensor | None) -> None:
         """Put an adapter's (r, in) A and (out, r) scaled B in `slot`; None clears it."""
-        self.a[slot].zero_()
-        self.b[slot].zero_()
-        if a is not None and b is not None:
-            r = a.shape[0]
-            self.a[slot, :, :r] = a.t()
-            self.b[slot, :r] = b.t()
+        r = 0 if a is None or b is None else a.shape[0]
+        if r:
+            self.a[slot, :r].copy_(a)
+            self.b[slot, :, :r].copy_(b)
+        self.a[slot, r:].zero_()
+        self.b[slot, :, r:].zero_()
         self.gathered = None
 
     def hook(self, module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor | None:
@@ -110,7 +114,8 @@ class _Projection:
             return None
         if self.gathered is None or self.gathered[0] != self.router.key:
             # (rows, in, r) and (rows, r, out), kept until the batch's rows change
-            self.gathered = (self.router.key, self.a[idx], self.b[idx])
+            self.gathered = (self.router.key, self.a[idx].transpose(1, 2),
+                             self.b[idx].transpose(1, 2))
         _, a, b = self.gathered
         x = inputs[0]
         if x.dim() == 2:                                 # (rows, in): one position per row
@@ -144,8 +149,6 @@ def read_adapter(path: Path, name: str) -> tuple[dict, dict[str, torch.Tensor]]:
 
 def scaling(config: dict, module: str, rank: int) -> float:
     """PEFT's scaling for one module: its lora_alpha over its r (sqrt(r) with rsLoRA)."""
-    from peft.utils.other import get_pattern_key
-
     ranks, alphas = config.get("rank_pattern") or {}, config.get("alpha_pattern") or {}
     r = ranks.get(get_pattern_key(ranks.keys(), module), config.get("r", 8))
     alpha = alphas.get(get_pattern_key(alphas.keys(), module), config.get("lora_alpha", 8))
@@ -157,8 +160,10 @@ def scaling(config: dict, module: str, rank: int) -> float:
 class MultiLora:
     """The adapters loaded into one base model, by name, each in a slot of every stack."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, capacity: int = 16) -> None:
         self.model = model
+        self.capacity = capacity + 1                  # slot 0 is the base
+        self.linears = {name: m for name, m in model.named_modules() if type(m) is nn.Linear}
         self.router = Router()
         self.projections: dict[str, _Projection] = {}
         self.slots: dict[str, int] = {}
@@ -166,8 +171,15 @@ class MultiLora:
 
     def load(self, name: str, path: Path) -> int:
         """Load a PEFT adapter directory into a free slot; return the slot (>= 1)."""
+        return self.install(name, self.prepare(name, path))
+
+    def prepare(self, name: str, path: Path) -> Prepared:
+        """Read and check an adapter (any thread: it only reads the model's shapes)."""
         config, tensors = read_adapter(Path(path), name)
-        pairs = self._pairs(name, config, tensors)
+        return self._pairs(name, config, tensors)
+
+    def install(self, name: str, pairs: Prepared) -> int:
+        """Write prepared weights into a free slot (the thread that runs the model)."""
         slot = next(s for s in range(1, len(self.slots) + 2) if s not in self.slots.values())
         for module, (a, b) in pairs.items():
             proj = self._projection(module)
@@ -177,7 +189,7 @@ class MultiLora:
         return slot
 
     def _pairs(self, name: str, config: dict, tensors: dict[str, torch.Tensor],
-               ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+               ) -> Prepared:
         """{module: (A (r, in), scaled B (out, r))}, every shape checked against the base."""
         parts: dict[str, dict[str, torch.Tensor]] = {}
         for key, tensor in tensors.items():
@@ -202,18 +214,16 @@ class MultiLora:
         return pairs
 
     def _linear(self, name: str, module: str) -> nn.Linear:
-        try:
-            target = self.model.get_submodule(module)
-        except AttributeError as exc:
-            raise ModelError(f"adapter {name} targets {module}, which the base does not have") \
-                from exc
-        if type(target) is not nn.Linear:
-            raise ModelError(f"adapter {name} targets {module}, which is not a Linear layer")
+        target = self.linears.get(module)
+        if target is None:
+            raise ModelError(f"adapter {name} targets {module}, which is not a Linear layer "
+                             "of the base")
         return target
 
     def _projection(self, module: str) -> _Projection:
         if module not in self.projections:
-            self.projections[module] = _Projection(self.model.get_submodule(module), self.router)
+            self.projections[module] = _Projection(self.linears[module], self.router,
+                                                   self.capacity)
         return self.projections[module]
 
     def unload(self, name: str) -> None:
