@@ -639,14 +639,22 @@ class Engine:
                         r.done = True
 
     def _retire(self) -> None:
-        """Resolve finished requests; drop finished rows (static mode: once all are done)."""
+        """Drop finished rows (static mode: once all are done), then resolve the requests
+        whose rows have all ended."""
+        finished = []
         for r in self._rows:
             if r.done and r.job.open_rows > 0 and all(
                     o.done for o in self._rows if o.job is r.job):
                 r.job.open_rows = 0
-                self._resolve(r.job)
-        if not self.continuous and not all(r.done for r in self._rows):
-            return
+                finished.append(r.job)
+        if self.continuous or all(r.done for r in self._rows):
+            self._compact()
+        for job in finished:
+            self._resolve(job)
+
+    def _compact(self) -> None:
+        """Remove finished rows from the batch and their KV from the cache; cut the columns
+        that only padding uses any more."""
         done = [i for i, r in enumerate(self._rows) if r.done]
         if not done:
             return
@@ -659,7 +667,7 @@ class Engine:
             return
         index = torch.tensor(keep, device=self.device)
         mask = self._mask.index_select(0, index)
-        first = int((mask.sum(0) > 0).nonzero()[0])        # columns only padding uses go
+        first = int((mask.sum(0) > 0).nonzero()[0])
         self._mask = mask[:, first:]
         for layer in self._cache.layers:
             layer.keys = layer.keys.index_select(0, index)[:, :, first:]
