@@ -86,6 +86,10 @@ class GenRequest:
     frequency_penalty: float = 0.0
     presence_penalty: float = 0.0
     seed: int | None = None         # same seed and settings -> same answers (best effort)
+    # Whose conversation this is (a user id). A finished answer's KV is reused only for the
+    # same owner's later prompts, so prefix reuse never crosses users (not even as timing);
+    # None = never reused.
+    owner: int | None = None
 
     def row(self, candidate: int) -> RowSettings:
         """How candidate number `candidate` of this request is sampled."""
@@ -198,6 +202,7 @@ class _Row:
 class _Prefix:
     """A finished row's KV, kept for a later prompt that starts with the same tokens."""
 
+    owner: int
     tokens: list[int]
     kv: list[tuple[torch.Tensor, torch.Tensor]]     # per layer (1, heads, len, dim)
 
@@ -361,18 +366,29 @@ class Engine:
                 self._unload(name)
 
     def forget_user(self, user_id: int) -> None:
-        """Drop a deleted user's adapters from memory (runs on the generation thread)."""
+        """Drop a deleted user's adapters and kept KV from memory; their running answers
+        end at once as cancelled (runs on the generation thread, between two tokens)."""
         def drop() -> None:
-            in_use = {row.adapter for row in self._rows}
-            for name, other in list(self.loaded.items()):
-                if other.user_id == user_id:
-                    if name in in_use:
-                        for row in self._rows:
-                            if row.adapter == name:
-                                row.job.cancel.set()
-                        continue
-                    self._unload(name)
+            names = {n for n, ref in self.loaded.items() if ref.user_id == user_id}
+            for row in self._rows:
+                if (row.adapter in names or row.job.req.owner == user_id) and not row.done:
+                    row.job.cancel.set()
+                    row.job.tracker.finish(row.cand, "cancelled")
+                    row.done = True
+            self._compact_all()
+            for name in names:
+                self._unload(name)
+            for key in [k for k, p in self._prefixes.items() if p.owner == user_id]:
+                del self._prefixes[key]
         self._control(drop).result()
+
+    def _compact_all(self) -> None:
+        """Retire finished rows now, even in static mode."""
+        continuous, self.continuous = self.continuous, True
+        try:
+            self._retire()
+        finally:
+            self.continuous = continuous
 
     # ---- submission -------------------------------------------------------------------
     def generate_sync(self, req: GenRequest, emit: Callable[[Delta], None] = lambda d: None,
@@ -690,9 +706,9 @@ class Engine:
     # ---- prefix reuse -------------------------------------------------------------------
     def _keep_prefix(self, i: int) -> None:
         """Keep finished row i's KV (prompt and answer tokens in the cache) for reuse."""
-        if self.prefix_cache_tokens <= 0 or self._cache is None:
-            return
         row = self._rows[i]
+        if self.prefix_cache_tokens <= 0 or self._cache is None or row.job.req.owner is None:
+            return
         tokens = row.job.prompt + row.cand.tokens
         length = min(row.length, len(tokens))
         if length < 2 or length > self.prefix_cache_tokens:
@@ -702,7 +718,8 @@ class Engine:
         kv = [(layer.keys[i:i + 1, :, cols].clone(), layer.values[i:i + 1, :, cols].clone())
               for layer in self._cache.layers]
         self._prefix_ids += 1
-        self._prefixes[(row.adapter, self._prefix_ids)] = _Prefix(tokens[:length], kv)
+        self._prefixes[(row.adapter, self._prefix_ids)] = _Prefix(row.job.req.owner,
+                                                                  tokens[:length], kv)
         total = sum(len(p.tokens) for p in self._prefixes.values())
         while total > self.prefix_cache_tokens:
             _, old = self._prefixes.popitem(last=False)
@@ -711,12 +728,12 @@ class Engine:
     def _prefix_lookup(self, job: _Job) -> tuple[_Prefix, int] | None:
         """The kept prefix on the job's adapter sharing the most leading prompt tokens (at
         least MIN_PREFIX, and leaving one token to prefill), and how many it shares."""
-        if self.prefix_cache_tokens <= 0 or not self._prefixes:
+        if self.prefix_cache_tokens <= 0 or not self._prefixes or job.req.owner is None:
             return None
         name = job.req.adapter.name if job.req.adapter else BASE
         best, best_key, best_len = None, None, MIN_PREFIX - 1
         for key, prefix in self._prefixes.items():
-            if key[0] != name:
+            if key[0] != name or prefix.owner != job.req.owner:
                 continue
             shared = min(_common_prefix(prefix.tokens, job.prompt), len(job.prompt) - 1)
             if shared > best_len:

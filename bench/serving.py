@@ -206,7 +206,7 @@ def prefix_phase(engine, refs: list, args: argparse.Namespace, reuse: bool) -> d
     for turn in range(args.turns):
         messages.append({"role": "user", "content": PROMPTS[turn % len(PROMPTS)] * 3})
         result = engine.generate_sync(GenRequest(messages=list(messages), temperature=0,
-                                                 max_tokens=48, adapter=refs[0]))
+                                                 max_tokens=48, adapter=refs[0], owner=1))
         cand = result.candidates[0]
         messages.append({"role": "assistant", "content": cand.text})
         if turn:

@@ -102,12 +102,12 @@ def test_cancel_before_the_request_starts(eng):
 
 # ---- prefix reuse -----------------------------------------------------------------------
 
-def chat(eng: Engine, n_turns: int) -> list[list[int]]:
+def chat(eng: Engine, n_turns: int, owner: int | None = 1) -> list[list[int]]:
     messages, answers = [], []
     for i in range(n_turns):
         messages.append({"role": "user", "content": f"question {i}: " + "more words " * 20})
         cand = eng.generate_sync(GenRequest(messages=list(messages), temperature=0,
-                                            max_tokens=8)).candidates[0]
+                                            max_tokens=8, owner=owner)).candidates[0]
         messages.append({"role": "assistant", "content": cand.text})
         answers.append(cand.tokens)
     return answers
@@ -122,6 +122,15 @@ def test_a_later_turn_reuses_the_earlier_turns_kv_with_the_same_answer(tokenizer
     finally:
         fresh.close()
         reused.close()
+
+
+def test_kept_kv_is_reused_only_for_its_owner(eng):
+    chat(eng, 1, owner=1)
+    chat(eng, 2, owner=2)               # the same first prompt, another user
+    chat(eng, 2, owner=None)
+    assert eng.stats["prefix_hits"] == 1            # only user 2's own second turn
+    eng.forget_user(2)
+    assert {p.owner for p in eng._prefixes.values()} == {1}
 
 
 def test_the_prefix_cache_is_bounded_in_tokens(tokenizer):
@@ -184,3 +193,13 @@ def test_prompts_render_off_the_generation_thread(eng, monkeypatch):
 
     assert len(asyncio.run(run()).candidates[0].tokens) == 2
     assert len(threads) == 1 and threads[0].startswith("render")
+
+
+def test_prefix_cache_setting_is_validated():
+    from assistant.config import load_config
+    from feedback_store.errors import ConfigError
+    from tests.conftest import ROOT
+
+    assert load_config(ROOT / "config.toml", env={}).model.prefix_cache_tokens > 0
+    with pytest.raises(ConfigError, match="model.prefix_cache_tokens"):
+        load_config(ROOT / "config.toml", env={"ASSISTANT_MODEL_PREFIX_CACHE_TOKENS": "-1"})
