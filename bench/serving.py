@@ -95,20 +95,24 @@ def hold(engine) -> threading.Event:
     return gate
 
 
-def batch_tokens_per_s(engine, refs: list, tokens: int) -> float:
-    """Rows submitted together (row i on refs[i]); tokens per second of the whole batch."""
+def batch_tokens_per_s(engine, refs: list, tokens: int) -> tuple[float, float]:
+    """Rows submitted together (row i on refs[i]): tokens per second of the whole batch, by
+    the wall clock and per CPU second of this process (with one torch thread the generation
+    thread is all that runs, and CPU time is what other processes on a shared machine do
+    not steal)."""
     from assistant.engine import GenRequest
 
     gate = hold(engine)
     reqs = [GenRequest(messages=[{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}],
                        temperature=0.7, seed=i, max_tokens=tokens, adapter=ref)
             for i, ref in enumerate(refs)]
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     futures = [engine.submit(r) for r in reqs]
     gate.set()
     results = [f.result() for f in futures]
-    elapsed = time.perf_counter() - started
-    return sum(len(r.candidates[0].tokens) for r in results) / elapsed
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
+    produced = sum(len(r.candidates[0].tokens) for r in results)
+    return produced / elapsed, produced / cpu
 
 
 def batch_phases(engine, refs: list, args: argparse.Namespace) -> dict[str, float]:
@@ -117,16 +121,18 @@ def batch_phases(engine, refs: list, args: argparse.Namespace) -> dict[str, floa
               "mixed": [refs[i % len(refs)] for i in range(args.rows)],
               "one_adapter": [refs[0]] * args.rows}
     batch_tokens_per_s(engine, phases["mixed"], 4)          # warm-up, adapters loaded
-    runs: dict[str, list[float]] = {name: [] for name in phases}
+    runs: dict[str, list[tuple[float, float]]] = {name: [] for name in phases}
     for _ in range(args.rounds):
         for name, rows in phases.items():
             runs[name].append(batch_tokens_per_s(engine, rows, args.tokens))
-            print(f"  {name}: {runs[name][-1]:.1f} tokens/s", flush=True)
-    seq = [batch_tokens_per_s(engine, [refs[i % len(refs)]], args.tokens)
-           for i in range(args.sequential_rows)]
-    print(f"  sequential: {statistics.median(seq):.1f} tokens/s", flush=True)
-    return {**{name: statistics.median(v) for name, v in runs.items()},
-            "sequential": statistics.median(seq)}
+            print(f"  {name}: {runs[name][-1][0]:.1f} tokens/s, "
+                  f"{runs[name][-1][1]:.1f} per CPU s", flush=True)
+    runs["sequential"] = [batch_tokens_per_s(engine, [refs[i % len(refs)]], args.tokens)
+                          for i in range(args.sequential_rows)]
+    print(f"  sequential: {runs['sequential']}", flush=True)
+    wall = {name: statistics.median(w for w, _ in v) for name, v in runs.items()}
+    cpu = {name: statistics.median(c for _, c in v) for name, v in runs.items()}
+    return {**wall, "per_cpu_s": cpu}
 
 
 def adapter_timings(engine, paths: list[Path]) -> dict[str, float]:
@@ -136,27 +142,30 @@ def adapter_timings(engine, paths: list[Path]) -> dict[str, float]:
     (on the generation thread, between two decode steps)."""
     from assistant.engine import AdapterRef
 
-    def timed(ref) -> tuple[float, float]:
-        started = time.perf_counter()
+    def timed(ref) -> tuple[float, float, float]:
+        """(wall ms, CPU ms, wall ms of the read alone)."""
+        started, cpu = time.perf_counter(), time.thread_time()
         prepared = engine.lora.prepare(ref.name, ref.path)
-        read_ms = (time.perf_counter() - started) * 1000
+        read_ms, read_cpu = (time.perf_counter() - started) * 1000, time.thread_time() - cpu
 
-        def run() -> float:
-            started = time.perf_counter()
+        def run() -> tuple[float, float]:
+            started, cpu = time.perf_counter(), time.thread_time()
             engine._activate(ref, prepared)
-            return (time.perf_counter() - started) * 1000
-        return read_ms + engine._control(run).result(), read_ms
+            return (time.perf_counter() - started) * 1000, (time.thread_time() - cpu) * 1000
+        wall, cpu_ms = engine._control(run).result()
+        return read_ms + wall, read_cpu * 1000 + cpu_ms, read_ms
 
-    cold, swap, cold_read, swap_read = [], [], [], []
+    out: dict[str, list[tuple[float, float, float]]] = {"cold": [], "swap": []}
     for i, path in enumerate(paths):
-        total, read = timed(AdapterRef(1000 + i, 1, path))
-        cold.append(total), cold_read.append(read)
-        total, read = timed(AdapterRef(1000 + i, 2, paths[(i + 1) % len(paths)]))
-        swap.append(total), swap_read.append(read)
-    return {"cold_load_ms": statistics.median(cold), "hot_swap_ms": statistics.median(swap),
-            "cold_load_ms_max": max(cold), "hot_swap_ms_max": max(swap),
-            "cold_read_ms": statistics.median(cold_read),
-            "hot_swap_read_ms": statistics.median(swap_read)}
+        out["cold"].append(timed(AdapterRef(1000 + i, 1, path)))
+        out["swap"].append(timed(AdapterRef(1000 + i, 2, paths[(i + 1) % len(paths)])))
+    result = {}
+    for kind, name in (("cold", "cold_load"), ("swap", "hot_swap")):
+        result[f"{name}_ms"] = statistics.median(t[0] for t in out[kind])
+        result[f"{name}_ms_max"] = max(t[0] for t in out[kind])
+        result[f"{name}_cpu_ms"] = statistics.median(t[1] for t in out[kind])
+        result[f"{name}_read_ms"] = statistics.median(t[2] for t in out[kind])
+    return result
 
 
 def schedule(args: argparse.Namespace) -> list[tuple[float, int, int, int]]:
@@ -178,7 +187,7 @@ def load_phase(engine, refs: list, args: argparse.Namespace) -> dict:
     plan = schedule(args)
     firsts: list[float] = []
     futures = []
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     for k, (at, user, prompt, max_tokens) in enumerate(plan):
         time.sleep(max(0.0, at - (time.perf_counter() - start)))
         req = GenRequest(messages=[{"role": "user", "content": PROMPTS[prompt]}],
@@ -186,11 +195,12 @@ def load_phase(engine, refs: list, args: argparse.Namespace) -> dict:
                          adapter=refs[user % len(refs)])
         futures.append(engine.submit(req))
     results = [f.result() for f in futures]
-    elapsed = time.perf_counter() - start
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
     firsts = [r.candidates[0].first_token_ms for r in results]
     tokens = sum(len(c.tokens) for r in results for c in r.candidates)
     return {"requests": len(results), "tokens": tokens, "seconds": elapsed,
-            "tokens_per_s": tokens / elapsed,
+            "cpu_seconds": cpu, "tokens_per_s": tokens / elapsed,
+            "tokens_per_cpu_s": tokens / cpu,
             "ttft_p50_ms": statistics.median(firsts),
             "ttft_p95_ms": statistics.quantiles(firsts, n=20)[-1]}
 
@@ -221,15 +231,22 @@ def table(result: dict) -> str:
     lines = ["| measure | value |", "| --- | --- |"]
     for name in ("base", "mixed", "one_adapter", "sequential"):
         lines.append(f"| {name} batch tokens/s | {b[name]:.1f} |")
-    lines += [f"| mixed / base | {result['mixed_over_base']:.2f} |",
-              f"| one adapter / base | {result['one_adapter_over_base']:.2f} |",
+    cpu = b["per_cpu_s"]
+    lines += [f"| mixed / base (wall; per CPU s) | {result['mixed_over_base']:.2f}; "
+              f"{cpu['mixed'] / cpu['base']:.2f} |",
+              f"| one adapter / base (wall; per CPU s) | {result['one_adapter_over_base']:.2f}; "
+              f"{cpu['one_adapter'] / cpu['base']:.2f} |",
               f"| adapter cold load ms (median, max) | {result['adapters']['cold_load_ms']:.0f}, "
               f"{result['adapters']['cold_load_ms_max']:.0f} |",
               f"| hot swap ms (median, max) | {result['adapters']['hot_swap_ms']:.0f}, "
-              f"{result['adapters']['hot_swap_ms_max']:.0f} |"]
+              f"{result['adapters']['hot_swap_ms_max']:.0f} |",
+              f"| cold load, hot swap CPU ms (median) | "
+              f"{result['adapters']['cold_load_cpu_ms']:.0f}, "
+              f"{result['adapters']['hot_swap_cpu_ms']:.0f} |"]
     for mode in ("continuous", "static"):
         m = load[mode]
-        lines.append(f"| load {mode}: tokens/s, TTFT p50 / p95 ms | {m['tokens_per_s']:.1f}, "
+        lines.append(f"| load {mode}: tokens/s (per CPU s), TTFT p50 / p95 ms | "
+                     f"{m['tokens_per_s']:.1f} ({m['tokens_per_cpu_s']:.1f}), "
                      f"{m['ttft_p50_ms']:.0f} / {m['ttft_p95_ms']:.0f} |")
     lines += [f"| continuous / static throughput | {result['continuous_over_static']:.2f} |",
               f"| p95 TTFT continuous / static | {result['p95_ttft_continuous_over_static']:.2f} |",
@@ -283,7 +300,10 @@ def main(argv: list[str] | None = None) -> int:
         / load["static"]["ttft_p95_ms"],
         "ttft_p50_ms": {m: load[m]["ttft_p50_ms"] for m in load},
         "ttft_p95_ms": {m: load[m]["ttft_p95_ms"] for m in load},
-        "tokens_per_s": {**batches, **{f"load_{m}": load[m]["tokens_per_s"] for m in load}},
+        "tokens_per_s": {**{k: v for k, v in batches.items() if k != "per_cpu_s"},
+                         **{f"load_{m}": load[m]["tokens_per_s"] for m in load}},
+        "tokens_per_cpu_s": {**batches["per_cpu_s"],
+                             **{f"load_{m}": load[m]["tokens_per_cpu_s"] for m in load}},
         "batches": batches, "adapters": adapters, "load": load, "prefix": prefix,
         "prefix_ttft_reuse_over_none": prefix["reuse"]["ttft_mean_ms"]
         / prefix["none"]["ttft_mean_ms"]}
