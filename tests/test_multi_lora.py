@@ -162,3 +162,15 @@ def test_an_adapter_for_another_base_is_refused(tokenizer, tmp_path):
         tmp_path / "other")
     with pytest.raises(ModelError, match="does not fit the base"):
         MultiLora(make_tiny_model(tokenizer)).load("other", tmp_path / "other")
+
+
+def test_a_corrupt_adapter_file_is_a_model_error_without_paths(tokenizer, adapter_dirs,
+                                                                tmp_path):
+    import shutil
+
+    bad = tmp_path / "corrupt"
+    shutil.copytree(adapter_dirs / "a", bad)
+    (bad / "adapter_model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(ModelError, match="could not read adapter corrupt") as info:
+        MultiLora(make_tiny_model(tokenizer)).load("corrupt", bad)
+    assert str(tmp_path) not in str(info.value)
