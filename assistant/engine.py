@@ -16,20 +16,21 @@ generation thread, by a decode loop of our own rather than `model.generate`:
 - **Per-row sampling** (assistant/sampling.py): own temperature, top_p, penalties and seed;
   a seeded row draws from its own generator, so its answer does not depend on the batch.
 - **Prefix reuse**: the KV of a finished row is kept (LRU, bounded in tokens) and a later
-  prompt on the same adapter that starts with the same tokens (the next turn of a chat)
-  prefills only what is new.
+  prompt of the same user on the same adapter that starts with the same tokens (the next
+  turn of a chat) prefills only what is new.
 
 Prompts are rendered (chat template, oldest turns dropped to fit) by `submit` on the
 caller's thread - `generate`/`stream` call it from a small render pool, off both the event
 loop and the generation thread - so a huge history cannot stall others' tokens.
 
 Measured by bench/serving.py (real base, 1 torch thread, 8 rows x 64 tokens, one run on a
-shared 2-core machine; see README "Benchmarks"): a batch of 8 rows on 8 different adapters
-runs at about the base batch's speed (PEFT's per-adapter loop gave 0.51x), one adapter at
-about the base's, and under 16 simulated users continuous batching beats static batching in
-throughput and time to first token.
+2-core machine shared with other jobs, so per CPU second): the base batch made 22.6 tokens
+per CPU second, 8 rows on 8 different adapters 23.0 (1.02x; PEFT's per-adapter loop gave
+0.51x), 8 rows on one adapter 21.9 (0.97x), one row at a time 7.2. Continuous against
+static batching under 16 simulated users: see README "Benchmarks".
 
-Adapter loading and eviction, and anything else that touches the model (`call`,
+Adapters are read from disk and checked by `submit` too; installing one into the fused
+stacks, eviction, and anything else that touches the model (`call`,
 `forget_user`), run on the generation thread between two decode steps. A request stays on
 the adapter version it started with; a newer version of the same user waits until the older
 one's rows have ended, then replaces it in memory.
