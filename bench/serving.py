@@ -90,8 +90,9 @@ def make_adapters(model, folder: Path, count: int, rank: int = 8) -> list[Path]:
 
 def hold(engine) -> threading.Event:
     """Hold the generation thread so that requests submitted meanwhile start together."""
-    gate = threading.Event()
-    engine._thread.submit(gate.wait)
+    gate, held = threading.Event(), threading.Event()
+    engine._thread.submit(lambda: (held.set(), gate.wait()))
+    held.wait()           # a loop still finishing the last batch would admit rows one by one
     return gate
 
 

@@ -7,7 +7,7 @@ import threading
 import pytest
 
 from assistant.engine import Engine, GenRequest
-from tests.test_batching import PROMPTS, request, sharp_tiny_model
+from tests.test_batching import PROMPTS, hold, request, sharp_tiny_model
 from tests.test_engine import turns
 
 
@@ -71,8 +71,7 @@ def test_a_seeded_request_joining_mid_batch_gives_its_answers_alone(eng):
 
 
 def test_rows_of_a_finished_request_leave_while_others_continue(eng):
-    together = threading.Event()
-    eng._thread.submit(together.wait)
+    together = hold(eng)
     futures = [eng.submit(request(PROMPTS[i], max_tokens=m))
                for i, m in ((0, 2), (1, 30), (2, 5))]
     together.set()
