@@ -215,7 +215,7 @@ async def prepare_turn(state: AppState, user: dict, req: TurnRequest) -> Prepare
     gen = GenRequest(messages=messages, n=req.n, temperature=req.temperature, top_p=req.top_p,
                      max_tokens=req.max_tokens, stop=req.stop, adapter=adapter,
                      frequency_penalty=req.frequency_penalty,
-                     presence_penalty=req.presence_penalty, seed=req.seed)
+                     presence_penalty=req.presence_penalty, seed=req.seed, owner=user["id"])
     prep = PreparedTurn(conv_id, turn, gen, "personal" if adapter else "base")
     if adapter is not None and state.adapter_failures.failed(adapter):
         await fall_back(state, prep)        # known broken: do not try to load it again

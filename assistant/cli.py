@@ -26,7 +26,8 @@ def build_engine(config: Config):
     return Engine(base.model, base.tokenizer, base.base_id,
                   context_tokens=config.model.context_tokens,
                   cache_size=config.adapters.cache_size,
-                  max_batch_rows=config.model.max_batch_rows)
+                  max_batch_rows=config.model.max_batch_rows,
+                  prefix_cache_tokens=config.model.prefix_cache_tokens)
 
 
 def cmd_init(args: argparse.Namespace, config: Config) -> None:

@@ -44,6 +44,7 @@ class ModelConfig:
     context_tokens: int = 2048
     threads: int = 0
     max_batch_rows: int = 8
+    prefix_cache_tokens: int = 8192
 
 
 @dataclass(frozen=True)
@@ -265,6 +266,8 @@ def validate(c: Config) -> None:
            "must be at least 256")
     _check(c.model.max_batch_rows >= 1, "model.max_batch_rows", c.model.max_batch_rows,
            "must be at least 1")
+    _check(c.model.prefix_cache_tokens >= 0, "model.prefix_cache_tokens",
+           c.model.prefix_cache_tokens, "must be 0 (off) or more")
     g = c.generation
     _check(1 <= g.max_tokens_default <= g.max_tokens_limit, "generation.max_tokens_default",
            g.max_tokens_default, "must be between 1 and generation.max_tokens_limit")

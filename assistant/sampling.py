@@ -2,9 +2,10 @@
 temperature, top_p, repetition penalties and optional seed, so requests with different
 settings can share a batch.
 
-The processor runs inside `model.generate(do_sample=True)`: it turns each row's logits into
-the distribution that row wants and, for greedy or seeded rows, leaves a single token for
-transformers' sampler to pick.
+The processor turns each row's logits into the distribution that row wants and, for greedy
+or seeded rows, leaves a single token for the sampler to pick. The engine's decode loop calls
+`process` with each row's answer so far (rows join and leave the batch, so their answers
+are ragged lists); `__call__` is the LogitsProcessor form over `generate`'s input_ids.
 """
 
 from __future__ import annotations
@@ -42,7 +43,8 @@ class RowSampling(LogitsProcessor):
     OpenAI's definition). scores: (rows, vocab) next-token logits; returns the same shape.
     """
 
-    def __init__(self, rows: list[RowSettings], prompt_len: int) -> None:
+    def __init__(self, rows: list[RowSettings], prompt_len: int,
+                 generators: list[torch.Generator | None] | None = None) -> None:
         temps = torch.tensor([r.temperature for r in rows], dtype=torch.float32)
         self.greedy = temps <= 0
         self.temps = temps.clamp(min=1e-4)[:, None]                           # (rows, 1)
@@ -51,23 +53,40 @@ class RowSampling(LogitsProcessor):
         self.pres = torch.tensor([r.presence_penalty for r in rows])[:, None]
         self.penalize = bool(self.freq.any() or self.pres.any())
         self.prompt_len = prompt_len
-        self.generators = [None if r.seed is None else torch.Generator().manual_seed(r.seed)
-                           for r in rows]
+        # A seeded row's generator lives as long as the row does: the engine passes the same
+        # generators in again whenever the batch's composition changes.
+        self.generators = generators if generators is not None else [
+            None if r.seed is None else torch.Generator().manual_seed(r.seed) for r in rows]
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        answers = input_ids[:, self.prompt_len:]
+        return self._filter(self._penalties(answers, None, scores) if self.penalize else scores)
+
+    def process(self, answers: list[list[int]], scores: torch.Tensor) -> torch.Tensor:
+        """As __call__, with each row's answer so far as a list (rows of any length)."""
         if self.penalize:
-            scores = self._penalties(input_ids[:, self.prompt_len:], scores)
+            width = max(1, max(len(a) for a in answers))
+            ids = torch.zeros(len(answers), width, dtype=torch.long)
+            real = torch.zeros(len(answers), width, dtype=scores.dtype)
+            for i, answer in enumerate(answers):
+                ids[i, :len(answer)] = torch.tensor(answer, dtype=torch.long)
+                real[i, :len(answer)] = 1
+            scores = self._penalties(ids.to(scores.device), real.to(scores.device), scores)
+        return self._filter(scores)
+
+    def _filter(self, scores: torch.Tensor) -> torch.Tensor:
         scores = self._nucleus(scores / self.temps.to(scores.device))
         if self.greedy.any():
             best = _only(scores, scores.argmax(-1, keepdim=True))
             scores = torch.where(self.greedy.to(scores.device)[:, None], best, scores)
         return self._seeded(scores)
 
-    def _penalties(self, answer: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+    def _penalties(self, answer: torch.Tensor, real: torch.Tensor | None,
+                   scores: torch.Tensor) -> torch.Tensor:
         # OpenAI: logits[t] -= count[t] * frequency_penalty + (count[t] > 0) * presence_penalty
-        # answer: (rows, generated); counts: (rows, vocab).
-        counts = torch.zeros_like(scores).scatter_add_(
-            1, answer, torch.ones_like(answer, dtype=scores.dtype))
+        # answer: (rows, generated), real: its 1/0 mask (None = all real); counts: (rows, vocab).
+        weight = torch.ones_like(answer, dtype=scores.dtype) if real is None else real
+        counts = torch.zeros_like(scores).scatter_add_(1, answer, weight)
         return scores - counts * self.freq.to(scores) - (counts > 0) * self.pres.to(scores)
 
     def _nucleus(self, scores: torch.Tensor) -> torch.Tensor:

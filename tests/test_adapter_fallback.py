@@ -122,7 +122,7 @@ def test_error_messages_never_carry_paths(live_server, monkeypatch):
     def broken(*args, **kwargs):
         raise ModelError(f"could not open {live.config.data_dir}/cache/model.bin")
 
-    monkeypatch.setattr(live.state.engine, "_run_batch", broken)
+    monkeypatch.setattr(live.state.engine, "_prefill", broken)    # inside the decode loop
     r = httpx.post(f"{live.url}/api/chat", headers=live.headers(key), timeout=60,
                    json={"content": "hi", "max_tokens": 2, "model": "base"})
     assert r.status_code == 500 and "<path>" in r.json()["detail"], r.text

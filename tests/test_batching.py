@@ -49,10 +49,19 @@ def request(prompt: str, adapter=None, **kw) -> GenRequest:
     return GenRequest(messages=[{"role": "user", "content": prompt}], adapter=adapter, **kw)
 
 
+def hold(eng: Engine) -> threading.Event:
+    """Hold the generation thread until the returned event is set. Waits until the hold has
+    begun: a decode loop that just resolved a request may still be running, and would admit
+    requests submitted meanwhile one by one."""
+    gate, held = threading.Event(), threading.Event()
+    eng._thread.submit(lambda: (held.set(), gate.wait()))
+    assert held.wait(timeout=120)
+    return gate
+
+
 def together(eng: Engine, reqs: list[GenRequest]) -> list:
     """Submit every request while the generation thread is held, so they queue up."""
-    gate = threading.Event()
-    eng._thread.submit(gate.wait)
+    gate = hold(eng)
     futures = [eng.submit(r) for r in reqs]
     gate.set()
     return [f.result(timeout=120) for f in futures]
@@ -89,8 +98,7 @@ def test_batch_is_capped_in_rows_and_keeps_order(eng):
 
 def test_one_bad_adapter_fails_only_its_request(eng, refs, tmp_path):
     missing = AdapterRef(3, 1, tmp_path / "nowhere")
-    gate = threading.Event()
-    eng._thread.submit(gate.wait)
+    gate = hold(eng)
     good, bad = eng.submit(request(PROMPTS[0], refs[0])), eng.submit(request(PROMPTS[0], missing))
     gate.set()
     assert good.result(timeout=120).candidates[0].tokens

@@ -241,7 +241,7 @@ def test_model_failure_mid_stream_reaches_the_client(live_server, monkeypatch):
     def broken(*args, **kwargs):
         raise ModelError("could not run the model at /srv/secret/data/cache/model.gguf")
 
-    monkeypatch.setattr(live_server.state.engine, "_run_batch", broken)
+    monkeypatch.setattr(live_server.state.engine, "_prefill", broken)    # in the decode loop
     with pytest.raises(openai.InternalServerError) as caught:
         api.chat.completions.create(model="base", messages=HI, max_tokens=4)
     assert caught.value.body["type"] == "server_error"
