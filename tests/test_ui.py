@@ -115,8 +115,11 @@ def wait_rows(live, sql: str, args=(), timeout=10.0) -> list[dict]:
         time.sleep(0.1)
 
 
-def scripted_answers(live, answers: list[str], delay: float = 0.0) -> None:
-    """Make the engine stream `answers[i]` as candidate i, word by word, honouring cancel."""
+def scripted_answers(live, answers: list[str], delay: float = 0.0,
+                     hold: threading.Event | None = None) -> None:
+    """Make the engine stream `answers[i]` as candidate i, word by word, honouring cancel.
+    With `hold`, the stream pauses after its first word until the test sets it, so what a
+    page shows mid-stream is checked without racing the stream."""
     engine = live.state.engine
 
     def generate_sync(req, emit=lambda d: None, cancel=None):
@@ -131,6 +134,8 @@ def scripted_answers(live, answers: list[str], delay: float = 0.0) -> None:
                 emit(Delta(i, piece))
                 cand.text += piece
                 cand.tokens.append(0)
+                if hold is not None:
+                    hold.wait(timeout=60)
                 if delay:
                     time.sleep(delay)
             cand.finish_reason = cand.finish_reason or "stop"
@@ -161,7 +166,8 @@ def test_sign_in_stream_markdown_and_thumbs(live_server, new_page):
     key = live.add_user("alice")
     answer = ("Hello **world**, here is *some* code:\n\n```python\nprint('hi')\n```\n\n"
               "- one\n- two\n\nSee [the docs](https://example.org/docs).")
-    scripted_answers(live, [answer], delay=0.03)
+    mid_stream = threading.Event()
+    scripted_answers(live, [answer], delay=0.03, hold=mid_stream)
     page = new_page(WIDE)
     page.expected_console = [r"status of 401"]       # the wrong key below
 
@@ -189,6 +195,7 @@ def test_sign_in_stream_markdown_and_thumbs(live_server, new_page):
     assert page.is_visible(".btn-stop")
     shot(page, "chat-streaming-1280")
     assert "docs" not in page.inner_text(".live .md")
+    mid_stream.set()
     wait_answer_done(page)
 
     answer_el = page.locator(".msg-assistant[data-message-id]")
