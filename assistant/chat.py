@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from assistant.engine import AdapterRef, Delta, GenRequest, GenResult
+from assistant.explore_turn import EXPLORE_MODES, explore_turn, turn_mode
 from assistant.state import AppState
 from feedback_store import conversations as conv
 from feedback_store.errors import BadRequest, TooLarge
@@ -35,6 +36,7 @@ class TurnRequest:
     frequency_penalty: float = 0.0
     presence_penalty: float = 0.0
     seed: int | None = None
+    explore: str | None = None           # None = the server's [explore] setting
 
 
 def check_turn(state: AppState, body: dict) -> TurnRequest:
@@ -55,7 +57,20 @@ def check_turn(state: AppState, body: dict) -> TurnRequest:
     return TurnRequest(content=content or "", conversation_id=_opt_int(body, "conversation_id"),
                        regenerate=_opt_int(body, "regenerate"), n=n, temperature=temperature,
                        top_p=top_p, max_tokens=max_tokens, stop=_stops(body.get("stop")),
-                       model=model, **_sampling_extras(body))
+                       model=model, explore=_explore_mode(body), **_sampling_extras(body))
+
+
+def _explore_mode(body: dict) -> str | None:
+    """'explore': true/false or a selection mode (assistant/explore_turn.EXPLORE_MODES)."""
+    value = body.get("explore")
+    if value is None or value is True:
+        return None if value is None else "on"
+    if value is False:
+        return "off"
+    if value not in EXPLORE_MODES:
+        raise BadRequest(f"explore: must be true, false or one of {', '.join(EXPLORE_MODES)}; "
+                         f"got {value!r}")
+    return value
 
 
 def _sampling_extras(body: dict) -> dict:
@@ -109,6 +124,8 @@ class PreparedTurn:
     user_turn: dict
     gen: GenRequest
     model: str
+    explore: str | None = None           # the selection mode when this turn explores
+    user: dict | None = None             # the caller (fresh row), for an exploring turn
 
 
 def adapter_for(db, adapters_root, user: dict, model: str) -> AdapterRef | None:
@@ -153,7 +170,8 @@ async def prepare_turn(state: AppState, user: dict, req: TurnRequest) -> Prepare
                      max_tokens=req.max_tokens, stop=req.stop, adapter=adapter,
                      frequency_penalty=req.frequency_penalty,
                      presence_penalty=req.presence_penalty, seed=req.seed)
-    return PreparedTurn(conv_id, turn, gen, "personal" if adapter else "base")
+    explore = turn_mode(state, req.explore, req.n, req.model, req.regenerate is not None)
+    return PreparedTurn(conv_id, turn, gen, "personal" if adapter else "base", explore, fresh)
 
 
 def candidate_rows(prep: PreparedTurn, result: GenResult) -> list[dict]:
@@ -163,7 +181,7 @@ def candidate_rows(prep: PreparedTurn, result: GenResult) -> list[dict]:
         "adapter_version": result.adapter.version if result.adapter else None,
         "temperature": gen.temperature, "top_p": gen.top_p, "max_tokens": gen.max_tokens,
         "frequency_penalty": gen.frequency_penalty, "presence_penalty": gen.presence_penalty,
-        "seed": gen.seed,
+        "seed": gen.seed, "source": "personal" if result.adapter else "base",
         "prompt_tokens": result.prompt_tokens, "completion_tokens": len(c.tokens),
         "first_token_ms": c.first_token_ms, "total_ms": c.total_ms,
         "finish_reason": c.finish_reason,
@@ -191,6 +209,8 @@ async def store_result(state: AppState, prep: PreparedTurn, result: GenResult,
 async def run_turn(state: AppState, user: dict, req: TurnRequest) -> tuple[PreparedTurn, list]:
     """Non-streaming turn: returns the prepared turn and the stored candidates."""
     prep = await prepare_turn(state, user, req)
+    if prep.explore:
+        return prep, await explore_turn(state, user, prep, prep.explore)
     result = await state.engine.generate(prep.gen)
     return prep, await store_result(state, prep, result, req.regenerate is not None)
 
@@ -198,7 +218,17 @@ async def run_turn(state: AppState, user: dict, req: TurnRequest) -> tuple[Prepa
 async def stream_turn(state: AppState, prep: PreparedTurn,
                       regenerate: bool = False) -> AsyncIterator[Delta | list[dict]]:
     """Yield Deltas, then the stored candidate rows. If the consumer stops early the engine
-    is cancelled and whatever was generated is still stored (finish_reason 'cancelled')."""
+    is cancelled and whatever was generated is still stored (finish_reason 'cancelled').
+
+    An exploring turn cannot stream: which candidates are shown is known only once the whole
+    pool is generated, so each shown answer arrives as one delta."""
+    if prep.explore:
+        stored = await explore_turn(state, prep.user, prep, prep.explore)
+        for i, row in enumerate(stored):
+            yield Delta(i, row["content"])
+        yield stored
+        return
+
     async def keep_partial(partial: GenResult) -> None:
         await store_result(state, prep, partial, regenerate)
 

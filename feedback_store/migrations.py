@@ -108,7 +108,17 @@ def m002_sampling_settings(db: Database) -> None:
         db["messages"].add_column(column, kind)
 
 
-MIGRATIONS: list[Callable[[Database], None]] = [m001_initial, m002_sampling_settings]
+def m003_candidate_provenance(db: Database) -> None:
+    # How each answer was produced (issue 14): source = personal | base | previous | hot |
+    # arm | peer | client, arm = the style arm's name (its instruction is not stored: it was
+    # never shown), selection = how an exploring turn picked it (random | diversity |
+    # uncertainty; null = not an exploring turn). Earlier rows stay null.
+    for column in ("source", "arm", "selection"):
+        db["messages"].add_column(column, str)
+
+
+MIGRATIONS: list[Callable[[Database], None]] = [m001_initial, m002_sampling_settings,
+                                                m003_candidate_provenance]
 
 
 def migrate(db: Database) -> list[str]:
