@@ -58,3 +58,27 @@ def test_extra_personas_load_and_each_likes_something_countable():
     assert len(personas) >= 6
     for p in personas:
         assert personalize.liked_names(p), p.name
+
+
+def test_reports_render_for_feedback_only_and_both_modes():
+    log = personalize.FeedbackLog()
+    log.shown(EXAMPLES, [{"content": "a?", "source": "personal"},
+                         {"content": "b", "source": "base"}])
+    fb = {"ex-explore-on@6": log.summary(), "ex-explore-off@6": log.summary()}
+    cost = {"turns": 2, "seconds_off": 1.0, "seconds_on": 1.5, "ratio": 1.5}
+    only = {"started": "now", "settings": {}, "turn_cost": cost, "feedback": fb,
+            "seconds": {"total": 1}}
+    text = personalize.markdown(only)
+    assert "ratio 1.5" in text and "| ex-explore-on@6 | 1.000 | 1 |" in text
+    stage = {"events": 6, "specificity": {"ex": {"ex": 0.6}}, "head_to_head": {"ex": {}},
+             "personas": {"ex": {"win_rate": 0.6, "decisive_win_rate": 0.7, "tie_share": 0.1,
+                                 "liked_share_personal": {"any": 0.5},
+                                 "liked_share_base": {"any": 0.1}, "utility_personal": 1.0,
+                                 "utility_base": 0.0, "words_personal": 10,
+                                 "words_base": 20, "reward_head_heldout": {"accuracy": 0.8},
+                                 "reward_head_cv_accuracy": 0.7,
+                                 "run": {"status": "succeeded", "decision": "promoted"}}}}
+    mode = {"rounds": [stage]}
+    both = dict(only, rounds=[stage], modes={"on": mode, "off": mode})
+    text = personalize.markdown(both)
+    assert "# Exploration off" in text and "| ex | on | 0.600 | 0.700 | 0.100 | 0.800 |" in text
