@@ -278,6 +278,7 @@ class FeedbackLog:
     pairs_differing: dict[str, int] = field(default_factory=dict)  # feature -> shown pairs
     sources: dict[str, int] = field(default_factory=dict)       # shown answers per source
     winners: dict[str, int] = field(default_factory=dict)       # pairwise winners per source
+    source_liked: dict[str, list[int]] = field(default_factory=dict)  # source -> [shown, liked]
     turn_seconds: list[float] = field(default_factory=list)
 
     def shown(self, persona: Persona, cands: list[dict]) -> None:
@@ -296,9 +297,12 @@ class FeedbackLog:
                 for name in liked_names(persona):
                     if (name in has[i]) != (name in has[j]):
                         self.pairs_differing[name] = self.pairs_differing.get(name, 0) + 1
-        for c in cands:
+        for c, h in zip(cands, has, strict=True):
             source = f"arm:{c['arm']}" if c.get("arm") else str(c.get("source"))
             self.sources[source] = self.sources.get(source, 0) + 1
+            entry = self.source_liked.setdefault(source, [0, 0])
+            entry[0] += 1
+            entry[1] += bool(h)
 
     def summary(self) -> dict:
         n = len(self.utilities)
@@ -311,6 +315,8 @@ class FeedbackLog:
                                         for k, v in self.liked.items()},
                 "pairs_differing_in_feature": self.pairs_differing,
                 "shown_sources": self.sources, "pairwise_winner_sources": self.winners,
+                "liked_share_by_source": {k: round(v[1] / v[0], 3)
+                                          for k, v in self.source_liked.items()},
                 "turn_seconds_mean": round(sum(t) / len(t), 2) if t else None,
                 "pairwise_agreement": (round(self.pair_agree / self.pair_decided, 3)
                                        if self.pair_decided else None),

@@ -36,6 +36,7 @@ def test_informative_pairs_differ_by_more_than_the_temperature():
     assert s["liked_feature_share"]["phrase:for example"] == round(1 / 3, 3)
     assert s["pairs_differing_in_feature"] == {"phrase:for example": 2, "any": 2}
     assert s["shown_sources"] == {"personal": 1, "arm:example": 1, "base": 1}
+    assert s["liked_share_by_source"] == {"personal": 0.0, "arm:example": 1.0, "base": 0.0}
 
 
 def test_decisive_win_rate_excludes_ties():
