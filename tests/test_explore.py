@@ -177,3 +177,29 @@ def test_exploring_stream_sends_each_shown_answer(explore_server):
         streamed = "".join(p["text"] for k, p in parsed
                            if k == "delta" and p["index"] == cand["candidate_index"])
         assert streamed == cand["content"]
+
+
+def test_a_user_with_an_ensemble_head_gets_uncertainty_selection(explore_server, tmp_path):
+    from adapters.ensemble import fit_ensemble
+    from adapters.features import features_id
+
+    key = explore_server.add_user("gus")
+    state = explore_server.state
+    first = _chat(explore_server, key, n=2, seed=1).json()["candidates"]
+    assert {c["selection"] for c in first} == {"diversity"}       # no head yet
+    uid = first[0]["user_id"]
+    rng = np.random.default_rng(0)
+    dim = 128                        # tiny model: 1 layer x 2 pools x 64 hidden
+    C, R = rng.normal(size=(30, dim)), rng.normal(size=(30, dim))
+    folder = tmp_path / "head"
+    folder.mkdir()
+    fit_ensemble(C, R, np.zeros((0, dim)), np.zeros(0), k=4).save(folder / "ensemble")
+
+    def add_head(db):
+        db["reward_heads"].insert({"user_id": uid, "version": 1, "path": str(folder),
+                                   "base_id": features_id(state.engine.base_id),
+                                   "metrics": json.dumps({"n_pairs": 30}),
+                                   "created_at": "now"})
+    state.store.write_sync(add_head)
+    cands = _chat(explore_server, key, n=3, seed=2).json()["candidates"]
+    assert len(cands) == 3 and {c["selection"] for c in cands} == {"uncertainty"}
