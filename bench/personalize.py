@@ -119,6 +119,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--turn-cost", type=int, default=0, metavar="K",
                    help="first time K sequential n=2 turns with and without exploration "
                         "(same prompts and seeds, alternating order) on an idle server")
+    p.add_argument("--start-timeout", type=float, default=900,
+                   help="seconds to wait for the started server's /health (a shared, loaded "
+                        "machine took over 300 s)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--run-timeout", type=float, default=1800, help="seconds per training run")
     p.add_argument("--quick", action="store_true",
@@ -217,7 +220,7 @@ def server(args: argparse.Namespace) -> Iterator[Server]:
                             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_healthy(url, 300, proc)
+        wait_healthy(url, args.start_timeout, proc)
         yield Server(url, key, proc, data_dir, env)
     finally:
         proc.terminate()
