@@ -18,6 +18,9 @@ from feedback_store.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = ROOT / "config.toml"
+# An admin key is a password to every user's data: 16 characters is the floor for a random
+# key; `assistant user add --admin` keys are 46.
+MIN_ADMIN_KEY_CHARS = 16
 
 
 @dataclass(frozen=True)
@@ -27,6 +30,10 @@ class ServerConfig:
     data_dir: str = "data"
     admin_key: str = ""
     max_prompt_chars: int = 8000
+    max_messages: int = 128
+    max_request_chars: int = 64000
+    rate_limit_per_minute: int = 0
+    rate_limit_burst: int = 20
 
 
 @dataclass(frozen=True)
@@ -267,8 +274,20 @@ def _check(ok: bool, where: str, value: Any, why: str) -> None:
 def validate(c: Config) -> None:
     """Reject values that would fail later, naming the field and the value."""
     _check(1 <= c.server.port <= 65535, "server.port", c.server.port, "must be 1..65535")
+    key = c.server.admin_key
+    if key and len(key) < MIN_ADMIN_KEY_CHARS:      # never echo the key itself
+        raise ConfigError(f"server.admin_key (ASSISTANT_ADMIN_KEY) is {len(key)} characters: "
+                          f"must be empty (no admin key) or at least {MIN_ADMIN_KEY_CHARS}")
     _check(c.server.max_prompt_chars > 0, "server.max_prompt_chars", c.server.max_prompt_chars,
            "must be positive")
+    _check(c.server.max_messages >= 2, "server.max_messages", c.server.max_messages,
+           "must be at least 2 (a system prompt and the user's message)")
+    _check(c.server.max_request_chars >= c.server.max_prompt_chars, "server.max_request_chars",
+           c.server.max_request_chars, "must be at least server.max_prompt_chars")
+    _check(c.server.rate_limit_per_minute >= 0, "server.rate_limit_per_minute",
+           c.server.rate_limit_per_minute, "must be 0 (off) or more")
+    _check(c.server.rate_limit_burst >= 1, "server.rate_limit_burst",
+           c.server.rate_limit_burst, "must be at least 1")
     _check(c.model.device in {"auto", "cpu", "cuda"}, "model.device", c.model.device,
            "must be auto, cpu or cuda")
     _check(c.model.dtype in {"float32", "bfloat16", "float16"}, "model.dtype", c.model.dtype,

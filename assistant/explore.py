@@ -150,10 +150,11 @@ def pool_requests(gen: GenRequest, slots: list[Slot], demo_question: str) -> lis
     return reqs
 
 
-async def generate_pool(engine, reqs: list[GenRequest]) -> list[GenResult]:
-    """Submit every request before awaiting any, so the engine decodes them as one batch."""
+async def generate_pool(engine, reqs: list[GenRequest]) -> list[GenResult | BaseException]:
+    """Submit every request before awaiting any, so the engine decodes them as one batch;
+    a request whose adapter failed to load comes back as its exception."""
     futures = [asyncio.wrap_future(engine.submit(r)) for r in reqs]
-    return list(await asyncio.gather(*futures))
+    return list(await asyncio.gather(*futures, return_exceptions=True))
 
 
 # ---- selection -----------------------------------------------------------------------------

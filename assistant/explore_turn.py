@@ -16,8 +16,10 @@ from assistant.engine import AdapterRef, GenResult
 from assistant.rewards import latest_head
 from assistant.state import AppState
 from feedback_store import conversations as conv
+from feedback_store.errors import Gone, ModelError
 
 MAX_PEERS = 8       # peers considered per turn: bounds the adapters one turn may load
+OWN = ("personal", "hot", "arm")     # slots on the user's serving adapter
 
 EXPLORE_MODES = ("off", "on", "auto", *ex.SELECTIONS)
 
@@ -64,7 +66,7 @@ def _head_info(db, user_id: int, base_id: str) -> tuple[int, str | None]:
 
 def _row(slot: ex.Slot, result: GenResult, prep, selection: str) -> dict:
     cand, gen = result.candidates[0], prep.gen
-    own = slot.source in ("personal", "hot", "arm", "previous")
+    own = slot.source in (*OWN, "previous")
     return {
         "content": cand.text,
         "model": "base" if slot.source == "base" else "peer" if slot.source == "peer"
@@ -77,16 +79,36 @@ def _row(slot: ex.Slot, result: GenResult, prep, selection: str) -> dict:
         "first_token_ms": cand.first_token_ms, "total_ms": cand.total_ms,
         "finish_reason": cand.finish_reason,
         "source": slot.source, "arm": slot.arm.name if slot.arm else None,
-        "selection": selection,
+        "selection": selection, "adapter_fallback_from": prep.fallback_from,
     }
 
 
 def _store(db, turn: dict, rows: list[dict], feats: dict[int, object], base_id: str) -> list:
+    if not db["messages"].count_where("id = ?", [turn["id"]]):
+        # Erased while the pool was generating: the erase stands (as in chat.store_result).
+        raise Gone(f"conversation {turn['conversation_id']} was deleted while the answers "
+                   "were being generated; they were not stored")
     stored = conv.add_candidates(db, turn, rows)
     if feats:
         store_features(db, {m["id"]: feats[i] for i, m in enumerate(stored) if i in feats},
                        base_id)
     return stored
+
+
+def _usable(slots: list[ex.Slot], results: list, n: int) -> tuple[list, list[GenResult]]:
+    """Drop pool candidates whose adapter failed to load if it was someone else's or an
+    older version (a peer's broken adapter must not break this user's turn); a failure of
+    the user's own serving adapter is raised, for the caller's fallback."""
+    own = [r for s, r in zip(slots, results, strict=True)
+           if isinstance(r, BaseException) and s.adapter is not None and s.source in OWN]
+    if own:
+        raise own[0]
+    keep = [(s, r) for s, r in zip(slots, results, strict=True)
+            if not isinstance(r, BaseException)]
+    if len(keep) < n:
+        bad = next(r for r in results if isinstance(r, BaseException))
+        raise bad if isinstance(bad, ModelError) else ModelError(str(bad))
+    return [s for s, _ in keep], [r for _, r in keep]
 
 
 async def explore_turn(state: AppState, user: dict, prep, mode: str) -> list[dict]:
@@ -97,6 +119,7 @@ async def explore_turn(state: AppState, user: dict, prep, mode: str) -> list[dic
     slots = ex.plan_pool(max(e.pool, gen.n), e.sources, have, ex.parse_arms(e.arms),
                          gen.temperature, max(e.hot_temperature, gen.temperature), rng)
     results = await ex.generate_pool(engine, ex.pool_requests(gen, slots, e.demo_question))
+    slots, results = _usable(slots, results, gen.n)
     n_pairs, head_path = await state.store.read(_head_info, user["id"], engine.base_id)
     ensemble = ex.load_ensemble(head_path) if head_path else None
     mode = ex.choose_mode(mode, n_pairs, ensemble is not None, e.diversity_until_pairs)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from litestar import Response, Router, delete, get, post
 from litestar.di import Provide
 from litestar.params import FromPath, Parameter
@@ -25,7 +27,10 @@ async def create_user(data: dict, admin: dict, ctx: AppState) -> dict:
 
 @get("/users")
 async def list_users(admin: dict, ctx: AppState) -> list[dict]:
-    return await ctx.store.read(users.list_users)
+    """Every user, with the adapter versions that failed to load for them in this process
+    (their chats are then served by an earlier version or the base)."""
+    rows = await ctx.store.read(users.list_users)
+    return [{**u, "adapter_failures": ctx.adapter_failures.for_user(u["id"])} for u in rows]
 
 
 @post("/users/{user_id:int}/rotate-key", status_code=200)
@@ -50,8 +55,11 @@ async def delete_user(user_id: FromPath[int], admin: dict, ctx: AppState) -> dic
 async def export(admin: dict, ctx: AppState, name: str = Parameter(query="user"),
                  fmt: str = Parameter(query="format")) -> Response:
     body = await ctx.store.read(export_jsonl, name, fmt)
+    # The name went through check_name, but a database made before names were checked to
+    # their end may hold one with a newline: the header must stay legal whatever it is.
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{name}-{fmt}")
     return Response(body, media_type="application/jsonl", headers={
-        "Content-Disposition": f'attachment; filename="{name}-{fmt}.jsonl"'})
+        "Content-Disposition": f'attachment; filename="{safe}.jsonl"'})
 
 
 admin_router = Router(

@@ -7,6 +7,7 @@ from litestar.di import Provide
 from litestar.params import FromPath
 
 from assistant.auth import admin_user, current_user
+from assistant.ids import body_id
 from assistant.state import AppState
 from feedback_store import runs
 from feedback_store.errors import BadRequest
@@ -41,9 +42,9 @@ async def get_run(run_id: FromPath[int], admin: dict, ctx: AppState) -> dict:
 async def rollback(user_id: FromPath[int], data: dict, admin: dict, ctx: AppState) -> dict:
     from adapters import registry
 
-    version = data.get("version")
-    if not isinstance(version, int) or isinstance(version, bool):
-        raise BadRequest(f"version: must be an integer; got {version!r}")
+    version = body_id(data, "version")
+    if version is None:
+        raise BadRequest("version: required, the adapter version to serve")
     await ctx.store.write(registry.rollback, user_id, version)
     return await ctx.store.read(get_user, user_id)
 
