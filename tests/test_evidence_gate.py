@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from adapters.jobs import HeadData, RunSettings, evidence, split_prompts
-from tests.test_training_flow import give_feedback, serve, tiny_dir, train, wait  # noqa: F401
+from tests.test_training_flow import give_feedback, serve, train, wait
 
 
 def test_evidence_needs_pairs_and_accuracy_above_the_floor():
@@ -33,7 +33,7 @@ def test_split_keeps_turn_ids_with_their_prompts():
     assert all(p[0]["content"] == str(t) for t, p in held)
 
 
-def test_a_run_on_too_few_pairs_is_skipped_with_the_reason(tmp_path, tiny_dir):  # noqa: F811
+def test_a_run_on_too_few_pairs_is_skipped_with_the_reason(tmp_path, tiny_dir):
     server, thread, live = serve(tmp_path, tiny_dir, ASSISTANT_TRAINING_MIN_HEAD_PAIRS=12,
                                  ASSISTANT_TRAINING_MIN_HEAD_ACCURACY=0.55)
     try:

@@ -199,7 +199,7 @@ def test_a_user_with_an_ensemble_head_gets_uncertainty_selection(explore_server,
         db["reward_heads"].insert({"user_id": uid, "version": 1, "path": str(folder),
                                    "base_id": features_id(state.engine.base_id),
                                    "metrics": json.dumps({"n_pairs": 30}),
-                                   "created_at": "now"})
+                                   "created_at": "now", "published_at": "now"})
     state.store.write_sync(add_head)
     cands = _chat(explore_server, key, n=3, seed=2).json()["candidates"]
     assert len(cands) == 3 and {c["selection"] for c in cands} == {"uncertainty"}
