@@ -48,6 +48,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--cost-turns", type=int, default=4)
     p.add_argument("--plans", type=int, default=20, help="pool plans drawn per prompt")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "arm-probe")
+    p.add_argument("--from-answers", action="store_true",
+                   help="reuse --out/answers.json (no generation, no turn cost)")
     return p.parse_args(argv)
 
 
@@ -149,13 +151,14 @@ def main(argv: list[str] | None = None) -> int:
     engine = Engine(base.model, base.tokenizer, base.base_id)
     train, heldout = split_prompts(load_prompts(args.data), args.prompts, 0)
     results: dict = {"settings": {**vars(args), "explore": vars(e)}}
-    if args.cost_turns:
+    if args.cost_turns and not args.from_answers:
         results["turn_cost"] = turn_cost(engine, train[:args.cost_turns], config, args)
     sources = {"base": (None, args.temperature, 0), "base#2": (None, args.temperature, 1),
                "hot": (None, e.hot_temperature, 2)}
     sources.update({f"arm:{a.name}": (a, args.temperature, 3 + k)
                     for k, a in enumerate(ex.parse_arms(e.arms))})
-    answers = generate(engine, heldout, sources, args, e.demo_question)
+    answers = (json.loads((args.out / "answers.json").read_text()) if args.from_answers
+               else generate(engine, heldout, sources, args, e.demo_question))
     X = {k: compute_features(engine.model, engine.tokenizer,
                              [([{"role": "user", "content": p}], t)
                               for p, t in zip(heldout, v, strict=True)])
@@ -168,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     results["personas"] = {p.name: persona_figures(p, answers, pairs) for p in personas}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "answers.json").write_text(json.dumps(answers, indent=1))
-    (args.out / "results.json").write_text(json.dumps(results, indent=1))
+    (args.out / "results.json").write_text(json.dumps(results, indent=1, default=str))
     text = report(results, list(sources))
     (args.out / "results.md").write_text(text)
     print(text)
