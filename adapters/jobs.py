@@ -32,6 +32,7 @@ from adapters.features import (
     features_id,
 )
 from adapters.gate import GateSettings, decide, evaluate
+from adapters.head_selection import fit_selected_head
 from adapters.policy import PolicySettings, train_policy
 from adapters.reward_head import (
     HeadSettings,
@@ -175,7 +176,13 @@ class FittedHeads:
 
 
 def _fit(data: HeadData, settings: HeadSettings, prior) -> tuple[RewardHead, float | None]:
-    head = fit_head(data.chosen, data.rejected, data.thumbs, data.labels, settings, prior)
+    """A head (with the prior strength chosen from the data when settings.select_prior)
+    and its k-fold CV accuracy."""
+    if settings.select_prior:
+        head = fit_selected_head(data.chosen, data.rejected, data.thumbs, data.labels,
+                                 settings, prior).head
+    else:
+        head = fit_head(data.chosen, data.rejected, data.thumbs, data.labels, settings, prior)
     cv = cross_val_accuracy(data.chosen, data.rejected, data.thumbs, data.labels,
                             settings, prior)
     return head, cv

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -10,16 +11,18 @@ from litestar import Litestar, MediaType, Request, Response, get
 from litestar.datastructures import MutableScopeHeaders
 from litestar.di import Provide
 from litestar.exceptions import HTTPException
+from litestar.serialization import encode_json
 from litestar.static_files import create_static_files_router
 from litestar.types import Message, Scope
 
 from assistant.auth import is_admin_request
 from assistant.config import Config
 from assistant.engine import Engine
-from assistant.ids import check_request_ids
+from assistant.ids import check_request_ids, document_id_ranges
 from assistant.routes_admin import admin_router
 from assistant.routes_chat import chat_router
 from assistant.routes_feedback import feedback_router
+from assistant.routes_insights import insights_router
 from assistant.routes_me import me_router
 from assistant.routes_openai import openai_router
 from assistant.routes_training import training_router
@@ -109,6 +112,21 @@ def ensure_admin_identity(store: Store, config: Config) -> int | None:
     return store.write_sync(pick)
 
 
+def route_handlers() -> list:
+    return [health, index, chat_router, admin_router, openai_router, feedback_router,
+            me_router, training_router, insights_router,
+            create_static_files_router(path="/static", directories=[STATIC])]
+
+
+def openapi_document() -> dict:
+    """The API's OpenAPI document without a running server (it depends on the routes only)."""
+    app = Litestar(route_handlers=route_handlers(),
+                   dependencies={"ctx": Provide(lambda: None, sync_to_thread=False)})
+    document_id_ranges(app.openapi_schema)
+    schema = app.openapi_schema.to_schema()
+    return json.loads(encode_json(schema))      # plain JSON types (a default is a Path)
+
+
 def create_app(config: Config, engine: Engine, store: Store | None = None) -> Litestar:
     store = store or Store(config.db_path)
     state = AppState(config=config, store=store, engine=engine)
@@ -121,9 +139,7 @@ def create_app(config: Config, engine: Engine, store: Store | None = None) -> Li
         store.close()
 
     app = Litestar(
-        route_handlers=[health, index, chat_router, admin_router, openai_router,
-                        feedback_router, me_router, training_router,
-                        create_static_files_router(path="/static", directories=[STATIC])],
+        route_handlers=route_handlers(),
         dependencies={"ctx": Provide(lambda: state, sync_to_thread=False)},
         exception_handlers={AssistantError: handle_assistant_error,
                             HTTPException: handle_http_error, Exception: handle_unexpected},
@@ -134,5 +150,6 @@ def create_app(config: Config, engine: Engine, store: Store | None = None) -> Li
         debug=False,
     )
     app.state.assistant = state
+    document_id_ranges(app.openapi_schema)
     return app
 

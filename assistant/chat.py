@@ -29,6 +29,8 @@ class TurnRequest:
     content: str
     conversation_id: int | None = None
     regenerate: int | None = None        # a user turn id to answer again
+    edit: int | None = None              # a user turn id this content replaces (a new branch)
+    follow: int | None = None            # the answer id this turn follows (default: the chosen)
     n: int = 1
     temperature: float = 0.7
     top_p: float = 0.95
@@ -60,9 +62,11 @@ def check_turn(state: AppState, body: dict) -> TurnRequest:
     if not isinstance(model, str) or model not in MODELS:
         raise BadRequest(f"model: must be one of {', '.join(MODELS)}; got {model!r}")
     return TurnRequest(content=content or "", conversation_id=body_id(body, "conversation_id"),
-                       regenerate=body_id(body, "regenerate"), n=n, temperature=temperature,
-                       top_p=top_p, max_tokens=max_tokens, stop=_stops(body.get("stop")),
-                       model=model, explore=_explore_mode(body), **_sampling_extras(body))
+                       regenerate=body_id(body, "regenerate"), edit=body_id(body, "edit"),
+                       follow=body_id(body, "follow"),
+                       n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens,
+                       stop=_stops(body.get("stop")), model=model, explore=_explore_mode(body),
+                       **_sampling_extras(body))
 
 
 def _explore_mode(body: dict) -> str | None:
@@ -197,6 +201,12 @@ def _prepare(db, user: dict, req: TurnRequest, adapters_root) -> tuple[int, dict
         if turn["role"] != "user":
             raise BadRequest(f"regenerate: message {req.regenerate} is not a user turn")
         conv_id = turn["conversation_id"]
+    elif req.edit is not None:
+        edited = conv.get_message(db, user["id"], req.edit)
+        if edited["role"] != "user":
+            raise BadRequest(f"edit: message {req.edit} is not a user turn")
+        conv_id = edited["conversation_id"]
+        turn = conv.add_user_turn(db, user["id"], conv_id, req.content, edit_of=edited)
     else:
         conv_id = req.conversation_id
         if conv_id is None:
@@ -204,7 +214,8 @@ def _prepare(db, user: dict, req: TurnRequest, adapters_root) -> tuple[int, dict
             conv.add_history(db, user["id"], conv_id, req.history or [])
         else:
             conv.get_conversation_row(db, user["id"], conv_id)
-        turn = conv.add_user_turn(db, user["id"], conv_id, req.content)
+        follow = conv.get_message(db, user["id"], req.follow) if req.follow is not None else None
+        turn = conv.add_user_turn(db, user["id"], conv_id, req.content, follow=follow)
     row = conv.get_conversation_row(db, user["id"], conv_id)
     messages = [{"role": m["role"], "content": m["content"]}
                 for m in conv.history(db, conv_id, turn["id"])]

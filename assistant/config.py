@@ -81,6 +81,7 @@ class RewardConfig:
     prior_strength: float = 1.0
     l2: float = 1.0
     thumbs_weight: float = 0.5
+    select_prior: bool = False
 
 
 @dataclass(frozen=True)

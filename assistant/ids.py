@@ -72,3 +72,17 @@ def check_request_ids(request: Request) -> None:
             continue            # not an integer: Litestar's own validation answers 400
         if value is not None and not in_range(value):
             raise BadRequest(f"{name}: {value} is not an id ({RANGE})")
+
+
+def document_id_ranges(openapi: object) -> None:
+    """Give every integer path and query parameter of the OpenAPI document the id range the
+    hook enforces, so the contract says it (and the fuzz tries just past both ends)."""
+    from litestar.openapi.spec import OpenAPIType
+
+    for item in (openapi.paths or {}).values():                 # type: ignore[attr-defined]
+        for op in (getattr(item, m, None) for m in ("get", "put", "post", "delete", "patch")):
+            for param in (op.parameters or []) if op else []:
+                schema = getattr(param, "schema", None)
+                for s in [schema, *(getattr(schema, "one_of", None) or [])]:
+                    if getattr(s, "type", None) == OpenAPIType.INTEGER:
+                        s.minimum, s.maximum = 1, MAX_ID

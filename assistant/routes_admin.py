@@ -8,6 +8,7 @@ from litestar import Response, Router, delete, get, post
 from litestar.di import Provide
 from litestar.params import FromPath, Parameter
 
+from assistant.api_docs import NewUserBody
 from assistant.auth import admin_user
 from assistant.erase import erase_user
 from assistant.state import AppState
@@ -17,7 +18,7 @@ from feedback_store.training_data import export_jsonl
 
 
 @post("/users", status_code=201)
-async def create_user(data: dict, admin: dict, ctx: AppState) -> dict:
+async def create_user(data: NewUserBody, admin: dict, ctx: AppState) -> dict:
     name, is_admin = data.get("name"), data.get("admin", False)
     if not isinstance(is_admin, bool):
         raise BadRequest(f"admin: must be true or false; got {is_admin!r}")

@@ -11,6 +11,7 @@ from litestar.di import Provide
 from litestar.params import FromPath
 from litestar.response import Stream
 
+from assistant.api_docs import ChatBody
 from assistant.auth import current_user
 from assistant.chat import (
     PreparedTurn,
@@ -33,7 +34,7 @@ def sse(event: str, payload: dict) -> bytes:
 
 
 @post("/chat", status_code=200)
-async def chat(data: dict, user: dict, ctx: AppState) -> Response:
+async def chat(data: ChatBody, user: dict, ctx: AppState) -> Response:
     req = check_turn(ctx, data)
     if check_flag(data, "stream"):
         prep = await prepare_turn(ctx, user, req)

@@ -21,6 +21,7 @@ from litestar.exceptions import HTTPException
 from litestar.params import FromPath
 from litestar.response import Stream
 
+from assistant.api_docs import CompletionBody
 from assistant.auth import current_user
 from assistant.chat import (
     MODELS,
@@ -246,7 +247,7 @@ def handle_openai_error(request: Request, exc: Exception) -> Response:
 # ---- handlers -------------------------------------------------------------------------------
 
 @post("/chat/completions", status_code=200)
-async def chat_completions(data: dict, user: dict, ctx: AppState) -> dict | Stream:
+async def chat_completions(data: CompletionBody, user: dict, ctx: AppState) -> dict | Stream:
     req = check_completion(ctx, data)
     stream, include_usage = _stream_flags(data)
     if stream:

@@ -24,6 +24,7 @@ import os
 import random
 import secrets
 import shutil
+import signal
 import socket
 import sqlite3
 import statistics
@@ -263,8 +264,9 @@ def run_bench(args) -> dict:
     data_dir = Path(tempfile.mkdtemp(prefix="load-"))
     env = {"ASSISTANT_MODEL_THREADS": "1", "ASSISTANT_TRAINING_THREADS": "1",
            "ASSISTANT_TRAINING_MIN_NEW_EVENTS": "3"}
-    if args.real:
-        (data_dir / "cache").symlink_to((ROOT / "data" / "cache").resolve())
+    if args.real:       # the converted real base, shared read-only (no conversion per run)
+        (data_dir / "data").mkdir(mode=0o700)
+        (data_dir / "data" / "cache").symlink_to((ROOT / "data" / "cache").resolve())
         env.update(REAL_TRAINING)
     else:
         env.update(TINY_TRAINING, ASSISTANT_MODEL_PATH=str(tiny_model_dir(data_dir / "tiny")),
@@ -337,6 +339,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--users must be 1..{MAX_USERS} and --duration 0..{MAX_DURATION} s")
     if args.max_tokens is None:
         args.max_tokens = 16 if args.real else 4
+    # Stopped from outside (timeout, Ctrl-C), still stop the server it started.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     result = run_bench(args)
     print(report(result))
     out = Path(args.out)
