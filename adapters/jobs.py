@@ -50,6 +50,7 @@ from feedback_store.training_data import training_rows
 from feedback_store.users import get_user
 
 Log = Callable[[str], None]
+ENSEMBLE_SIZE = 8       # bootstrap members for exploration's uncertainty (Dwaracherla 2024)
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,8 @@ class RunSettings:
     heldout_frac: float = 0.25
     public_prompts: tuple[str, ...] = ()     # operator-supplied prompt texts, never users'
     min_prompts: int = 2
+    min_head_pairs: int = 12                 # evidence before RL and the gate trust a head
+    min_head_accuracy: float = 0.55
 
 
 @dataclass
@@ -91,9 +94,18 @@ class HeadData:
     rejected: np.ndarray    # (P, D)
     thumbs: np.ndarray      # (T, D)
     labels: np.ndarray      # (T,)
+    pair_turns: np.ndarray = field(default_factory=lambda: np.zeros(0, int))    # (P,)
+    thumb_turns: np.ndarray = field(default_factory=lambda: np.zeros(0, int))   # (T,)
 
     def __len__(self) -> int:
         return len(self.chosen) + len(self.thumbs)
+
+    def without_turns(self, turns: set[int]) -> HeadData:
+        """The feedback on every other user turn (the gate's prompts stay unseen)."""
+        keep_p = np.array([t not in turns for t in self.pair_turns], bool)
+        keep_t = np.array([t not in turns for t in self.thumb_turns], bool)
+        return HeadData(self.chosen[keep_p], self.rejected[keep_p], self.thumbs[keep_t],
+                        self.labels[keep_t], self.pair_turns[keep_p], self.thumb_turns[keep_t])
 
 
 def head_data(db, base, user_id: int) -> HeadData:
@@ -110,10 +122,15 @@ def head_data(db, base, user_id: int) -> HeadData:
     def stack(ids: list[int]) -> np.ndarray:
         return np.stack([feats[i] for i in ids]) if ids else np.zeros((0, dim), np.float32)
 
+    def turns(ids: list[int]) -> np.ndarray:
+        return np.array([db["messages"].get(i)["candidate_group"] for i in ids], int)
+
     return HeadData(stack([r["chosen_id"] for r in pref]),
                     stack([r["rejected_id"] for r in pref]),
                     stack([r["message_id"] for r in unpaired]),
-                    np.array([float(r["label"]) for r in unpaired]))
+                    np.array([float(r["label"]) for r in unpaired]),
+                    turns([r["chosen_id"] for r in pref]),
+                    turns([r["message_id"] for r in unpaired]))
 
 
 def fit_prior(db, base, user_id: int, settings: HeadSettings) -> RewardHead | None:
@@ -146,14 +163,21 @@ def backfill_features(db, base, user_id: int) -> int:
     return len(items) - before
 
 
-def fit_user_head(db, base, adapters_dir: Path, user: dict, settings: HeadSettings,
-                  log: Log) -> tuple[RewardHead, int]:
-    """Fit and save (unpublished) the user's head; return it and its version."""
-    computed = backfill_features(db, base, user["id"])
-    data = head_data(db, base, user["id"])
-    if not len(data):
-        raise TrainingError(f"user {user['name']!r} has no usable feedback yet")
-    prior = fit_prior(db, base, user["id"], settings)
+@dataclass
+class FittedHeads:
+    """The head RL and the gate use (fitted without the gate's prompts) and its evidence."""
+
+    head: RewardHead
+    cv_accuracy: float | None
+    n_pairs: int
+    trusted: bool
+    why: str
+    version: int            # of the saved head (on all feedback), published when the run ends
+
+
+def _fit(data: HeadData, settings: HeadSettings, prior) -> tuple[RewardHead, float | None]:
+    """A head (with the prior strength chosen from the data when settings.select_prior)
+    and its k-fold CV accuracy."""
     if settings.select_prior:
         head = fit_selected_head(data.chosen, data.rejected, data.thumbs, data.labels,
                                  settings, prior).head
@@ -161,27 +185,88 @@ def fit_user_head(db, base, adapters_dir: Path, user: dict, settings: HeadSettin
         head = fit_head(data.chosen, data.rejected, data.thumbs, data.labels, settings, prior)
     cv = cross_val_accuracy(data.chosen, data.rejected, data.thumbs, data.labels,
                             settings, prior)
+    return head, cv
+
+
+def evidence(cv: float | None, n_pairs: int, settings: RunSettings) -> tuple[bool, str]:
+    """Is a head trustworthy enough for RL and the gate? (issue 14: a run once promoted
+    after 4 pairs and 2 thumbs on "win rate 1.00" judged by the head that fitted them)."""
+    if n_pairs < settings.min_head_pairs:
+        return False, (f"{n_pairs} preference pairs outside the gate's prompts, fewer than "
+                       f"training.min_head_pairs = {settings.min_head_pairs}")
+    shown = "none" if cv is None else f"{cv:.3f}"
+    if settings.min_head_accuracy > 0 and (cv is None or cv <= settings.min_head_accuracy):
+        return False, (f"reward head cross-validated accuracy {shown} on {n_pairs} pairs is "
+                       f"not above training.min_head_accuracy = {settings.min_head_accuracy}: "
+                       "it cannot tell this user's answers apart")
+    return True, f"reward head cv accuracy {shown} on {n_pairs} pairs"
+
+
+def fit_user_head(db, base, adapters_dir: Path, user: dict, settings: RunSettings,
+                  log: Log, heldout_turns: set[int] = frozenset()) -> FittedHeads:
+    """Fit and save the user's head on all their feedback (with its bootstrap ensemble, for
+    exploration), and the head for RL and the gate on the feedback outside heldout_turns."""
+    hs = settings.head
+    computed = backfill_features(db, base, user["id"])
+    data = head_data(db, base, user["id"])
+    if not len(data):
+        raise TrainingError(f"user {user['name']!r} has no usable feedback yet")
+    prior = fit_prior(db, base, user["id"], hs)
+    head, cv = _fit(data, hs, prior)
+    seen = data.without_turns(set(heldout_turns))
+    gate_head, gate_cv = _fit(seen, hs, prior) if len(seen) else (head, None)
+    trusted, why = evidence(gate_cv, len(seen.chosen), settings)
     metrics = {"cv_accuracy": cv, "n_pairs": len(data.chosen), "n_thumbs": len(data.thumbs),
-               "prior": prior is not None, "features_computed": computed}
+               "prior": prior is not None, "features_computed": computed,
+               "gate_head_cv_accuracy": gate_cv, "gate_head_pairs": len(seen.chosen),
+               "trusted": trusted}
     # A head is tied to the base *and* the feature recipe it was fitted on.
-    version = save_head_version(db, adapters_dir / user["name"] / "reward", user["id"], head,
-                                metrics, features_id(base.base_id), published=False)
+    folder = adapters_dir / user["name"] / "reward"
+    version = save_head_version(db, folder, user["id"], head, metrics,
+                                features_id(base.base_id), published=False)
+    _save_ensemble(data, hs, prior, folder / str(version), log)
     log(f"reward head v{version}: {len(data.chosen)} pairs, {len(data.thumbs)} thumbs, "
-        f"cv accuracy {cv if cv is None else round(cv, 3)}, {computed} new feature vectors")
-    return head, version
+        f"cv accuracy {cv if cv is None else round(cv, 3)}, {computed} new feature vectors; "
+        f"for RL and the gate: {why}")
+    return FittedHeads(gate_head, gate_cv, len(seen.chosen), trusted, why, version)
+
+
+def _save_ensemble(data: HeadData, settings: HeadSettings, prior, folder: Path,
+                   log: Log) -> None:
+    """The bootstrap ensemble next to the head (exploration's uncertainty), written to a
+    temporary folder first so a reader never sees half of it."""
+    import shutil
+    import tempfile
+
+    from adapters.ensemble import fit_ensemble
+
+    if len(data.chosen) < 2:
+        return
+    ensemble = fit_ensemble(data.chosen, data.rejected, data.thumbs, data.labels, settings,
+                            prior, k=ENSEMBLE_SIZE)
+    tmp = Path(tempfile.mkdtemp(dir=folder, prefix=".tmp-"))
+    try:
+        ensemble.save(tmp)
+        tmp.rename(folder / "ensemble")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    log(f"bootstrap ensemble of {ENSEMBLE_SIZE} heads saved for exploration")
 
 
 # ---- prompts ---------------------------------------------------------------------------------
 
-def user_prompts(db, user_id: int) -> list[list[dict]]:
-    """The user's own prompts: each of their turns with the history before it."""
+def user_turns(db, user_id: int) -> list[tuple[int, list[dict]]]:
+    """The user's own prompts: each of their turns (id) with the history before it."""
     turns = list(db["messages"].rows_where("user_id = ? and role = 'user'", [user_id],
                                            order_by="id"))
-    return [prompt_messages(db, t["conversation_id"], t["id"]) for t in turns]
+    return [(t["id"], prompt_messages(db, t["conversation_id"], t["id"])) for t in turns]
 
 
-def split_prompts(prompts: list[list[dict]], heldout_frac: float,
-                  seed: int) -> tuple[list, list]:
+def user_prompts(db, user_id: int) -> list[list[dict]]:
+    return [prompt for _, prompt in user_turns(db, user_id)]
+
+
+def split_prompts(prompts: list, heldout_frac: float, seed: int) -> tuple[list, list]:
     """Shuffle and hold out a share (at least one) for the gate."""
     if len(prompts) < 2:
         raise TrainingError(f"need at least 2 prompts to train and evaluate, got {len(prompts)}")
@@ -208,17 +293,36 @@ def execute_run(db, base, adapters_dir: Path, run: dict, settings: RunSettings,
     timer = Timer()
     user = get_user(db, run["user_id"])
     events = [e["id"] for e in new_events(db, user["id"])]
+    # The gate's prompts are held out before the head is fitted: the head that judges the
+    # gate has never seen feedback on them (else it grades answers it was fitted on).
+    own_train, own_heldout = split_prompts(user_turns(db, user["id"]), settings.heldout_frac,
+                                           settings.policy.seed)
     t = time.perf_counter()
-    head, head_version = fit_user_head(db, base, adapters_dir, user, settings.head, log)
-    runs_store.set_reward_head_version(db, run["id"], head_version)
+    fitted = fit_user_head(db, base, adapters_dir, user, settings, log,
+                           {turn for turn, _ in own_heldout})
+    runs_store.set_reward_head_version(db, run["id"], fitted.version)
     timer.phase("reward_head", t)
-    prompts = user_prompts(db, user["id"]) + [[{"role": "user", "content": p}]
-                                              for p in settings.public_prompts]
-    train, heldout = split_prompts(prompts, settings.heldout_frac, settings.policy.seed)
+    if not fitted.trusted:
+        mark_events_used(db, user["id"], events, run["id"])
+        reason = f"skipped: not enough evidence to train ({fitted.why}); nothing trained"
+        log(reason)
+        return {"status": "rejected", "adapter_version": None, "events_used": len(events),
+                "reward_head_version": fitted.version,
+                "metrics": {"decision": reason, "seconds": timer.seconds,
+                            "head": {"cv_accuracy": fitted.cv_accuracy,
+                                     "n_pairs": fitted.n_pairs}, "events_used": len(events)}}
+    head = fitted.head
+    train = [p for _, p in own_train] + [[{"role": "user", "content": p}]
+                                         for p in settings.public_prompts]
+    heldout = [p for _, p in own_heldout]
     reward_fn = reward_function(base, head)
     current = registry.current_path(db, user)
     seen = registry.version_meta(current).get("trained_through_event")
-    pairs = unseen_pairs(training_rows(db, user["id"], "preference", with_ids=True), seen)
+    # DPO leaves the gate's prompts alone too, or the gate would grade answers to prompts
+    # whose preferred answers the candidate was trained to reproduce.
+    pairs = [r for r in unseen_pairs(training_rows(db, user["id"], "preference",
+                                                   with_ids=True), seen)
+             if r["prompt"] not in heldout]
     dpo_steps: list[dict] = []
 
     def warm_start(policy) -> None:
@@ -245,9 +349,11 @@ def execute_run(db, base, adapters_dir: Path, run: dict, settings: RunSettings,
         base.model = policy.unload()        # the shared base without LoRA layers again
     mark_events_used(db, user["id"], events, run["id"])
     outcome["metrics"].update(steps=steps, dpo_steps=dpo_steps, seconds=timer.seconds,
-                              events_used=len(events))
+                              events_used=len(events),
+                              head={"cv_accuracy": fitted.cv_accuracy,
+                                    "n_pairs": fitted.n_pairs})
     outcome["events_used"] = len(events)
-    outcome["reward_head_version"] = head_version
+    outcome["reward_head_version"] = fitted.version
     return outcome
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from assistant import adapter_fallback as fallback
 from assistant.engine import AdapterRef, Delta, GenRequest, GenResult
+from assistant.explore_turn import EXPLORE_MODES, explore_turn, turn_mode
 from assistant.ids import body_id
 from assistant.state import AppState
 from feedback_store import conversations as conv
@@ -41,6 +42,7 @@ class TurnRequest:
     frequency_penalty: float = 0.0
     presence_penalty: float = 0.0
     seed: int | None = None
+    explore: str | None = None           # None = the server's [explore] setting
 
 
 def check_turn(state: AppState, body: dict) -> TurnRequest:
@@ -63,7 +65,21 @@ def check_turn(state: AppState, body: dict) -> TurnRequest:
                        regenerate=body_id(body, "regenerate"), edit=body_id(body, "edit"),
                        follow=body_id(body, "follow"),
                        n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens,
-                       stop=_stops(body.get("stop")), model=model, **_sampling_extras(body))
+                       stop=_stops(body.get("stop")), model=model, explore=_explore_mode(body),
+                       **_sampling_extras(body))
+
+
+def _explore_mode(body: dict) -> str | None:
+    """'explore': true/false or a selection mode (assistant/explore_turn.EXPLORE_MODES)."""
+    value = body.get("explore")
+    if value is None or value is True:
+        return None if value is None else "on"
+    if value is False:
+        return "off"
+    if value not in EXPLORE_MODES:
+        raise BadRequest(f"explore: must be true, false or one of {', '.join(EXPLORE_MODES)}; "
+                         f"got {value!r}")
+    return value
 
 
 def _sampling_extras(body: dict) -> dict:
@@ -147,6 +163,8 @@ class PreparedTurn:
     user_turn: dict
     gen: GenRequest
     model: str
+    explore: str | None = None           # the selection mode when this turn explores
+    user: dict | None = None             # the caller (fresh row), for an exploring turn
     fallback_from: int | None = None    # the adapter version that failed to load, if any
 
     @property
@@ -216,7 +234,8 @@ async def prepare_turn(state: AppState, user: dict, req: TurnRequest) -> Prepare
                      max_tokens=req.max_tokens, stop=req.stop, adapter=adapter,
                      frequency_penalty=req.frequency_penalty,
                      presence_penalty=req.presence_penalty, seed=req.seed, owner=user["id"])
-    prep = PreparedTurn(conv_id, turn, gen, "personal" if adapter else "base")
+    explore = turn_mode(state, req.explore, req.n, req.model, req.regenerate is not None)
+    prep = PreparedTurn(conv_id, turn, gen, "personal" if adapter else "base", explore, fresh)
     if adapter is not None and state.adapter_failures.failed(adapter):
         await fall_back(state, prep)        # known broken: do not try to load it again
     return prep
@@ -244,6 +263,15 @@ async def _adapter_failed(state: AppState, prep: PreparedTurn, exc: ModelError) 
     await fall_back(state, prep)
 
 
+async def explore_and_store(state: AppState, prep: PreparedTurn) -> list[dict]:
+    """An exploring turn, falling back past the user's adapter if it fails to load."""
+    while True:
+        try:
+            return await explore_turn(state, prep.user, prep, prep.explore)
+        except ModelError as exc:
+            await _adapter_failed(state, prep, exc)
+
+
 async def generate(state: AppState, prep: PreparedTurn) -> GenResult:
     """Generate the turn, falling back past adapters that fail to load."""
     while True:
@@ -260,7 +288,7 @@ def candidate_rows(prep: PreparedTurn, result: GenResult) -> list[dict]:
         "adapter_version": result.adapter.version if result.adapter else None,
         "temperature": gen.temperature, "top_p": gen.top_p, "max_tokens": gen.max_tokens,
         "frequency_penalty": gen.frequency_penalty, "presence_penalty": gen.presence_penalty,
-        "seed": gen.seed,
+        "seed": gen.seed, "source": "personal" if result.adapter else "base",
         "prompt_tokens": result.prompt_tokens, "completion_tokens": len(c.tokens),
         "first_token_ms": c.first_token_ms, "total_ms": c.total_ms,
         "finish_reason": c.finish_reason, "adapter_fallback_from": prep.fallback_from,
@@ -293,6 +321,8 @@ async def store_result(state: AppState, prep: PreparedTurn, result: GenResult,
 async def run_turn(state: AppState, user: dict, req: TurnRequest) -> tuple[PreparedTurn, list]:
     """Non-streaming turn: returns the prepared turn and the stored candidates."""
     prep = await prepare_turn(state, user, req)
+    if prep.explore:
+        return prep, await explore_and_store(state, prep)
     result = await generate(state, prep)
     return prep, await store_result(state, prep, result, req.regenerate is not None)
 
@@ -301,7 +331,17 @@ async def stream_turn(state: AppState, prep: PreparedTurn,
                       regenerate: bool = False) -> AsyncIterator[Delta | list[dict]]:
     """Yield Deltas, then the stored candidate rows. If the consumer stops early the engine
     is cancelled and whatever was generated is still stored (finish_reason 'cancelled').
-    An adapter that fails to load (before any text) is fallen back past, as in generate."""
+    An adapter that fails to load (before any text) is fallen back past, as in generate.
+
+    An exploring turn cannot stream: which candidates are shown is known only once the whole
+    pool is generated, so each shown answer arrives as one delta."""
+    if prep.explore:
+        stored = await explore_and_store(state, prep)
+        for i, row in enumerate(stored):
+            yield Delta(i, row["content"])
+        yield stored
+        return
+
     async def keep_partial(partial: GenResult) -> None:
         try:
             await store_result(state, prep, partial, regenerate)

@@ -106,6 +106,37 @@ class TrainingConfig:
     dpo_epochs: int = 2
     dpo_beta: float = 0.1
     dpo_learning_rate: float = 5e-4
+    min_head_pairs: int = 12
+    min_head_accuracy: float = 0.55
+
+
+DEFAULT_ARMS = (
+    "enthusiastic | Answer in an upbeat, enthusiastic tone! | Great question! "
+    "Water it once a week and give it bright light - it will love you for it!",
+    "example | Illustrate the answer with a concrete example. | For example, water it once a "
+    "week: a fern by a bright window stays green for years.",
+    "question | End your answer with a short question to the user. | Water it once a week and "
+    "keep it in bright light. What kind of plant is it?",
+    "summary | Finish with a one-line summary that starts with 'In short,'. | Water it weekly "
+    "and give it light. In short, light and steady water keep it alive.",
+    "formal | Answer in a formal, precise register; therefore avoid slang. | One should water "
+    "the plant weekly; furthermore, it requires indirect light.",
+    "analogy | Explain with an analogy. | A plant is like a phone battery: think of water as "
+    "its charge - top it up weekly, before it runs flat.",
+)
+
+
+@dataclass(frozen=True)
+class ExploreConfig:
+    enabled: bool = True
+    pool: int = 4
+    selection: str = "auto"
+    sources: tuple[str, ...] = ("personal", "arm", "arm", "hot", "base", "peer")
+    hot_temperature: float = 1.1
+    arms: tuple[str, ...] = DEFAULT_ARMS
+    demo_question: str = "How do I keep a houseplant alive?"
+    diversity_until_pairs: int = 20
+    features: bool = True
 
 
 @dataclass(frozen=True)
@@ -124,6 +155,7 @@ class Config:
     reward: RewardConfig = field(default_factory=RewardConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    explore: ExploreConfig = field(default_factory=ExploreConfig)
     source: Path = DEFAULT_CONFIG
 
     @property
@@ -287,8 +319,35 @@ def validate(c: Config) -> None:
     _check(t.target_kl >= 0, "training.target_kl", t.target_kl, "must be 0 or more")
     _check(t.dpo_epochs >= 0, "training.dpo_epochs", t.dpo_epochs, "must be 0 or more")
     _check(t.dpo_beta > 0, "training.dpo_beta", t.dpo_beta, "must be positive")
+    _check(0.0 <= t.min_head_accuracy <= 1.0, "training.min_head_accuracy",
+           t.min_head_accuracy, "must be 0..1")
+    _check(t.min_head_pairs >= 0, "training.min_head_pairs", t.min_head_pairs,
+           "must be 0 or more")
+    _validate_explore(c.explore, c.generation)
     _check(c.scheduler.interval_seconds >= 1, "scheduler.interval_seconds",
            c.scheduler.interval_seconds, "must be at least 1")
+
+
+EXPLORE_SELECTIONS = ("auto", "random", "uncertainty", "diversity")
+EXPLORE_SOURCES = ("personal", "base", "previous", "hot", "arm", "peer")
+
+
+def _validate_explore(e: ExploreConfig, g: GenerationConfig) -> None:
+    _check(g.n_max <= e.pool <= 8, "explore.pool", e.pool,
+           "must be from generation.n_max (every shown answer needs a candidate) to 8")
+    _check(e.selection in EXPLORE_SELECTIONS, "explore.selection", e.selection,
+           f"must be one of {', '.join(EXPLORE_SELECTIONS)}")
+    unknown = [s for s in e.sources if s not in EXPLORE_SOURCES]
+    _check(not unknown and bool(e.sources), "explore.sources", e.sources,
+           f"must be a non-empty list of {', '.join(EXPLORE_SOURCES)}")
+    _check(0.0 < e.hot_temperature <= 2.0, "explore.hot_temperature", e.hot_temperature,
+           "must be in (0, 2]")
+    _check(e.diversity_until_pairs >= 0, "explore.diversity_until_pairs",
+           e.diversity_until_pairs, "must be 0 or more")
+    for arm in e.arms:
+        parts = [p.strip() for p in arm.split("|")]
+        _check(len(parts) in (2, 3) and all(parts), "explore.arms", arm,
+               "each arm is 'name | instruction' or 'name | instruction | example answer'")
 
 
 def to_dict(config: Config) -> dict:

@@ -16,7 +16,7 @@ from assistant.state import AppState
 from feedback_store import conversations as conv
 from feedback_store import feedback as fb
 from feedback_store import users
-from feedback_store.training_data import FORMATS, training_rows
+from feedback_store.training_data import FORMATS, source_preferences, training_rows
 
 T = TypeVar("T")
 USER_FIELDS = ("id", "name", "role", "created_at", "current_version")
@@ -40,7 +40,8 @@ def me_summary(db: Database, user_id: int, base_id: str) -> dict:
     return {**{k: user[k] for k in USER_FIELDS}, "counts": fb.counts(db, user_id),
             "adapter": _adapter(db, user_id, user["current_version"]),
             "last_training_run": _last_run(db, user_id),
-            "reward_head": head_summary(db, user_id, base_id)}
+            "reward_head": head_summary(db, user_id, base_id),
+            "source_preferences": source_preferences(db, user_id)}
 
 
 def _snapshot(db: Database, fn: Callable[..., T], *args: Any) -> T:
@@ -66,6 +67,7 @@ def export_user(db: Database, user_id: int) -> dict:
         "comparisons": fb.comparisons(db, user_id),
         "rankings": fb.rankings(db, user_id),
         "training_data": {fmt: training_rows(db, user_id, fmt) for fmt in FORMATS},
+        "source_preferences": source_preferences(db, user_id),
         "adapter_versions": list(db["adapter_versions"].rows_where(mine, [user_id])),
         "training_runs": list(db["training_runs"].rows_where(mine, [user_id])),
     }

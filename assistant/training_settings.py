@@ -48,5 +48,6 @@ def run_settings(config: Config):
         dpo=DpoSettings(epochs=t.dpo_epochs, beta=t.dpo_beta,
                         learning_rate=t.dpo_learning_rate),
         heldout_frac=t.heldout_frac,
+        min_head_pairs=t.min_head_pairs, min_head_accuracy=t.min_head_accuracy,
         public_prompts=public_prompts(t.public_prompts, config.source.parent),
     )

@@ -107,6 +107,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="also train and evaluate after 20, 40 and 60 events")
     p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
                    help="extra environment for the started server (e.g. training overrides)")
+    p.add_argument("--explore", choices=("on", "off", "both"), default="on",
+                   help="exploration on comparison turns: on (the server's [explore]), off "
+                        "(requests say explore=false), or both: two users per persona on one "
+                        "server, same seeds, one run")
+    p.add_argument("--selection", choices=("auto", "random", "uncertainty", "diversity"),
+                   help="explore-on turns ask for this selection mode (default: the server's)")
+    p.add_argument("--feedback-only", action="store_true",
+                   help="only the feedback phase (no training or evaluation): informative "
+                        "pairs and liked-feature shares of what each persona was shown")
+    p.add_argument("--turn-cost", type=int, default=0, metavar="K",
+                   help="first time K sequential n=2 turns with and without exploration "
+                        "(same prompts and seeds, alternating order) on an idle server")
+    p.add_argument("--start-timeout", type=float, default=900,
+                   help="seconds to wait for the started server's /health (a shared, loaded "
+                        "machine took over 300 s)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--run-timeout", type=float, default=1800, help="seconds per training run")
     p.add_argument("--quick", action="store_true",
@@ -205,7 +220,7 @@ def server(args: argparse.Namespace) -> Iterator[Server]:
                             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_healthy(url, 300, proc)
+        wait_healthy(url, args.start_timeout, proc)
         yield Server(url, key, proc, data_dir, env)
     finally:
         proc.terminate()
@@ -260,15 +275,83 @@ class FeedbackLog:
     utilities: list[float] = field(default_factory=list)    # of every candidate shown
     words: list[int] = field(default_factory=list)
     adapter_versions: dict[str, int] = field(default_factory=dict)
+    shown_pairs: int = 0         # every pair of answers shown together on a turn
+    informative: int = 0         # ... whose utilities differ by more than the temperature
+    liked: dict[str, list[int]] = field(default_factory=dict)   # feature -> [shown, with it]
+    pairs_differing: dict[str, int] = field(default_factory=dict)  # feature -> shown pairs
+    sources: dict[str, int] = field(default_factory=dict)       # shown answers per source
+    winners: dict[str, int] = field(default_factory=dict)       # pairwise winners per source
+    source_liked: dict[str, list[int]] = field(default_factory=dict)  # source -> [shown, liked]
+    turn_seconds: list[float] = field(default_factory=list)
+
+    def shown(self, persona: Persona, cands: list[dict]) -> None:
+        """Record one turn's shown answers: informative pairs and liked features."""
+        texts_ = [c["content"] for c in cands]
+        utils = [persona.utility(t) for t in texts_]
+        has = [liked_features(persona, t) for t in texts_]
+        for name in liked_names(persona):
+            entry = self.liked.setdefault(name, [0, 0])
+            entry[0] += len(cands)
+            entry[1] += sum(name in h for h in has)
+        for i in range(len(cands)):
+            for j in range(i + 1, len(cands)):
+                self.shown_pairs += 1
+                self.informative += abs(utils[i] - utils[j]) > persona.temperature
+                for name in liked_names(persona):
+                    if (name in has[i]) != (name in has[j]):
+                        self.pairs_differing[name] = self.pairs_differing.get(name, 0) + 1
+        for c, h in zip(cands, has, strict=True):
+            source = f"arm:{c['arm']}" if c.get("arm") else str(c.get("source"))
+            self.sources[source] = self.sources.get(source, 0) + 1
+            entry = self.source_liked.setdefault(source, [0, 0])
+            entry[0] += 1
+            entry[1] += bool(h)
 
     def summary(self) -> dict:
         n = len(self.utilities)
+        t = self.turn_seconds
         return {"prompts": self.prompts, "kinds": self.kinds, "thumbs": self.thumbs,
+                "shown_pairs": self.shown_pairs,
+                "informative_pair_share": (round(self.informative / self.shown_pairs, 3)
+                                           if self.shown_pairs else None),
+                "liked_feature_share": {k: round(v[1] / v[0], 3) if v[0] else None
+                                        for k, v in self.liked.items()},
+                "pairs_differing_in_feature": self.pairs_differing,
+                "shown_sources": self.sources, "pairwise_winner_sources": self.winners,
+                "liked_share_by_source": {k: round(v[1] / v[0], 3)
+                                          for k, v in self.source_liked.items()},
+                "turn_seconds_mean": round(sum(t) / len(t), 2) if t else None,
                 "pairwise_agreement": (round(self.pair_agree / self.pair_decided, 3)
                                        if self.pair_decided else None),
                 "candidate_utility_mean": round(sum(self.utilities) / n, 3) if n else None,
                 "candidate_words_mean": round(sum(self.words) / n, 1) if n else None,
                 "candidate_adapter_versions": self.adapter_versions}
+
+
+def liked_names(persona: Persona) -> list[str]:
+    """The countable features the persona likes (positive weight), plus "any" of them."""
+    names = [k for k in ("bullets", "has_bullets", "questions", "exclamations")
+             if persona.weights.get(k, 0) > 0]
+    names += [f"phrase:{p}" for p, w in persona.phrases.items() if w > 0]
+    if "bullets" in names and "has_bullets" in names:
+        names.remove("bullets")             # the same lines, counted once
+    return names + ["any"] if len(names) > 1 else names
+
+
+def liked_features(persona: Persona, text: str) -> set[str]:
+    """Which of liked_names(persona) the answer has."""
+    feats, lower = persona.features(text), text.lower()
+    found = {k for k in liked_names(persona)
+             if (k.startswith("phrase:") and k[7:] in lower)
+             or (not k.startswith("phrase:") and k != "any" and feats.get(k, 0) > 0)}
+    return found | ({"any"} if found else set())
+
+
+def feature_share(persona: Persona, groups: list[list[str]]) -> dict[str, float | None]:
+    """Share of answers with each liked feature."""
+    answers = [t for g in groups for t in g]
+    return {k: round(sum(k in liked_features(persona, t) for t in answers) / len(answers), 3)
+            if answers else None for k in liked_names(persona)}
 
 
 def pick_kind(mix: dict[str, float], rng: random.Random) -> str:
@@ -282,6 +365,9 @@ def give_feedback(api: Api, persona: Persona, cands: list[dict], kind: str,
         i, j = rng.sample(range(len(cands)), 2)
         choice = persona.compare(texts[i], texts[j], rng)
         ui, uj = persona.utility(texts[i]), persona.utility(texts[j])
+        won = cands[i] if choice == "a" else cands[j]
+        source = f"arm:{won['arm']}" if won.get("arm") else str(won.get("source"))
+        log.winners[source] = log.winners.get(source, 0) + 1
         if ui != uj:
             log.pair_decided += 1
             log.pair_agree += (choice == "a") == (ui > uj)
@@ -301,17 +387,24 @@ def give_feedback(api: Api, persona: Persona, cands: list[dict], kind: str,
 
 
 def feedback_phase(api: Api, persona: Persona, prompts: list[str], args: argparse.Namespace,
-                   rng: random.Random) -> FeedbackLog:
+                   rng: random.Random, explore: object = None) -> FeedbackLog:
     """Chat on every prompt (several requests in flight, so the server batches them), then
-    rate each reply in prompt order as it arrives."""
+    rate each reply in prompt order as it arrives. `explore` goes into each request."""
     log = FeedbackLog()
     plan = [(prompt, 3 if rng.random() < args.n3_share else 2, pick_kind(args.mix, rng))
             for prompt in prompts]
 
+    def timed(step: tuple) -> list[dict]:
+        t = time.monotonic()
+        cands = chat(api, args, step[0], step[1], "personal",
+                     seed_of(args.seed, persona.name, step[0]), explore)
+        log.turn_seconds.append(time.monotonic() - t)
+        return cands
+
     with ThreadPoolExecutor(in_flight(args.rows, 2)) as pool:
-        replies = pool.map(lambda step: chat(api, args, step[0], step[1], "personal",
-                                             seed_of(args.seed, persona.name, step[0])), plan)
+        replies = pool.map(timed, plan)
         for (_, _, kind), cands in zip(plan, replies, strict=True):
+            log.shown(persona, cands)
             for c in cands:
                 log.utilities.append(persona.utility(c["content"]))
                 log.words.append(len(c["content"].split()))
@@ -323,11 +416,34 @@ def feedback_phase(api: Api, persona: Persona, prompts: list[str], args: argpars
 
 
 def chat(api: Api, args: argparse.Namespace, prompt: str, n: int, model: str,
-         seed: int) -> list[dict]:
+         seed: int, explore: object = None) -> list[dict]:
     """One chat turn's candidates, with the run's sampling settings."""
-    return api.call("POST", "/api/chat", {
-        "content": prompt, "n": n, "model": model, "temperature": args.temperature,
-        "max_tokens": args.max_tokens, "seed": seed})["candidates"]
+    body = {"content": prompt, "n": n, "model": model, "temperature": args.temperature,
+            "max_tokens": args.max_tokens, "seed": seed}
+    if explore is not None:
+        body["explore"] = explore
+    return api.call("POST", "/api/chat", body)["candidates"]
+
+
+def explore_value(mode: str, args: argparse.Namespace) -> object:
+    """What an explore-on or -off user puts in its requests."""
+    return False if mode == "off" else args.selection
+
+
+def turn_cost(api: Api, prompts: list[str], args: argparse.Namespace) -> dict:
+    """Seconds per n=2 turn without and with exploration, sequential on an idle server, same
+    prompt and seed for both, order alternating (so warm caches favour neither)."""
+    times: dict[str, list[float]] = {"off": [], "on": []}
+    for k, prompt in enumerate(prompts):
+        order = ("off", "on") if k % 2 == 0 else ("on", "off")
+        for mode in order:
+            t = time.monotonic()
+            chat(api, args, prompt, 2, "personal", seed_of(args.seed, "cost", prompt),
+                 explore_value(mode, args) if mode == "off" else (args.selection or True))
+            times[mode].append(time.monotonic() - t)
+    off, on = (sum(times[m]) / len(times[m]) for m in ("off", "on"))
+    return {"turns": len(prompts), "seconds_off": round(off, 2), "seconds_on": round(on, 2),
+            "ratio": round(on / off, 2), "all": times}
 
 
 def seed_of(*parts: object) -> int:
@@ -411,6 +527,20 @@ def win_rate(persona: Persona, ours: list[list[str]], base: list[list[str]]) -> 
     return sum(per_prompt) / len(per_prompt)
 
 
+def decisive(persona: Persona, ours: list[list[str]], base: list[list[str]]) -> dict:
+    """Win rate with ties excluded, and the share of (ours, base) pairs that tie."""
+    wins = ties = total = 0
+    for mine, theirs in zip(ours, base, strict=True):
+        for a in mine:
+            for b in theirs:
+                ua, ub = persona.utility(a), persona.utility(b)
+                total += 1
+                wins += ua > ub
+                ties += ua == ub
+    return {"decisive_win_rate": round(wins / (total - ties), 3) if total > ties else None,
+            "tie_share": round(ties / total, 3) if total else None}
+
+
 def mean_utility(persona: Persona, answers: list[list[str]]) -> float:
     vals = [persona.utility(t) for group in answers for t in group]
     return sum(vals) / len(vals)
@@ -489,23 +619,45 @@ def say(text: str) -> None:
     print(f"{time.strftime('%H:%M:%S')} {text}", flush=True)
 
 
-def persona_pipeline(persona: Persona, key: str, admin: Api, train_prompts: list[str],
+@dataclass(frozen=True)
+class Variant:
+    """One simulated user: a persona with exploration on or off (its own server user)."""
+
+    persona: Persona
+    mode: str            # "on" | "off"
+    user: str
+
+
+def variants(personas: list[Persona], explore: str) -> list[Variant]:
+    modes = ("on", "off") if explore == "both" else (explore,)
+    return [Variant(p, m, p.name if len(modes) == 1 else f"{p.name}-explore-{m}")
+            for m in modes for p in personas]
+
+
+def persona_pipeline(variant: Variant, key: str, admin: Api, train_prompts: list[str],
                      heldout: list[str], points: list[int], args: argparse.Namespace,
                      shared: Shared) -> None:
     """Feedback -> train -> evaluate for each stage. Generation phases take the shared lane
-    so that one persona chats while another trains (the server trains one run at a time)."""
+    so that one persona chats while another trains (the server trains one run at a time).
+    Both modes of a persona draw the same plan and seeds (rng seeded by the persona)."""
+    persona = variant.persona
     api, rng = Api(str(admin.client.base_url), key), random.Random(f"{args.seed}:{persona.name}")
-    done, name = 0, persona.name
+    done, name = 0, variant.user
     try:
         for stage, target in enumerate(points):
             with shared.lane:
                 if stage > 0:
-                    evaluate_stage(api, persona, heldout, points[stage - 1], args, shared)
+                    evaluate_stage(api, variant, heldout, points[stage - 1], args, shared)
                 t = time.monotonic()
                 say(f"{name}: feedback on prompts {done}..{target - 1}")
-                fb = feedback_phase(api, persona, train_prompts[done:target], args, rng)
+                fb = feedback_phase(api, persona, train_prompts[done:target], args, rng,
+                                    explore_value(variant.mode, args))
                 shared.time(f"feedback/{name}", t)
             done = target
+            if args.feedback_only:
+                with shared.lock:
+                    shared.stage_info[(name, target)] = {"feedback": fb.summary()}
+                continue
             t = time.monotonic()
             say(f"{name}: training after {target} events")
             run = run_summary(train_and_wait(admin, name, args.run_timeout))
@@ -519,16 +671,17 @@ def persona_pipeline(persona: Persona, key: str, admin: Api, train_prompts: list
                     "feedback": fb.summary(), "run": run, "me_counts": me.get("counts"),
                     "reward_head": me.get("reward_head"),
                     "current_version": me.get("current_version")}
-        with shared.lane:
-            evaluate_stage(api, persona, heldout, points[-1], args, shared)
+        if not args.feedback_only:
+            with shared.lane:
+                evaluate_stage(api, variant, heldout, points[-1], args, shared)
     finally:
         api.close()
 
 
-def evaluate_stage(api: Api, persona: Persona, heldout: list[str], target: int,
+def evaluate_stage(api: Api, variant: Variant, heldout: list[str], target: int,
                    args: argparse.Namespace, shared: Shared) -> None:
     """Answer the held-out prompts with this persona's adapter (and once with the base)."""
-    name = persona.name
+    name, persona = variant.user, variant.persona
     if shared.base_owner is None:
         t = time.monotonic()
         say(f"{name}: base answers to {len(heldout)} held-out prompts")
@@ -556,6 +709,9 @@ def score_answers(personas: list[Persona], base: list[list[str]],
     names = [p.name for p in personas]
     spec = {j.name: {n: round(win_rate(j, own[n], base), 3) for n in names} for j in personas}
     per = {p.name: {"win_rate": spec[p.name][p.name],
+                    **decisive(p, own[p.name], base),
+                    "liked_share_personal": feature_share(p, own[p.name]),
+                    "liked_share_base": feature_share(p, base),
                     "utility_personal": round(mean_utility(p, own[p.name]), 3),
                     "utility_base": round(mean_utility(p, base), 3),
                     "words_personal": round(_mean_words(own[p.name]), 1),
@@ -570,12 +726,13 @@ def head_to_head(personas: list[Persona], own: dict[str, list[list[str]]]) -> di
                      for o in personas if o.name != j.name} for j in personas}
 
 
-def score_stage(personas: list[Persona], shared: Shared, target: int) -> dict:
-    """score_answers for one stage plus what the server reported (runs, heads, routing)."""
-    own = {p.name: texts(shared.personal[(p.name, target)]) for p in personas}
+def score_stage(vs: list[Variant], shared: Shared, target: int) -> dict:
+    """score_answers for one stage and one mode's users, plus what the server reported."""
+    personas = [v.persona for v in vs]
+    own = {v.persona.name: texts(shared.personal[(v.user, target)]) for v in vs}
     scores = score_answers(personas, texts(shared.base), own)
-    for p in personas:
-        info = shared.stage_info[(p.name, target)]
+    for v in vs:
+        p, info = v.persona, shared.stage_info[(v.user, target)]
         me_acc = find_accuracy(info["reward_head"])
         held = info.get("heldout_head", {}).get("accuracy")
         scores["personas"][p.name].update({
@@ -588,16 +745,17 @@ def score_stage(personas: list[Persona], shared: Shared, target: int) -> dict:
     return {"events": target, **scores}
 
 
-def answers_record(personas: list[Persona], heldout: list[str], shared: Shared,
+def answers_record(vs: list[Variant], heldout: list[str], shared: Shared,
                    points: list[int]) -> dict:
     """Every held-out answer text, so a run can be re-scored (--rescore) or audited."""
     return {"heldout": heldout, "base": texts(shared.base),
-            "personal": {f"{p.name}@{t}": texts(shared.personal[(p.name, t)])
-                         for p in personas for t in points}}
+            "personal": {f"{v.user}@{t}": texts(shared.personal[(v.user, t)])
+                         for v in vs for t in points}}
 
 
 def rescore(results: dict, answers: dict, personas: list[Persona]) -> dict:
-    """Recompute every utility-based figure of a finished run from its answers.json."""
+    """Recompute every utility-based figure of a finished run from its answers.json
+    (a run of one explore mode; the users are named after the personas)."""
     for stage in results["rounds"]:
         own = {p.name: answers["personal"][f"{p.name}@{stage['events']}"] for p in personas}
         scores = score_answers(personas, answers["base"], own)
@@ -630,15 +788,82 @@ def fmt(x: object) -> str:
 def markdown(results: dict) -> str:
     lines = [f"# Personalization benchmark ({results['started']})", "",
              f"Settings: {json.dumps(results['settings'])}", ""]
+    cost = results.get("turn_cost")
+    if cost:
+        lines += [f"Turn cost (n=2, {cost['turns']} sequential turns each): "
+                  f"{cost['seconds_off']} s without exploration, {cost['seconds_on']} s with, "
+                  f"ratio {cost['ratio']}.", ""]
+    lines += feedback_table(results.get("feedback") or {})
+    if "rounds" not in results:
+        return _seconds(lines, results)
+    modes = results.get("modes") or {"on": results}
+    if len(modes) > 1:
+        lines += compare_table(modes)
+    for mode, data in modes.items():
+        if len(modes) > 1:
+            lines += [f"# Exploration {mode}", ""]
+        lines += _mode_markdown(data)
+    return _seconds(lines, results)
+
+
+def feedback_table(feedback: dict) -> list[str]:
+    """Per user and stage: what the persona was shown during feedback."""
+    if not feedback:
+        return []
+    lines = ["## What each persona was shown (feedback phase)", "",
+             "| user@events | informative pairs | shown pairs | liked-feature share | pairs "
+             "differing in it | shown sources | pairwise winners | s/turn |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for key, f in feedback.items():
+        lines.append(f"| {key} | {fmt(f.get('informative_pair_share'))} | "
+                     f"{f.get('shown_pairs')} | {_kv(f.get('liked_feature_share'))} | "
+                     f"{_kv(f.get('pairs_differing_in_feature'))} | "
+                     f"{_kv(f.get('shown_sources'))} | {_kv(f.get('pairwise_winner_sources'))} "
+                     f"| {fmt(f.get('turn_seconds_mean'))} |")
+    return lines + [""]
+
+
+def _kv(d: dict | None) -> str:
+    return ", ".join(f"{k} {fmt(v)}" for k, v in (d or {}).items()) or "-"
+
+
+def compare_table(modes: dict) -> list[str]:
+    """Exploration on vs off, per persona, after the last stage."""
+    lines = ["## Exploration on vs off (last stage)", "",
+             "| persona | explore | win rate vs base | decisive | ties | head acc. (held-out) "
+             "| liked share personal / base | run |", "| --- | --- | --- | --- | --- | --- | "
+             "--- | --- |"]
+    for mode, data in modes.items():
+        for name, r in data["rounds"][-1]["personas"].items():
+            lines.append(
+                f"| {name} | {mode} | {fmt(r['win_rate'])} | {fmt(r.get('decisive_win_rate'))}"
+                f" | {fmt(r.get('tie_share'))} | "
+                f"{fmt((r.get('reward_head_heldout') or {}).get('accuracy'))} | "
+                f"{_kv(r.get('liked_share_personal'))} / {_kv(r.get('liked_share_base'))} | "
+                f"{r['run']['status']}: {r['run']['decision']} |")
+    return lines + [""]
+
+
+def _seconds(lines: list[str], results: dict) -> str:
+    lines += ["## Seconds", "", "| phase | seconds |", "| --- | --- |"]
+    lines += [f"| {k} | {v} |" for k, v in results["seconds"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def _mode_markdown(results: dict) -> list[str]:
+    lines: list[str] = []
     for stage in results["rounds"]:
         lines += [f"## After {stage['events']} events per persona", "",
-                  "| persona | win rate vs base | utility personal | utility base | words "
+                  "| persona | win rate vs base | decisive (ties excl.) | tie share | liked "
+                  "share personal / base | utility personal | utility base | words "
                   "personal / base | head acc. (held-out) | head CV acc. | run | decision |",
-                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for name, r in stage["personas"].items():
             run = r["run"]
             lines.append(
-                f"| {name} | {fmt(r['win_rate'])} | {fmt(r['utility_personal'])} | "
+                f"| {name} | {fmt(r['win_rate'])} | {fmt(r.get('decisive_win_rate'))} | "
+                f"{fmt(r.get('tie_share'))} | {_kv(r.get('liked_share_personal'))} / "
+                f"{_kv(r.get('liked_share_base'))} | {fmt(r['utility_personal'])} | "
                 f"{fmt(r['utility_base'])} | {r['words_personal']} / {r['words_base']} | "
                 f"{fmt((r['reward_head_heldout'] or {}).get('accuracy'))} | "
                 f"{fmt(r['reward_head_cv_accuracy'])} | {run['status']} | "
@@ -657,9 +882,7 @@ def markdown(results: dict) -> str:
         for judge, row in stage.get("head_to_head", {}).items():
             lines.append(f"| {judge} | " + " | ".join(fmt(row.get(n)) for n in names) + " |")
         lines.append("")
-    lines += ["## Seconds", "", "| phase | seconds |", "| --- | --- |"]
-    lines += [f"| {k} | {v} |" for k, v in results["seconds"].items()]
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def plots(results: dict, out: Path, curve: bool) -> None:
@@ -712,16 +935,25 @@ def run_benchmark(args: argparse.Namespace) -> tuple[dict, dict]:
     train_prompts, heldout = split_prompts(prompts, args.heldout, args.seed)
     if len(train_prompts) < points[-1]:
         raise SystemExit(f"{len(train_prompts)} training prompts, need {points[-1]}")
-    shared = Shared()
+    vs = variants(personas, args.explore)
+    shared, cost = Shared(), None
     t = time.monotonic()
     with server(args) as srv:
         shared.seconds["server_start"] = round(time.monotonic() - t, 1)
         admin = Api(srv.url, srv.admin_key)
-        keys = {p.name: admin.call("POST", "/admin/users", {"name": p.name})["api_key"]
-                for p in personas}
-        threads = [threading.Thread(target=_guarded, name=p.name, args=(
-            persona_pipeline, shared, p, keys[p.name], admin, train_prompts, heldout, points,
-            args, shared)) for p in personas]
+        if args.turn_cost:
+            key = admin.call("POST", "/admin/users", {"name": "turn-cost"})["api_key"]
+            say(f"turn cost: {args.turn_cost} n=2 turns with and without exploration")
+            cost_api = Api(srv.url, key)
+            cost = turn_cost(cost_api, train_prompts[-args.turn_cost:], args)
+            cost_api.close()
+            say(f"turn cost: {cost['seconds_off']} s off, {cost['seconds_on']} s on, "
+                f"ratio {cost['ratio']}")
+        keys = {v.user: admin.call("POST", "/admin/users", {"name": v.user})["api_key"]
+                for v in vs}
+        threads = [threading.Thread(target=_guarded, name=v.user, args=(
+            persona_pipeline, shared, v, keys[v.user], admin, train_prompts, heldout, points,
+            args, shared)) for v in vs]
         for th in threads:
             th.start()
             time.sleep(1)           # the first persona takes the generation lane first
@@ -735,22 +967,31 @@ def run_benchmark(args: argparse.Namespace) -> tuple[dict, dict]:
         partial = {f"{n}@{e}": v for (n, e), v in shared.stage_info.items()}
         (args.out / "partial.json").write_text(json.dumps(partial, indent=1, default=str))
         raise SystemExit(f"a persona pipeline failed (traceback above; {args.out}/partial.json)")
-    rounds = [score_stage(personas, shared, target) for target in points]
-    last = rounds[-1]
-    return {
-        "started": started,
-        "settings": {"events": args.events, "rounds": args.rounds, "stages": points,
-                     "heldout": len(heldout), "eval_n": args.eval_n, "mix": args.mix,
-                     "n3_share": args.n3_share, "rows": args.rows, "temperature": args.temperature,
-                     "top_p": "server default (0.95)", "max_tokens": args.max_tokens,
-                     "server_env": env, "seed": args.seed, "quick": args.quick},
-        "personas": {n: {k: v for k, v in r.items() if k not in ("feedback", "run")}
-                     for n, r in last["personas"].items()},
-        "specificity": last["specificity"],
-        "head_to_head": last["head_to_head"],
-        "rounds": rounds,
-        "seconds": shared.seconds,
-    }, answers_record(personas, heldout, shared, points)
+    settings = {"events": args.events, "rounds": args.rounds, "stages": points,
+                "heldout": len(heldout), "eval_n": args.eval_n, "mix": args.mix,
+                "n3_share": args.n3_share, "rows": args.rows, "temperature": args.temperature,
+                "top_p": "server default (0.95)", "max_tokens": args.max_tokens,
+                "server_env": env, "seed": args.seed, "quick": args.quick,
+                "explore": args.explore, "selection": args.selection or "server default",
+                "feedback_only": args.feedback_only}
+    feedback = {f"{v.user}@{t}": shared.stage_info[(v.user, t)]["feedback"]
+                for v in vs for t in points}
+    base = {"started": started, "settings": settings, "turn_cost": cost,
+            "feedback": feedback, "seconds": shared.seconds}
+    if args.feedback_only:
+        return base, {}
+    modes = {}
+    for mode in dict.fromkeys(v.mode for v in vs):
+        mine = [v for v in vs if v.mode == mode]
+        rounds = [score_stage(mine, shared, target) for target in points]
+        last = rounds[-1]
+        modes[mode] = {
+            "personas": {n: {k: v for k, v in r.items() if k not in ("feedback", "run")}
+                         for n, r in last["personas"].items()},
+            "specificity": last["specificity"], "head_to_head": last["head_to_head"],
+            "rounds": rounds}
+    first = next(iter(modes.values()))
+    return {**base, **first, "modes": modes}, answers_record(vs, heldout, shared, points)
 
 
 def _guarded(fn, shared: Shared, *args) -> None:
@@ -779,7 +1020,8 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "results.json").write_text(json.dumps(results, indent=1))
     table = markdown(results)
     (args.out / "results.md").write_text(table)
-    plots(results, args.out, args.curve or bool(args.rescore and len(results["rounds"]) > 1))
+    if "rounds" in results:
+        plots(results, args.out, args.curve or bool(args.rescore and len(results["rounds"]) > 1))
     print(table)
     return 0
 

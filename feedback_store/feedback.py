@@ -264,6 +264,21 @@ def all_thumbs(db: Database, user_id: int) -> list[dict]:
 
 # ---- summaries ----------------------------------------------------------------------------
 
+def effective_new_labels(db: Database, user_id: int) -> int:
+    """Judgements no training run has consumed, counted as labels, not events.
+
+    A vote toggled up, down and up again is three events but one label (the current one);
+    a cleared vote is none; a tie or "both bad" teaches nothing and is not counted. One
+    current thumb, decisive comparison or ranking whose latest event is unconsumed = 1.
+    """
+    fresh = ("join feedback_events e on e.id = x.event_id and e.training_run_id is null "
+             "where x.user_id = ?")
+    return sum(db.execute(sql.format(fresh), [user_id]).fetchone()[0] for sql in (
+        "select count(*) from thumbs x {}",
+        "select count(*) from comparisons x {} and x.choice in ('a', 'b')",
+        "select count(*) from rankings x {}"))
+
+
 def counts(db: Database, user_id: int) -> dict:
     one = "select count(*) from {} where user_id = ?"
     up, down = (db.execute(one.format("thumbs") + " and value = ?", [user_id, v]).fetchone()[0]
@@ -275,6 +290,7 @@ def counts(db: Database, user_id: int) -> dict:
         "events_since_last_training": db.execute(
             one.format("feedback_events") + " and training_run_id is null",
             [user_id]).fetchone()[0],
+        "effective_new_labels": effective_new_labels(db, user_id),
     }
 
 

@@ -169,9 +169,19 @@ def m005_adapter_fallback_from(db: Database) -> None:
     db["messages"].add_column("adapter_fallback_from", int)
 
 
+def m006_candidate_provenance(db: Database) -> None:
+    # How each answer was produced (issue 14): source = personal | base | previous | hot |
+    # arm | peer, arm = the style arm's name (its instruction is not stored: it was never
+    # shown), selection = how an exploring turn picked it (random | diversity | uncertainty;
+    # null = not an exploring turn). Earlier rows stay null.
+    for column in ("source", "arm", "selection"):
+        db["messages"].add_column(column, str)
+
+
 MIGRATIONS: list[Callable[[Database], None]] = [
     m001_initial, m002_sampling_settings, m003_ids_never_reused,
-    m004_reward_heads_published_by_finished_runs, m005_adapter_fallback_from]
+    m004_reward_heads_published_by_finished_runs, m005_adapter_fallback_from,
+    m006_candidate_provenance]
 
 
 def key(name: str) -> str:

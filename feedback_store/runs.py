@@ -22,8 +22,10 @@ LOG_TAIL_CHARS = 4000
 
 
 def new_event_count(db: Database, user_id: int) -> int:
-    return db["feedback_events"].count_where(
-        "user_id = ? and training_run_id is null", [user_id])
+    """New feedback as effective labels (a toggled vote is one label, not several events)."""
+    from feedback_store.feedback import effective_new_labels
+
+    return effective_new_labels(db, user_id)
 
 
 def active_run(db: Database, user_id: int) -> dict | None:
@@ -54,7 +56,8 @@ def request_training(db: Database, user_name: str | None, force: bool, min_new_e
         user = get_user_by_name(db, user_name)
         count = new_event_count(db, user["id"])
         if not force and count < min_new_events:
-            raise BadRequest(f"user {user_name!r} has {count} new feedback events; training "
+            raise BadRequest(f"user {user_name!r} has {count} new labels (feedback events, a "
+                             f"changed vote counted once); training "
                              f"needs at least {min_new_events} (or force)")
         if not db["feedback_events"].count_where("user_id = ?", [user["id"]]):
             raise BadRequest(f"user {user_name!r} has no feedback yet: there is nothing to "
@@ -65,13 +68,14 @@ def request_training(db: Database, user_name: str | None, force: bool, min_new_e
 
 
 def due_users(db: Database, min_new_events: int) -> list[dict]:
-    """Users with at least `min_new_events` unconsumed events and no active run."""
-    return list(db.query(
-        "select u.*, count(e.id) as new_events from users u "
-        "join feedback_events e on e.user_id = u.id and e.training_run_id is null "
-        "where not exists (select 1 from training_runs r where r.user_id = u.id "
-        "and r.status in ('queued', 'running')) "
-        "group by u.id having count(e.id) >= ? order by u.id", [min_new_events]))
+    """Users with at least `min_new_events` new effective labels and no active run."""
+    candidates = db.query(
+        "select u.* from users u where exists (select 1 from feedback_events e where "
+        "e.user_id = u.id and e.training_run_id is null) and not exists (select 1 from "
+        "training_runs r where r.user_id = u.id and r.status in ('queued', 'running')) "
+        "order by u.id")
+    due = [dict(u, new_events=new_event_count(db, u["id"])) for u in candidates]
+    return [u for u in due if u["new_events"] >= max(1, min_new_events)]
 
 
 def get_run(db: Database, run_id: int) -> dict:

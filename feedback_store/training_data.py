@@ -169,6 +169,30 @@ def _unpaired_row(lookup: _Lookup, item: _Label, with_ids: bool) -> dict | None:
     return row
 
 
+def source_preferences(db: Database, user_id: int) -> dict[str, dict]:
+    """Which sources' answers the user preferred (issue 14's provenance): per source
+    (messages.source; "unknown" for answers from before it was recorded) how often its
+    answer won or lost a preference pair, and the share won. Style arms count per arm as
+    "arm:<name>". Pairs between two answers of one source say nothing and are skipped."""
+    stats: dict[str, dict] = {}
+    lookup = _Lookup(db, user_id)
+
+    def label(message: dict) -> str:
+        source = message.get("source") or "unknown"
+        return f"arm:{message['arm']}" if source == "arm" and message.get("arm") else source
+
+    for pair in _pairs(db, user_id):
+        won, lost = lookup.message(pair.chosen), lookup.message(pair.rejected)
+        if won is None or lost is None or label(won) == label(lost):
+            continue
+        for message, key in ((won, "won"), (lost, "lost")):
+            entry = stats.setdefault(label(message), {"won": 0, "lost": 0})
+            entry[key] += 1
+    for entry in stats.values():
+        entry["win_rate"] = round(entry["won"] / (entry["won"] + entry["lost"]), 3)
+    return dict(sorted(stats.items(), key=lambda kv: -kv[1]["win_rate"]))
+
+
 def export_jsonl(db: Database, user_name: str, fmt: str) -> str:
     """One user's rows (looked up by name) as JSON Lines, for the admin export."""
     check_format(fmt)

@@ -112,6 +112,8 @@ def start_server(data_dir: Path, engine, **env_overrides):
     port = _free_port()
     env = {"ASSISTANT_DATA_DIR": str(data_dir), "ASSISTANT_PORT": str(port),
            "ASSISTANT_ADMIN_KEY": ADMIN_KEY, "ASSISTANT_SCHEDULER_ENABLED": "false",
+           # Comparison turns stay plain unless a test is about exploration (test_explore).
+           "ASSISTANT_EXPLORE_ENABLED": "false",
            **{k: str(v) for k, v in env_overrides.items()}}
     config = load_config(ROOT / "config.toml", env=env)
     app = create_app(config, engine)

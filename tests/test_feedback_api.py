@@ -228,7 +228,8 @@ def test_me_counts_adapter_run_and_rotate_key(live_server, alice):
     me = httpx.get(f"{live_server.url}/api/me", headers=h).json()
     assert (me["id"], me["name"], me["role"]) == (uid, "alice", "user")
     assert me["counts"] == {"thumbs_up": 1, "thumbs_down": 1, "comparisons": 0,
-                            "rankings": 0, "events_since_last_training": 1}
+                            "rankings": 0, "events_since_last_training": 1,
+                            "effective_new_labels": 1}
     assert me["current_version"] == 1
     assert me["adapter"] == {"version": 1, "created_at": "2030-01-01T00:00:00.000+00:00"}
     assert me["last_training_run"]["status"] == "done"

@@ -22,10 +22,11 @@ def test_an_older_database_upgrades_and_keeps_its_rows(tmp_path, monkeypatch):
 
     db = connect(path)
     later = [fn.__name__ for fn in migrations.MIGRATIONS[1:]]
-    assert migrations.migrate(db) == later
+    assert migrations.migrate(db) == later and "m006_candidate_provenance" in later
     row = db["messages"].get(1)
     assert (row["content"], row["temperature"]) == ("kept", 0.7)
     assert (row["frequency_penalty"], row["presence_penalty"], row["seed"]) == (None,) * 3
+    assert (row["source"], row["arm"], row["selection"]) == (None,) * 3
     assert migrations.migrate(db) == []                   # each migration runs once
     assert [m["name"] for m in db["migrations"].rows] == [
         fn.__name__ for fn in migrations.MIGRATIONS]

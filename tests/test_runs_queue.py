@@ -11,9 +11,13 @@ from feedback_store.users import create_user
 
 
 def add_events(db, user_id: int, k: int) -> None:
-    for _ in range(k):
-        db["feedback_events"].insert({"user_id": user_id, "kind": "thumbs", "message_ids": "[]",
-                                      "created_at": "2026-01-01"})
+    """k thumbs on k different answers: k events and k effective labels."""
+    for i in range(k):
+        event = db["feedback_events"].insert({"user_id": user_id, "kind": "thumbs",
+                                              "message_ids": f"[{1000 * user_id + i}]",
+                                              "created_at": "2026-01-01"}).last_pk
+        db["thumbs"].insert({"user_id": user_id, "message_id": 1000 * user_id + i,
+                             "value": "up", "event_id": event, "updated_at": "2026-01-01"})
 
 
 def test_due_users_and_one_active_run_per_user(db):
@@ -26,7 +30,7 @@ def test_due_users_and_one_active_run_per_user(db):
     assert [r["user_id"] for r in queued] == [alice["id"]]
     again = runs.request_training(db, "alice", True, 3, "test")
     assert again[0]["id"] == queued[0]["id"]                  # no second active run
-    with pytest.raises(BadRequest, match="2 new feedback events"):
+    with pytest.raises(BadRequest, match="2 new labels"):
         runs.request_training(db, "bob", False, 3, "test")
     forced = runs.request_training(db, None, True, 3, "test")
     assert [r["user_id"] for r in forced] == [bob["id"]]

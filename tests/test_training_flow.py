@@ -12,7 +12,9 @@ from tests.conftest import make_tiny_model, start_server
 FAST = {"ASSISTANT_TRAINING_STEPS": 2, "ASSISTANT_TRAINING_GROUP_SIZE": 2,
         "ASSISTANT_TRAINING_PROMPTS_PER_STEP": 1, "ASSISTANT_TRAINING_MAX_COMPLETION_TOKENS": 6,
         "ASSISTANT_TRAINING_MIN_NEW_EVENTS": 3, "ASSISTANT_TRAINING_THREADS": 1,
-        "ASSISTANT_TRAINING_LEARNING_RATE": 0.05}
+        "ASSISTANT_TRAINING_LEARNING_RATE": 0.05,
+        # These tests are about the pipeline, not evidence (test_evidence_gate.py is).
+        "ASSISTANT_TRAINING_MIN_HEAD_PAIRS": 0, "ASSISTANT_TRAINING_MIN_HEAD_ACCURACY": 0.0}
 
 
 def serve(tmp_path, tiny_dir, **env):
@@ -99,7 +101,7 @@ def test_run_trains_promotes_and_routes(promoting, tiny_dir):
     # events were consumed: nothing new, so a non-forced request is refused
     admin = live.headers(live.admin_key)
     r = httpx.post(f"{live.url}/admin/train", headers=admin, json={"user": "alice"})
-    assert r.status_code == 400 and "0 new feedback events" in r.json()["detail"]
+    assert r.status_code == 400 and "0 new labels" in r.json()["detail"]
     me = httpx.get(f"{live.url}/api/me", headers=live.headers(key)).json()
     assert me["current_version"] == 1
     head = me["reward_head"]

@@ -1,0 +1,231 @@
+"""Exploration on comparison turns: generate a pool from different sources, show the most
+informative pair or triple.
+
+Why: a person's comparisons teach their reward head only where the shown answers differ in
+what they care about. The default answers (one adapter, one temperature) rarely differ in
+tone, examples, a closing question or a summary line, so such tastes were never learned
+(issue 14: 1 and 8 of ~36 pairs differed in the liked feature). On a comparison turn
+(n >= 2) we therefore generate `explore.pool` candidates, one GenRequest per candidate,
+submitted together so the engine decodes them as one batch, from deliberately different
+sources:
+
+- personal: the user's serving adapter (what plain chat would answer; exploitation);
+- base: the shared base without adapter;
+- previous: the user's previous adapter version;
+- hot: the user's adapter at explore.hot_temperature;
+- arm: the user's adapter with a generic style instruction (explore.arms) as a system
+  message, plus a one-turn demonstration exchange when the arm has one (a 135M base barely
+  follows instructions alone; a demonstration moves it more, a bigger base needs neither);
+- peer: another user's promoted adapter ("the population is a library of styles"). Only its
+  weights are used; the text it generates answers this user's prompt and is this user's.
+
+Then `select` picks the candidates to show:
+
+- uncertainty: double Thompson sampling over the user's bootstrap ensemble head
+  (Dwaracherla et al. 2024, "Efficient Exploration for LLMs"): the first answer is the
+  argmax of one sampled member, the second the argmax of another member among the rest; a
+  third maximizes the ensemble's disagreement about its preference against those shown;
+- diversity: while the head has few pairs (or none) its uncertainty means little, so show
+  the pair farthest apart in the head's frozen feature space (then the farthest third);
+- random: uniform, the baseline to compare against ("random is hard to beat").
+
+Training sees only what the person saw: candidates are stored with the conversation's
+visible messages (the style instruction and demonstration exist only in the GenRequest), so
+DPO and RL distill a liked style into the adapter. Unshown candidates are not stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from dataclasses import dataclass, replace
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from assistant.engine import AdapterRef, GenRequest, GenResult
+from assistant.sampling import row_seed
+
+SELECTIONS = ("random", "uncertainty", "diversity")
+
+
+@dataclass(frozen=True)
+class Arm:
+    """A generic style: an instruction and optionally a demonstration answer."""
+
+    name: str
+    instruction: str
+    demo: str | None = None
+
+
+def parse_arms(entries: tuple[str, ...]) -> list[Arm]:
+    """'name | instruction | demo answer' (demo optional), as in config.toml [explore]."""
+    arms = []
+    for entry in entries:
+        parts = [p.strip() for p in entry.split("|")]
+        arms.append(Arm(parts[0], parts[1], parts[2] if len(parts) > 2 else None))
+    return arms
+
+
+@dataclass(frozen=True)
+class Slot:
+    """How one pool candidate is produced (its provenance)."""
+
+    source: str                     # personal | base | previous | hot | arm | peer
+    adapter: AdapterRef | None
+    temperature: float
+    arm: Arm | None = None
+
+
+def arm_messages(messages: list[dict], arm: Arm, demo_question: str) -> list[dict]:
+    """The visible messages with the arm's instruction added to the system message and its
+    demonstration exchange placed before the conversation's turns."""
+    system = [m for m in messages[:1] if m["role"] == "system"]
+    turns = messages[len(system):]
+    text = f"{system[0]['content']}\n\n{arm.instruction}" if system else arm.instruction
+    demo = ([{"role": "user", "content": demo_question},
+             {"role": "assistant", "content": arm.demo}] if arm.demo else [])
+    return [{"role": "system", "content": text}, *demo, *turns]
+
+
+@dataclass(frozen=True)
+class Sources:
+    """What the pool can draw on for this user right now."""
+
+    personal: AdapterRef | None
+    previous: AdapterRef | None = None
+    peers: tuple[AdapterRef, ...] = ()
+
+
+def plan_pool(pool: int, sources: tuple[str, ...], have: Sources, arms: list[Arm],
+              temperature: float, hot_temperature: float, rng: random.Random) -> list[Slot]:
+    """`pool` slots: the user's own answer first, then the configured sources in a random
+    order (a source listed twice may fill two slots), skipping the unavailable ones; when the
+    list runs out it is drawn from again."""
+    slots = [Slot("personal", have.personal, temperature)]
+    free_arms = list(arms)
+    rng.shuffle(free_arms)
+    peers = list(have.peers)
+    rng.shuffle(peers)
+    options = [s for s in sources if s != "personal"]
+    for _ in range(3):                      # a few passes fill a pool larger than the list
+        order = list(options)
+        rng.shuffle(order)
+        for source in order:
+            if len(slots) >= pool:
+                return slots
+            slot = _slot(source, have, free_arms, peers, temperature, hot_temperature)
+            if slot is not None:
+                slots.append(slot)
+    while len(slots) < pool:                # nothing else available: more of the user's own
+        slots.append(Slot("personal", have.personal, temperature))
+    return slots
+
+
+def _slot(source: str, have: Sources, arms: list[Arm], peers: list[AdapterRef],
+          temperature: float, hot: float) -> Slot | None:
+    if source == "base":
+        return Slot("base", None, temperature)
+    if source == "hot":
+        return Slot("hot", have.personal, hot)
+    if source == "previous" and have.previous is not None:
+        return Slot("previous", have.previous, temperature)
+    if source == "arm" and arms:
+        return Slot("arm", have.personal, temperature, arms.pop())
+    if source == "peer" and peers:
+        return Slot("peer", peers.pop(), temperature)
+    return None
+
+
+def pool_requests(gen: GenRequest, slots: list[Slot], demo_question: str) -> list[GenRequest]:
+    """One single-candidate GenRequest per slot, sharing the turn's other settings."""
+    reqs = []
+    for i, slot in enumerate(slots):
+        messages = (arm_messages(gen.messages, slot.arm, demo_question) if slot.arm
+                    else gen.messages)
+        reqs.append(replace(gen, messages=messages, n=1, temperature=slot.temperature,
+                            adapter=slot.adapter,
+                            seed=None if gen.seed is None else row_seed(gen.seed, i)))
+    return reqs
+
+
+async def generate_pool(engine, reqs: list[GenRequest]) -> list[GenResult | BaseException]:
+    """Submit every request before awaiting any, so the engine decodes them as one batch;
+    a request whose adapter failed to load comes back as its exception."""
+    futures = [asyncio.wrap_future(engine.submit(r)) for r in reqs]
+    return list(await asyncio.gather(*futures, return_exceptions=True))
+
+
+# ---- selection -----------------------------------------------------------------------------
+
+def select(n: int, mode: str, rng: random.Random, X: np.ndarray | None = None,
+           ensemble=None) -> list[int]:
+    """Indices of the n candidates to show, in pool order, by `mode` (SELECTIONS).
+
+    X: (P, D) frozen features of the pool (needed by diversity and uncertainty);
+    ensemble: an object with .scores(X) -> (K, P) (needed by uncertainty).
+    """
+    size = len(X) if X is not None else None
+    if mode == "uncertainty" and ensemble is not None and X is not None:
+        return double_thompson(ensemble.scores(X), n, rng)
+    if mode in ("diversity", "uncertainty") and X is not None:
+        return farthest(X, n)
+    return sorted(rng.sample(range(size if size is not None else n), n))
+
+
+def double_thompson(scores: np.ndarray, n: int, rng: random.Random) -> list[int]:
+    """scores: (K, P) rewards of P candidates under K ensemble members.
+
+    First: argmax of a sampled member. Second: argmax of another sampled member among the
+    rest (Dwaracherla et al. 2024 resample until it differs; excluding the first is the same
+    in one draw). Further ones: the largest ensemble std of the reward difference to the
+    candidates already chosen, i.e. where the members disagree about the preference most.
+    """
+    k, p = scores.shape
+    first = int(np.argmax(scores[rng.randrange(k)]))
+    chosen = [first]
+    rest = [i for i in range(p) if i != first]
+    member = scores[rng.randrange(k)]
+    chosen.append(max(rest, key=lambda i: member[i]))
+    while len(chosen) < n:
+        rest = [i for i in range(p) if i not in chosen]
+        chosen.append(max(rest, key=lambda i: min(
+            float(np.std(scores[:, i] - scores[:, j])) for j in chosen)))
+    return sorted(chosen)
+
+
+def farthest(X: np.ndarray, n: int) -> list[int]:
+    """The pair at the largest distance after per-feature standardization over the pool,
+    then greedily the candidate farthest from those chosen (max-min distance)."""
+    Z = (X - X.mean(0)) / (X.std(0) + 1e-6)
+    dist = np.linalg.norm(Z[:, None, :] - Z[None, :, :], axis=-1)       # (P, P)
+    a, b = np.unravel_index(int(np.argmax(dist)), dist.shape)
+    chosen = [int(a), int(b)]
+    while len(chosen) < n:
+        rest = [i for i in range(len(X)) if i not in chosen]
+        chosen.append(max(rest, key=lambda i: min(dist[i, j] for j in chosen)))
+    return sorted(chosen)
+
+
+def choose_mode(configured: str, n_pairs: int, has_ensemble: bool,
+                diversity_until_pairs: int) -> str:
+    """'auto': uncertainty once the user's ensemble head has enough pairs, else diversity."""
+    if configured != "auto":
+        return configured
+    if has_ensemble and n_pairs >= diversity_until_pairs:
+        return "uncertainty"
+    return "diversity"
+
+
+@lru_cache(maxsize=32)
+def load_ensemble(path: str):
+    """The bootstrap ensemble saved next to a reward head (None if that head has none)."""
+    folder = Path(path) / "ensemble"
+    if not folder.exists():
+        return None
+    try:
+        from adapters.ensemble import EnsembleHead
+    except ImportError:
+        return None
+    return EnsembleHead.load(folder)

@@ -1,0 +1,85 @@
+"""bench/personalize.py's exploration figures: informative pairs, liked features, decisive."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+
+import personalize  # noqa: E402
+from personas import load_personas, parse_persona  # noqa: E402
+
+EXAMPLES = parse_persona({"name": "ex", "temperature": 0.5, "thumbs_up_at": 1.0,
+                          "thumbs_down_at": -1.0,
+                          "utility": {"questions": 1.0, "words": -0.01,
+                                      "phrases": {"for example": 2.0, "boring": -1.0}}})
+
+
+def test_liked_features_are_positive_weights_and_phrases_plus_any():
+    assert personalize.liked_names(EXAMPLES) == ["questions", "phrase:for example", "any"]
+    assert personalize.liked_features(EXAMPLES, "For example, rivers.") == {
+        "phrase:for example", "any"}
+    assert personalize.liked_features(EXAMPLES, "Rivers flow.") == set()
+
+
+def test_informative_pairs_differ_by_more_than_the_temperature():
+    log = personalize.FeedbackLog()
+    cands = [{"content": "Rivers flow.", "source": "personal"},
+             {"content": "For example, rivers flow.", "source": "arm", "arm": "example"},
+             {"content": "Rivers flow too.", "source": "base"}]
+    log.shown(EXAMPLES, cands)
+    s = log.summary()
+    # 3 pairs; only the two with the example phrase differ by 2 - tiny length terms > 0.5.
+    assert s["shown_pairs"] == 3 and s["informative_pair_share"] == round(2 / 3, 3)
+    assert s["liked_feature_share"]["phrase:for example"] == round(1 / 3, 3)
+    assert s["pairs_differing_in_feature"] == {"phrase:for example": 2, "any": 2}
+    assert s["shown_sources"] == {"personal": 1, "arm:example": 1, "base": 1}
+    assert s["liked_share_by_source"] == {"personal": 0.0, "arm:example": 1.0, "base": 0.0}
+
+
+def test_decisive_win_rate_excludes_ties():
+    ours, base = [["For example, x", "x"]], [["x", "y"]]
+    d = personalize.decisive(EXAMPLES, ours, base)
+    # pairs: (ex, x) win, (ex, y) win, (x, x) tie, (x, y) tie (same length, no feature)
+    assert d == {"decisive_win_rate": 1.0, "tie_share": 0.5}
+
+
+def test_variants_name_two_users_per_persona_for_both():
+    personas = [EXAMPLES]
+    assert [v.user for v in personalize.variants(personas, "on")] == ["ex"]
+    both = personalize.variants(personas, "both")
+    assert [(v.user, v.mode) for v in both] == [("ex-explore-on", "on"),
+                                                ("ex-explore-off", "off")]
+
+
+def test_extra_personas_load_and_each_likes_something_countable():
+    personas = load_personas(ROOT / "bench" / "personas-extra")
+    assert len(personas) >= 6
+    for p in personas:
+        assert personalize.liked_names(p), p.name
+
+
+def test_reports_render_for_feedback_only_and_both_modes():
+    log = personalize.FeedbackLog()
+    log.shown(EXAMPLES, [{"content": "a?", "source": "personal"},
+                         {"content": "b", "source": "base"}])
+    fb = {"ex-explore-on@6": log.summary(), "ex-explore-off@6": log.summary()}
+    cost = {"turns": 2, "seconds_off": 1.0, "seconds_on": 1.5, "ratio": 1.5}
+    only = {"started": "now", "settings": {}, "turn_cost": cost, "feedback": fb,
+            "seconds": {"total": 1}}
+    text = personalize.markdown(only)
+    assert "ratio 1.5" in text and "| ex-explore-on@6 | 1.000 | 1 |" in text
+    stage = {"events": 6, "specificity": {"ex": {"ex": 0.6}}, "head_to_head": {"ex": {}},
+             "personas": {"ex": {"win_rate": 0.6, "decisive_win_rate": 0.7, "tie_share": 0.1,
+                                 "liked_share_personal": {"any": 0.5},
+                                 "liked_share_base": {"any": 0.1}, "utility_personal": 1.0,
+                                 "utility_base": 0.0, "words_personal": 10,
+                                 "words_base": 20, "reward_head_heldout": {"accuracy": 0.8},
+                                 "reward_head_cv_accuracy": 0.7,
+                                 "run": {"status": "succeeded", "decision": "promoted"}}}}
+    mode = {"rounds": [stage]}
+    both = dict(only, rounds=[stage], modes={"on": mode, "off": mode})
+    text = personalize.markdown(both)
+    assert "# Exploration off" in text and "| ex | on | 0.600 | 0.700 | 0.100 | 0.800 |" in text
