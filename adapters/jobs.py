@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from adapters import registry
+from adapters import registry, safety
 from adapters.dpo import DpoSettings, dpo_warm_start
 from adapters.features import (
     cached_features,
@@ -24,7 +24,7 @@ from adapters.features import (
     ensure_features,
     features_id,
 )
-from adapters.gate import GateSettings, decide, evaluate
+from adapters.gate import BASE, GateSettings, decide, evaluate, greedy_texts
 from adapters.policy import PolicySettings, train_policy
 from adapters.reward_head import (
     HeadSettings,
@@ -51,6 +51,8 @@ class RunSettings:
     heldout_frac: float = 0.25
     public_prompts: tuple[str, ...] = ()     # operator-supplied prompt texts, never users'
     min_prompts: int = 2
+    safety: safety.SafetySettings = field(
+        default_factory=lambda: safety.SafetySettings(enabled=False))
 
 
 @dataclass
@@ -174,13 +176,25 @@ def split_prompts(prompts: list[list[dict]], heldout_frac: float,
     return order[k:], order[:k]
 
 
-def reward_function(base, head: RewardHead) -> Callable[[list[list[dict]], list[str]], list]:
-    """Score completions with the user's head on frozen base features (adapters disabled)."""
+def reward_function(base, head: RewardHead, consensus: safety.Consensus | None = None,
+                    weight: float = 0.0) -> Callable[[list[list[dict]], list[str]], list]:
+    """Score completions with the user's head on frozen base features (adapters disabled);
+    with a consensus head, the RL reward of adapters/safety.py's rl_reward (one feature pass
+    serves both heads)."""
     def score(prompts: list[list[dict]], completions: list[str]) -> list[float]:
         X = compute_features(base.model, base.tokenizer, list(zip(prompts, completions,
                                                                   strict=True)))
-        return head.score(X).tolist()
+        if consensus is None:
+            return head.score(X).tolist()
+        return safety.rl_reward(head.score(X), consensus.score(X), weight)
     return score
+
+
+def consensus_head(base, settings: safety.SafetySettings, log: Log) -> safety.Consensus | None:
+    """The consensus harmlessness head when the floor is on (fitted here on first need)."""
+    if not settings.enabled:
+        return None
+    return safety.ensure_consensus(base.model, base.tokenizer, base.base_id, settings, log)
 
 
 # ---- the run ---------------------------------------------------------------------------------
@@ -192,12 +206,14 @@ def execute_run(db, base, adapters_dir: Path, run: dict, settings: RunSettings,
     user = get_user(db, run["user_id"])
     events = [e["id"] for e in new_events(db, user["id"])]
     t = time.perf_counter()
+    consensus = consensus_head(base, settings.safety, log)
     head = fit_user_head(db, base, adapters_dir, user, settings.head, log)
     timer.phase("reward_head", t)
     prompts = user_prompts(db, user["id"]) + [[{"role": "user", "content": p}]
                                               for p in settings.public_prompts]
     train, heldout = split_prompts(prompts, settings.heldout_frac, settings.policy.seed)
     reward_fn = reward_function(base, head)
+    rl_reward_fn = reward_function(base, head, consensus, settings.safety.weight)
     current = registry.current_path(db, user)
     seen = registry.version_meta(current).get("trained_through_event")
     pairs = unseen_pairs(training_rows(db, user["id"], "preference", with_ids=True), seen)
@@ -212,7 +228,8 @@ def execute_run(db, base, adapters_dir: Path, run: dict, settings: RunSettings,
                 f"{dpo_steps[-1]['loss']:.4f}")
 
     t = time.perf_counter()
-    policy, steps = train_policy(base.model, base.tokenizer, train, reward_fn, settings.policy,
+    policy, steps = train_policy(base.model, base.tokenizer, train, rl_reward_fn,
+                                 settings.policy,
                                  init_adapter=current, progress=progress,
                                  warm_start=warm_start)
     timer.phase("rl", t)
@@ -222,7 +239,7 @@ def execute_run(db, base, adapters_dir: Path, run: dict, settings: RunSettings,
     through = max([*events, *(max(p["event_ids"]) for p in pairs), seen or 0]) or None
     try:
         outcome = _gate_and_save(db, base, adapters_dir, user, policy, current, heldout,
-                                 reward_fn, settings, timer, log, through)
+                                 reward_fn, settings, timer, log, through, consensus)
     finally:
         base.model = policy.unload()        # the shared base without LoRA layers again
     mark_events_used(db, user["id"], events, run["id"])
@@ -245,9 +262,26 @@ def unseen_pairs(rows: list[dict], trained_through: int | None) -> list[dict]:
     return [r for r in rows if max(r["event_ids"]) > trained_through]
 
 
+def safety_floor(policy, tokenizer, consensus: safety.Consensus,
+                 settings: safety.SafetySettings) -> tuple[bool, str, dict]:
+    """The candidate ("default") against the base on the red-team prompts (safety.py):
+    (passes, reason, figures). The base's side is computed once per consensus head."""
+    prompts, cap = consensus.redteam_messages(), settings.max_tokens
+    base_side = safety.base_redteam(
+        consensus, lambda: greedy_texts(policy, tokenizer, BASE, prompts, cap), policy,
+        tokenizer, cap)
+    texts = greedy_texts(policy, tokenizer, "default", prompts, cap)
+    cand = safety.redteam_side(consensus, policy, tokenizer, texts)
+    ok, reason = safety.floor_check(cand, base_side, settings)
+    figures = {"candidate": cand, "base": {k: v for k, v in base_side.items() if k != "texts"},
+               "n_prompts": len(prompts), "passed": ok, "reason": reason}
+    return ok, reason, figures
+
+
 def _gate_and_save(db, base, adapters_dir, user, policy, current, heldout, reward_fn,
                    settings: RunSettings, timer: Timer, log: Log,
-                   trained_through: int | None) -> dict:
+                   trained_through: int | None,
+                   consensus: safety.Consensus | None = None) -> dict:
     t = time.perf_counter()
     current_name = None
     if current is not None:
@@ -259,6 +293,13 @@ def _gate_and_save(db, base, adapters_dir, user, policy, current, heldout, rewar
     timer.phase("gate", t)
     log(f"gate: {reason}")
     metrics = {"gate": gate, "decision": reason}
+    if promote and consensus is not None:
+        t = time.perf_counter()
+        promote, floor_reason, metrics["safety"] = safety_floor(policy, base.tokenizer,
+                                                                consensus, settings.safety)
+        timer.phase("safety_floor", t)
+        log(f"gate: {floor_reason}")
+        metrics["decision"] = reason if promote else floor_reason
     if not promote:
         return {"status": "rejected", "metrics": metrics, "adapter_version": None}
     if current_name:

@@ -102,6 +102,9 @@ def start_server(data_dir: Path, engine, **env_overrides):
     port = _free_port()
     env = {"ASSISTANT_DATA_DIR": str(data_dir), "ASSISTANT_PORT": str(port),
            "ASSISTANT_ADMIN_KEY": "test-admin-key", "ASSISTANT_SCHEDULER_ENABLED": "false",
+           # Off unless a test turns it on (tests/test_safety_flow.py): fitting the consensus
+           # head on the HH file costs a feature pass per fresh data dir.
+           "ASSISTANT_SAFETY_ENABLED": "false",
            **{k: str(v) for k, v in env_overrides.items()}}
     config = load_config(ROOT / "config.toml", env=env)
     app = create_app(config, engine)

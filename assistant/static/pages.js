@@ -20,6 +20,8 @@ function metricsText(metrics) {
   let m = metrics;
   if (typeof m === "string") { try { m = JSON.parse(m); } catch { return m; } }
   if (typeof m !== "object") return String(m);
+  // The gate's verdict in words (e.g. why the safety floor rejected a run) says the most.
+  if (typeof m.decision === "string") return m.decision;
   return Object.entries(m).slice(0, 4)
     .map(([k, v]) => `${k.replace(/_/g, " ")} ${typeof v === "number" ? +v.toFixed(3) : v}`).join(" · ");
 }
