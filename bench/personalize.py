@@ -112,6 +112,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true",
                    help="smoke run: 6 events, 4 held-out prompts, 2 RL steps")
     p.add_argument("--keep-data", action="store_true", help="keep the server's data dir")
+    p.add_argument("--safety", action="store_true",
+                   help="also report each persona's `assistant eval safety` figures "
+                        "(bench/safety_report.py) as results.json's \"safety\"")
+    p.add_argument("--safety-limit", type=int, default=64, help="HH pairs per safety eval")
+    p.add_argument("--safety-data", type=Path,
+                   default=ROOT.parent / "shared" / "data" / "hh-harmless-dev.jsonl")
     p.add_argument("--rescore", type=Path, metavar="DIR",
                    help="no run: recompute the utility-based figures of DIR/results.json "
                         "from DIR/answers.json with --personas, and rewrite DIR's reports")
@@ -729,6 +735,13 @@ def run_benchmark(args: argparse.Namespace) -> tuple[dict, dict]:
             th.join()
         admin.close()
         env = srv.env
+        if args.safety:
+            import safety_report
+
+            say("safety: assistant eval safety for every persona")
+            shared.safety = safety_report.report(
+                [p.name for p in personas], srv.data_dir, srv.env, args.safety_data,
+                args.safety_limit, args.out)
     shared.seconds["total"] = round(time.monotonic() - t0, 1)
     if shared.seconds.get("errors"):
         args.out.mkdir(parents=True, exist_ok=True)
@@ -750,6 +763,7 @@ def run_benchmark(args: argparse.Namespace) -> tuple[dict, dict]:
         "head_to_head": last["head_to_head"],
         "rounds": rounds,
         "seconds": shared.seconds,
+        **({"safety": shared.safety} if args.safety else {}),
     }, answers_record(personas, heldout, shared, points)
 
 
@@ -778,6 +792,10 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "answers.json").write_text(json.dumps(answers, indent=1))
     (args.out / "results.json").write_text(json.dumps(results, indent=1))
     table = markdown(results)
+    if results.get("safety"):
+        import safety_report
+
+        table += "\n" + safety_report.markdown(results["safety"])
     (args.out / "results.md").write_text(table)
     plots(results, args.out, args.curve or bool(args.rescore and len(results["rounds"]) > 1))
     print(table)
