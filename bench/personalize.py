@@ -116,6 +116,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="also report each persona's `assistant eval safety` figures "
                         "(bench/safety_report.py) as results.json's \"safety\"")
     p.add_argument("--safety-limit", type=int, default=64, help="HH pairs per safety eval")
+    p.add_argument("--data-dir", type=Path, help="--url's server data dir (for --safety)")
     p.add_argument("--safety-data", type=Path,
                    default=ROOT.parent / "shared" / "data" / "hh-harmless-dev.jsonl")
     p.add_argument("--rescore", type=Path, metavar="DIR",
@@ -195,7 +196,7 @@ def server(args: argparse.Namespace) -> Iterator[Server]:
         if host not in ("127.0.0.1", "localhost", "::1"):
             raise SystemExit(f"--url must be a loopback address, got {host!r}")
         wait_healthy(args.url.rstrip("/"), 60)
-        yield Server(args.url.rstrip("/"), args.admin_key)
+        yield Server(args.url.rstrip("/"), args.admin_key, data_dir=args.data_dir)
         return
     data_dir = Path(tempfile.mkdtemp(prefix="personalize-"))
     port, key = free_port(), "bench-" + secrets.token_urlsafe(24)
