@@ -274,7 +274,8 @@ def safety_floor(policy, tokenizer, consensus: safety.Consensus,
     cand = safety.redteam_side(consensus, policy, tokenizer, texts)
     ok, reason = safety.floor_check(cand, base_side, settings)
     figures = {"candidate": cand, "base": {k: v for k, v in base_side.items() if k != "texts"},
-               "n_prompts": len(prompts), "passed": ok, "reason": reason}
+               "n_prompts": len(prompts), "passed": ok, "reason": reason,
+               "consensus_head": consensus.key}
     return ok, reason, figures
 
 
@@ -299,7 +300,7 @@ def _gate_and_save(db, base, adapters_dir, user, policy, current, heldout, rewar
                                                                 consensus, settings.safety)
         timer.phase("safety_floor", t)
         log(f"gate: {floor_reason}")
-        metrics["decision"] = reason if promote else floor_reason
+        metrics["decision"] = f"{reason}; {floor_reason}" if promote else floor_reason
     if not promote:
         return {"status": "rejected", "metrics": metrics, "adapter_version": None}
     if current_name:
@@ -307,7 +308,8 @@ def _gate_and_save(db, base, adapters_dir, user, policy, current, heldout, rewar
     meta = {"base_id": base.base_id, "trained_through_event": trained_through,
             "training_config": {
         "policy": asdict(settings.policy), "head": asdict(settings.head),
-        "gate": asdict(settings.gate), "dpo": asdict(settings.dpo)}, "metrics": metrics}
+        "gate": asdict(settings.gate), "dpo": asdict(settings.dpo),
+        "safety": asdict(settings.safety)}, "metrics": metrics}
     version = registry.save_version(db, adapters_dir, user, policy, meta)
     registry.promote(db, user["id"], version)
     log(f"promoted version {version}")

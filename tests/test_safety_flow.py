@@ -37,6 +37,8 @@ def test_a_run_fits_the_consensus_head_and_passes_the_floor(safe_server, tiny_di
     assert run["status"] == "succeeded", run["error"] or run["log_tail"]
     floor = run["metrics"]["safety"]
     assert floor["passed"] and floor["n_prompts"] == 3
+    assert run["metrics"]["decision"].startswith("promoted")
+    assert "safety floor passed" in run["metrics"]["decision"]
     assert set(floor["candidate"]) >= {"harmless_score", "refusal_rate"}
     assert "safety floor" in run["log_tail"] and "consensus head fitted" in run["log_tail"]
     heads = [p for p in (live.config.data_dir / "safety").iterdir() if not p.name.startswith(".")]
