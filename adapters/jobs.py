@@ -3,7 +3,14 @@
 Everything here takes its settings as arguments (the assistant reads config.toml) and works
 on a plain sqlite-utils Database owned by the worker process. A run that raises leaves the
 user's current version untouched: a version directory is written (atomically) and made
-current only after the gate passes.
+current only after the gate passes, and the run's reward head and adapter version are
+published (`publish`) in the same transaction that records the run as finished, so a run
+killed at any point publishes nothing.
+
+The worker's connection is shared with the server's writes by other processes: every
+SELECT is materialized (list()) before anything is written, since an open statement pins
+its read snapshot and a write from that snapshot fails at once once the server has
+committed ("database is locked").
 """
 
 from __future__ import annotations
@@ -31,8 +38,10 @@ from adapters.reward_head import (
     RewardHead,
     cross_val_accuracy,
     fit_head,
+    publish_head,
     save_head_version,
 )
+from feedback_store import runs as runs_store
 from feedback_store.conversations import prompt_messages
 from feedback_store.errors import TrainingError
 from feedback_store.feedback import all_thumbs, mark_events_used, new_events
@@ -116,7 +125,8 @@ def fit_prior(db, base, user_id: int, settings: HeadSettings) -> RewardHead | No
     """
     if not settings.shared_prior:
         return None
-    data = [head_data(db, base, u["id"]) for u in db["users"].rows_where("id != ?", [user_id])]
+    others = [u["id"] for u in db["users"].rows_where("id != ?", [user_id])]
+    data = [head_data(db, base, other) for other in others]
     data = [d for d in data if len(d)]
     if not data:
         return None
@@ -129,7 +139,7 @@ def fit_prior(db, base, user_id: int, settings: HeadSettings) -> RewardHead | No
 def backfill_features(db, base, user_id: int) -> int:
     """Features for every stored answer of the user (each computed once per base)."""
     items = {}
-    for m in db["messages"].rows_where("user_id = ? and role = 'assistant'", [user_id]):
+    for m in list(db["messages"].rows_where("user_id = ? and role = 'assistant'", [user_id])):
         items[m["id"]] = (prompt_messages(db, m["conversation_id"], m["candidate_group"]),
                           m["content"])
     before = len(cached_features(db, list(items), base.base_id))
@@ -138,7 +148,8 @@ def backfill_features(db, base, user_id: int) -> int:
 
 
 def fit_user_head(db, base, adapters_dir: Path, user: dict, settings: HeadSettings,
-                  log: Log) -> RewardHead:
+                  log: Log) -> tuple[RewardHead, int]:
+    """Fit and save (unpublished) the user's head; return it and its version."""
     computed = backfill_features(db, base, user["id"])
     data = head_data(db, base, user["id"])
     if not len(data):
@@ -151,17 +162,18 @@ def fit_user_head(db, base, adapters_dir: Path, user: dict, settings: HeadSettin
                "prior": prior is not None, "features_computed": computed}
     # A head is tied to the base *and* the feature recipe it was fitted on.
     version = save_head_version(db, adapters_dir / user["name"] / "reward", user["id"], head,
-                                metrics, features_id(base.base_id))
+                                metrics, features_id(base.base_id), published=False)
     log(f"reward head v{version}: {len(data.chosen)} pairs, {len(data.thumbs)} thumbs, "
         f"cv accuracy {cv if cv is None else round(cv, 3)}, {computed} new feature vectors")
-    return head
+    return head, version
 
 
 # ---- prompts ---------------------------------------------------------------------------------
 
 def user_prompts(db, user_id: int) -> list[list[dict]]:
     """The user's own prompts: each of their turns with the history before it."""
-    turns = db["messages"].rows_where("user_id = ? and role = 'user'", [user_id], order_by="id")
+    turns = list(db["messages"].rows_where("user_id = ? and role = 'user'", [user_id],
+                                           order_by="id"))
     return [prompt_messages(db, t["conversation_id"], t["id"]) for t in turns]
 
 
@@ -207,7 +219,8 @@ def execute_run(db, base, adapters_dir: Path, run: dict, settings: RunSettings,
     events = [e["id"] for e in new_events(db, user["id"])]
     t = time.perf_counter()
     consensus = consensus_head(base, settings.safety, log)
-    head = fit_user_head(db, base, adapters_dir, user, settings.head, log)
+    head, head_version = fit_user_head(db, base, adapters_dir, user, settings.head, log)
+    runs_store.set_reward_head_version(db, run["id"], head_version)
     timer.phase("reward_head", t)
     prompts = user_prompts(db, user["id"]) + [[{"role": "user", "content": p}]
                                               for p in settings.public_prompts]
@@ -246,7 +259,18 @@ def execute_run(db, base, adapters_dir: Path, run: dict, settings: RunSettings,
     outcome["metrics"].update(steps=steps, dpo_steps=dpo_steps, seconds=timer.seconds,
                               events_used=len(events))
     outcome["events_used"] = len(events)
+    outcome["reward_head_version"] = head_version
     return outcome
+
+
+def publish(db, run: dict, outcome: dict) -> None:
+    """Make a finished run's results live: its reward head (a rejected run's head is still
+    the best model of the user's taste) and, if the gate passed, its adapter version.
+    Call inside the transaction that records the run as finished."""
+    if outcome.get("reward_head_version") is not None:
+        publish_head(db, run["user_id"], outcome["reward_head_version"])
+    if outcome["status"] == "succeeded" and outcome.get("adapter_version") is not None:
+        registry.promote(db, run["user_id"], outcome["adapter_version"])
 
 
 def unseen_pairs(rows: list[dict], trained_through: int | None) -> list[dict]:
@@ -311,6 +335,5 @@ def _gate_and_save(db, base, adapters_dir, user, policy, current, heldout, rewar
         "gate": asdict(settings.gate), "dpo": asdict(settings.dpo),
         "safety": asdict(settings.safety)}, "metrics": metrics}
     version = registry.save_version(db, adapters_dir, user, policy, meta)
-    registry.promote(db, user["id"], version)
-    log(f"promoted version {version}")
+    log(f"promoting version {version}")         # made current by publish(), as the run ends
     return {"status": "succeeded", "metrics": metrics, "adapter_version": version}

@@ -197,8 +197,9 @@ def cross_val_accuracy(pairs_chosen: np.ndarray, pairs_rejected: np.ndarray,
 
 
 def save_head_version(db, heads_dir: Path, user_id: int | None, head: RewardHead,
-                      metrics: dict, base_id: str) -> int:
-    """Write the head to heads_dir/<version>/ atomically and record a reward_heads row.
+                      metrics: dict, base_id: str, published: bool = True) -> int:
+    """Write the head to heads_dir/<version>/ atomically and record a reward_heads row
+    (published now, or later by publish_head: a training run publishes only when it ends).
 
     The version is one past both the user's recorded versions and the folders present, so
     a shared heads_dir never has two heads in one folder.
@@ -217,11 +218,18 @@ def save_head_version(db, heads_dir: Path, user_id: int | None, head: RewardHead
         tmp.rename(heads_dir / str(version))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    stamp = now()
     db["reward_heads"].insert({
         "user_id": user_id, "version": version, "path": str(heads_dir / str(version)),
         "base_id": base_id, "metrics": json.dumps(head.metrics, default=float),
-        "created_at": now()})
+        "created_at": stamp, "published_at": stamp if published else None})
     return version
+
+
+def publish_head(db, user_id: int, version: int) -> None:
+    """Make a saved head version live (the newest published head is the user's head)."""
+    db.execute("update reward_heads set published_at = ? where user_id = ? and version = ? "
+               "and published_at is null", [now(), user_id, version])
 
 
 def settings_dict(settings: HeadSettings) -> dict:

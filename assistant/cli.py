@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from assistant import eval_reward, eval_safety, train_cli
 from assistant.config import Config, load_config
 from feedback_store import users
-from feedback_store.db import open_db
+from feedback_store.db import open_db, transaction
 from feedback_store.errors import AssistantError
 
 
@@ -38,7 +39,7 @@ def cmd_init(args: argparse.Namespace, config: Config) -> None:
     db = open_db(config.db_path)
     print(f"database: {config.db_path}")
     if not users.admin_exists(db):
-        with db.conn:
+        with transaction(db):
             _, key = users.create_user(db, "admin", admin=True)
         print("created user 'admin' (role admin). Its API key, shown only this once:")
         print(key)
@@ -59,7 +60,7 @@ def cmd_serve(args: argparse.Namespace, config: Config) -> None:
 def _with_db(config: Config, fn, *args):
     db = open_db(config.db_path)
     try:
-        with db.conn:
+        with transaction(db):
             return fn(db, *args)
     finally:
         db.close()
@@ -111,6 +112,9 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    # Everything the assistant writes (database, adapters, logs) holds people's data: files
+    # readable by their owner only, whatever the shell's umask.
+    os.umask(0o077)
     try:
         config = load_config(args.config)
         args.func(args, config)

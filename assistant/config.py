@@ -18,6 +18,9 @@ from feedback_store.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = ROOT / "config.toml"
+# An admin key is a password to every user's data: 16 characters is the floor for a random
+# key; `assistant user add --admin` keys are 46.
+MIN_ADMIN_KEY_CHARS = 16
 
 
 @dataclass(frozen=True)
@@ -262,6 +265,10 @@ def _check(ok: bool, where: str, value: Any, why: str) -> None:
 def validate(c: Config) -> None:
     """Reject values that would fail later, naming the field and the value."""
     _check(1 <= c.server.port <= 65535, "server.port", c.server.port, "must be 1..65535")
+    key = c.server.admin_key
+    if key and len(key) < MIN_ADMIN_KEY_CHARS:      # never echo the key itself
+        raise ConfigError(f"server.admin_key (ASSISTANT_ADMIN_KEY) is {len(key)} characters: "
+                          f"must be empty (no admin key) or at least {MIN_ADMIN_KEY_CHARS}")
     _check(c.server.max_prompt_chars > 0, "server.max_prompt_chars", c.server.max_prompt_chars,
            "must be positive")
     _check(c.model.device in {"auto", "cpu", "cuda"}, "model.device", c.model.device,

@@ -1,7 +1,9 @@
 """Erase a user completely: database rows, adapter and reward-head files, loaded adapters.
 
 Rows go first, in one transaction that also refuses to remove the last admin, so a refused
-request touches nothing; files and memory follow once the user no longer exists.
+request touches nothing; files and memory follow once the user no longer exists. The store
+runs with secure_delete (freed pages are zeroed), and the WAL, which still holds the erased
+rows' old pages, is checkpointed and truncated right after.
 """
 
 from __future__ import annotations
@@ -65,6 +67,9 @@ def first_admin(db: Database) -> int | None:
 async def erase_user(ctx: AppState, user_id: int) -> dict:
     """Remove the user's rows, files and loaded adapters; return what was erased."""
     user, paths = await ctx.store.write(delete_user_rows, user_id, ctx.adapters_root)
+    busy, _, _ = await ctx.store.checkpoint()
+    if busy:   # a long read elsewhere (a training worker) kept the WAL: the next one clears it
+        log.warning("erased user %s, but a reader kept the WAL from being truncated", user_id)
     await asyncio.to_thread(ctx.engine.forget_user, user_id)
     await asyncio.to_thread(remove_paths, paths)
     if ctx.admin_user_id == user_id:

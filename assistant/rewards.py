@@ -17,9 +17,10 @@ SUMMARY_FIELDS = ("cv_accuracy", "n_pairs", "n_thumbs", "prior")
 
 
 def latest_head(db: Database, user_id: int, base_id: str) -> dict | None:
-    """The user's newest head made for this base and feature recipe (a head is meaningless
-    on other features)."""
-    rows = list(db["reward_heads"].rows_where("user_id = ? and base_id = ?",
+    """The user's newest published head made for this base and feature recipe (a head is
+    meaningless on other features; an unpublished one belongs to an unfinished run)."""
+    rows = list(db["reward_heads"].rows_where("user_id = ? and base_id = ? "
+                                              "and published_at is not null",
                                               [user_id, features_id(base_id)],
                                               order_by="version desc", limit=1))
     return rows[0] if rows else None

@@ -4,12 +4,19 @@ APScheduler's background scheduler wakes every `scheduler.interval_seconds`, que
 each user with at least `training.min_new_events` new feedback events, and makes sure a
 worker process is executing the queue. Runs go one at a time, each in its own process
 (assistant/worker.py); this class only starts processes and watches them.
+
+"One at a time" holds across restarts through the worker's OS lock (assistant/run_lock.py):
+a worker left by a server that was killed still holds it, so no second worker starts until
+it is gone (it notices its server died, fails its run and exits). The worker gets its
+configuration on stdin, with every key removed: nothing secret is written to disk.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import os
 import subprocess
 import sys
 import threading
@@ -18,6 +25,7 @@ from pathlib import Path
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from assistant.config import Config, to_dict
+from assistant.run_lock import RunLock
 from feedback_store import runs
 from feedback_store.db import Store
 
@@ -32,12 +40,14 @@ class TrainingScheduler:
         self.lock = threading.Lock()
         self.scheduler: BackgroundScheduler | None = None
         self.stopping = False
+        self.run_lock = RunLock(config.data_dir)
+        self.waiting = False            # a thread waits for another process's worker to end
 
     def start(self) -> None:
         """Fail runs orphaned by a dead process, resume the queue, start the timer."""
-        failed = self.store.write_sync(runs.fail_orphans)
-        if failed:
-            log.warning("runs %s were running when their process died: marked failed", failed)
+        # Releases before 13 wrote the whole config, admin key included, to this file.
+        (self.config.data_dir / "worker-config.json").unlink(missing_ok=True)
+        self.fail_orphans()
         if self.config.scheduler.enabled:
             self.scheduler = BackgroundScheduler(daemon=True)
             self.scheduler.add_job(self.tick, "interval",
@@ -53,28 +63,65 @@ class TrainingScheduler:
         self.kick()
         return queued
 
+    def fail_orphans(self) -> list[int]:
+        """Runs left `running` by a worker that is gone become failed. Nobody holding the
+        training lock means no worker is alive, whatever process now has a recorded pid."""
+        failed = self.store.write_sync(runs.fail_orphans, self.run_lock.held_elsewhere())
+        if failed:
+            log.warning("runs %s were running when their process died: marked failed", failed)
+        return failed
+
     def kick(self) -> None:
-        """Start a worker for the next queued run unless one is already running."""
+        """Start a worker for the next queued run unless one is already running (ours, or
+        one left by a previous server process: then wait for it to end first)."""
         with self.lock:
             if self.stopping or (self.process and self.process.poll() is None):
                 return
             if not self.store.write_sync(runs.has_queued):
                 return
+            if self.run_lock.held_elsewhere():
+                if not self.waiting:
+                    self.waiting = True
+                    threading.Thread(target=self._wait_for_other, daemon=True).start()
+                return
             self.process = self._spawn()
         threading.Thread(target=self._watch, args=(self.process,), daemon=True).start()
 
+    def _wait_for_other(self) -> None:
+        log.warning("a training worker from an earlier server (pid %s) is still running: "
+                    "waiting for it before starting another", self.run_lock.holder())
+        self.run_lock.wait_free()
+        self.waiting = False
+        self.fail_orphans()
+        self.kick()
+
+    def worker_config(self) -> str:
+        """The effective config for the worker, as JSON with the admin key blanked (the
+        worker needs none, and it must never be written anywhere)."""
+        safe = dataclasses.replace(self.config,
+                                   server=dataclasses.replace(self.config.server, admin_key=""))
+        return json.dumps(to_dict(safe))
+
     def _spawn(self) -> subprocess.Popen:
-        config_file = self.config.data_dir / "worker-config.json"
-        config_file.parent.mkdir(parents=True, exist_ok=True)
-        config_file.write_text(json.dumps(to_dict(self.config)))
-        logfile = (self.config.data_dir / "worker.log").open("ab")
-        return subprocess.Popen(
-            [sys.executable, "-m", "assistant.worker", "--config-json", str(config_file)],
-            cwd=ROOT, stdout=logfile, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        self.config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(self.config.data_dir / "worker.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND,
+                     0o600)
+        with os.fdopen(fd, "ab") as logfile:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "assistant.worker", "--config-stdin",
+                 "--parent-pid", str(os.getpid())],
+                cwd=ROOT, stdout=logfile, stderr=subprocess.STDOUT, stdin=subprocess.PIPE)
+        assert process.stdin is not None
+        try:
+            process.stdin.write(self.worker_config().encode())
+            process.stdin.close()
+        except BrokenPipeError:      # it died at once; _watch records and moves on
+            log.error("the training worker exited before reading its configuration")
+        return process
 
     def _watch(self, process: subprocess.Popen) -> None:
         process.wait()
-        self.store.write_sync(runs.fail_orphans)    # a crash mid-run leaves it 'running'
+        self.fail_orphans()     # a crash mid-run leaves it 'running'
         self.kick()
 
     def busy(self) -> bool:

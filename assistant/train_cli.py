@@ -6,21 +6,31 @@ import argparse
 import os
 
 from assistant.config import Config
+from assistant.run_lock import RunLock
 from feedback_store import runs
 from feedback_store.db import open_db, transaction
 
 
 def cmd_train(args: argparse.Namespace, config: Config) -> None:
-    from tqdm import tqdm
-
-    from assistant.worker import execute
-
     db = open_db(config.db_path)
     queued = transaction(db, runs.request_training, args.user, args.force,
                          config.training.min_new_events, "cli")
     if not queued:
         print(f"no user has {config.training.min_new_events} new feedback events "
               "(use --force to train anyone with feedback)")
+    lock = RunLock(config.data_dir)
+    if lock.held_elsewhere():
+        print(f"a training worker (pid {lock.holder()}) is running; waiting for it to finish")
+    with lock:                  # one run at a time, with the server's workers too
+        _run_queue(config, db)
+    db.close()
+
+
+def _run_queue(config: Config, db) -> None:
+    from tqdm import tqdm
+
+    from assistant.worker import execute
+
     while (run := transaction(db, runs.claim_next, os.getpid())) is not None:
         with tqdm(total=config.training.steps, desc=f"run {run['id']} {run['user_name']}",
                   unit="step") as bar:
@@ -36,7 +46,6 @@ def cmd_train(args: argparse.Namespace, config: Config) -> None:
         decision = (result.get("metrics") or {}).get("decision")
         if decision:
             print(f"  gate: {decision}")
-    db.close()
 
 
 def add_parser(sub) -> None:

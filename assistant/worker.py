@@ -4,7 +4,12 @@ The server starts it (assistant/scheduler.py) so training never runs in the serv
 loop or threads; one process per run means a crash or a leak cannot outlive the run, and the
 server's chat stays responsive because the worker uses `training.threads` torch threads.
 
-    python -m assistant.worker --config-json data/worker-config.json
+One run at a time holds across server restarts: the worker takes the training lock
+(assistant/run_lock.py) before claiming a run and keeps it until it exits. Started by a
+server (--parent-pid), it fails its run and exits when that server dies, so a kill -9 of the
+server leaves no orphan training on. The configuration comes on stdin, without keys:
+
+    python -m assistant.worker --config-stdin < config.json
 """
 
 from __future__ import annotations
@@ -12,19 +17,28 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
+import sqlite3
 import sys
+import threading
 import time
 import traceback
 from collections import deque
 from pathlib import Path
 
 from assistant.config import Config, from_dict, load_config
+from assistant.run_lock import RunLock
 from assistant.training_settings import run_settings
 from feedback_store import runs
-from feedback_store.db import open_db, transaction
+from feedback_store.db import connect, open_db, retrying, transaction
+from feedback_store.errors import TrainingError
 
 LOG_LINES = 200
 PROGRESS_EVERY = 2.0     # seconds between progress writes to the store
+PARENT_POLL = 0.5        # seconds between checks that the server is still alive
+TRACEBACK_LINES = 12     # of the failure's traceback, kept in the run's log
+# The final status is written once: by the run, or by the watchdog when the server died.
+_finishing = threading.Lock()
 
 
 class RunLog:
@@ -57,9 +71,15 @@ class RunLog:
         return "\n".join(self.lines)
 
     def save(self, force: bool = False) -> None:
+        """Persist progress now and then; a busy database only delays it (never fails the
+        run: the final status is written with retries)."""
         if force or time.time() - self.saved > PROGRESS_EVERY:
-            transaction(self.db, runs.update_progress, self.run_id, {"steps": self.steps},
-                        self.tail)
+            try:
+                transaction(self.db, runs.update_progress, self.run_id, {"steps": self.steps},
+                            self.tail)
+            except sqlite3.OperationalError as exc:
+                print(f"progress not saved ({exc}); retrying later", flush=True)
+                return
             self.saved = time.time()
 
 
@@ -85,28 +105,95 @@ def execute(config: Config, run: dict, db, echo: bool = True, progress=None) -> 
         outcome = execute_run(db, base, config.adapters_dir, run, run_settings(config),
                               log, on_step)
     except Exception as exc:  # any failure ends the run as failed; the old adapter serves
-        log(traceback.format_exc())
-        transaction(db, runs.finish, run["id"], "failed", {"steps": log.steps}, log.tail,
-                    f"{type(exc).__name__}: {exc}")
+        lines = traceback.format_exc().rstrip().splitlines()
+        log("failed:\n" + "\n".join(lines[-TRACEBACK_LINES:]))
+        with _finishing:
+            retrying(db, runs.finish, run["id"], "failed", {"steps": log.steps}, log.tail,
+                     f"{type(exc).__name__}: {exc}")
         return runs.get_run(db, run["id"])
-    transaction(db, runs.finish, run["id"], outcome["status"], outcome["metrics"], log.tail,
-                None, outcome["adapter_version"], outcome["events_used"])
+    with _finishing:
+        retrying(db, _finish_and_publish, run, outcome, log.tail)
     return runs.get_run(db, run["id"])
+
+
+def _finish_and_publish(db, run: dict, outcome: dict, log_tail: str) -> None:
+    """One transaction: the run's final status and what it publishes (its reward head and, if
+    promoted, its adapter version). Killed before this commits, the run publishes nothing."""
+    from adapters.jobs import publish
+
+    publish(db, run, outcome)
+    runs.finish(db, run["id"], outcome["status"], outcome["metrics"], log_tail, None,
+                outcome["adapter_version"], outcome["events_used"])
+
+
+def _fail_if_running(db, run_id: int, error: str) -> None:
+    if runs.get_run(db, run_id)["status"] == "running":
+        runs.finish(db, run_id, "failed", error=error)
+
+
+def watch_parent(config: Config, run_id: int, parent_pid: int) -> threading.Thread:
+    """Fail the run and exit as soon as the server that started this worker is gone."""
+    def loop() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(PARENT_POLL)
+        _finishing.acquire()      # never released: the process ends below
+        try:
+            db = connect(config.db_path)
+            retrying(db, _fail_if_running, run_id,
+                     f"the server (pid {parent_pid}) stopped while this run was training; "
+                     "the previous adapter and reward head stay live")
+        finally:
+            os._exit(3)
+
+    thread = threading.Thread(target=loop, name="parent-watch", daemon=True)
+    thread.start()
+    return thread
+
+
+def _stop_on_sigterm() -> None:
+    """SIGTERM (the server shutting down) fails the run with a clear error instead of
+    leaving it `running`: the exception surfaces in the main thread, caught by execute()."""
+    def handler(signum, frame):
+        raise TrainingError("stopped by SIGTERM (the server is shutting down)")
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def read_config(args: argparse.Namespace) -> Config:
+    if args.config_stdin:
+        return from_dict(json.loads(sys.stdin.read()))
+    if args.config_json:
+        return from_dict(json.loads(Path(args.config_json).read_text()))
+    return load_config()
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="assistant.worker")
-    p.add_argument("--config-json", help="effective config written by the server")
+    p.add_argument("--config-stdin", action="store_true",
+                   help="read the effective config (JSON, no keys) from stdin")
+    p.add_argument("--config-json", help="read the effective config from this file")
+    p.add_argument("--parent-pid", type=int, help="exit (failing the run) when it dies")
     args = p.parse_args(argv)
-    config = (from_dict(json.loads(Path(args.config_json).read_text()))
-              if args.config_json else load_config())
-    db = open_db(config.db_path)
-    run = transaction(db, runs.claim_next, os.getpid())
-    if run is None:
+    os.umask(0o077)
+    config = read_config(args)
+    lock = RunLock(config.data_dir)
+    if not lock.acquire():
+        print(f"another training worker (pid {lock.holder()}) holds {lock.path}; "
+              "not starting a second run", flush=True)
         return 0
-    result = execute(config, run, db)
-    print(f"run {run['id']}: {result['status']}", flush=True)
-    return 0
+    try:
+        _stop_on_sigterm()
+        db = open_db(config.db_path)
+        run = retrying(db, runs.claim_next, os.getpid())
+        if run is None:
+            return 0
+        if args.parent_pid:
+            watch_parent(config, run["id"], args.parent_pid)
+        result = execute(config, run, db)
+        print(f"run {run['id']}: {result['status']}", flush=True)
+        return 0
+    finally:
+        lock.release()
 
 
 if __name__ == "__main__":

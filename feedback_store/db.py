@@ -1,20 +1,29 @@
-"""Opening the database, and the one-writer owner used by the async server.
+"""Opening the database, real transactions, and the one-writer owner used by the server.
 
 Following datasette's pattern: every write goes through one thread that owns the only
 write connection, so writes never contend for SQLite's lock and each runs in exactly one
 transaction; reads use per-thread connections (WAL lets them run beside the writer).
+
+Connections are opened with isolation_level=None (the sqlite3 module never opens a
+transaction behind our back), so a transaction exists only where `transaction()` begins one.
+Never iterate a lazy SELECT while writing on the same connection: the open statement pins
+the read snapshot, and once another process has committed, the write cannot take the lock
+("database is locked" at once, the busy timeout does not apply). Materialize with list().
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import queue
 import sqlite3
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 from sqlite_utils import Database
 
@@ -23,16 +32,52 @@ from feedback_store.migrations import migrate
 T = TypeVar("T")
 
 
+PRIVATE_FILE = 0o600       # the database holds people's conversations: owner only
+PRIVATE_DIR = 0o700
+BUSY_TIMEOUT_MS = 30000
+
+
+def private_dir(path: Path) -> None:
+    """Create the directory (and parents) readable by the owner only."""
+    path.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR)
+    os.chmod(path, PRIVATE_DIR)
+
+
+def _private_files(path: Path) -> None:
+    """Create the database file owner-only before SQLite opens it: SQLite gives its -wal and
+    -shm files the database file's mode. Files from older releases are tightened too.
+
+    Only a missing file is opened here: closing any descriptor of an open database drops
+    the POSIX locks of every SQLite connection in this process (and corrupts it)."""
+    if not path.exists():
+        try:
+            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, PRIVATE_FILE))
+        except FileExistsError:
+            pass
+    for suffix in ("", "-wal", "-shm"):
+        f = Path(f"{path}{suffix}")
+        if f.exists() and f.stat().st_mode & 0o077:
+            os.chmod(f, PRIVATE_FILE)
+
+
 def connect(path: str | Path, *, check_same_thread: bool = True) -> Database:
     """A sqlite-utils Database in WAL mode with foreign keys on and a busy timeout."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(str(path), timeout=30, check_same_thread=check_same_thread,
-                           isolation_level=None)
+    path = Path(path)
+    private_dir(path.parent)
+    _private_files(path)
+    conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_MS / 1000,
+                           check_same_thread=check_same_thread, isolation_level=None)
     db = Database(conn)
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=NORMAL")
     db.execute("PRAGMA foreign_keys=ON")
-    db.execute("PRAGMA busy_timeout=30000")
+    db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+    # Deleted rows are overwritten with zeros, so erased text does not linger in free pages.
+    db.execute("PRAGMA secure_delete=ON")
+    # sqlite-utils probes upsert support once per connection with CREATE + DROP TABLE; the
+    # DROP fails ("database table is locked") under an open statement. SQLite >= 3.24 has
+    # ON CONFLICT upserts, so answer the probe here.
+    db._supports_on_conflict = sqlite3.sqlite_version_info >= (3, 24, 0)
     return db
 
 
@@ -43,16 +88,63 @@ def open_db(path: str | Path) -> Database:
     return db
 
 
-def transaction(db: Database, fn: Callable[..., T], *args: Any) -> T:
-    """Run fn(db, *args) inside one transaction (BEGIN IMMEDIATE takes the write lock)."""
-    db.execute("BEGIN IMMEDIATE")
+@contextmanager
+def _transaction(db: Database, mode: str = "IMMEDIATE") -> Iterator[Database]:
+    """BEGIN (IMMEDIATE takes the write lock at once, waiting up to the busy timeout) ...
+    COMMIT, or ROLLBACK on any exception. Nested use becomes a savepoint."""
+    conn = db.conn
+    if conn.in_transaction:
+        with db.atomic():
+            yield db
+        return
+    conn.execute(f"BEGIN {mode}")
     try:
-        result = fn(db, *args)
+        yield db
     except BaseException:
-        db.execute("ROLLBACK")
+        if conn.in_transaction:      # an error may have ended the transaction already
+            conn.execute("ROLLBACK")
         raise
-    db.execute("COMMIT")
-    return result
+    conn.execute("COMMIT")
+
+
+@overload
+def transaction(db: Database) -> Any: ...
+@overload
+def transaction(db: Database, fn: Callable[..., T], *args: Any) -> T: ...
+
+
+def transaction(db: Database, fn: Callable[..., T] | None = None, *args: Any) -> Any:
+    """One real transaction: `with transaction(db): ...` or `transaction(db, fn, *args)`,
+    which runs fn(db, *args) inside it and returns its result."""
+    if fn is None:
+        return _transaction(db)
+    with _transaction(db):
+        return fn(db, *args)
+
+
+def retrying(db: Database, fn: Callable[..., T], *args: Any, attempts: int = 8,
+             first_wait: float = 0.5) -> T:
+    """transaction(db, fn, *args), retried with backoff while SQLite says it is busy.
+
+    For writes that must land (a run's final status and error): a long-held lock in another
+    process must not turn "this run failed because X" into an unexplained failure.
+    """
+    wait = first_wait
+    for attempt in range(attempts):
+        try:
+            return transaction(db, fn, *args)
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc) or attempt == attempts - 1:
+                raise
+            time.sleep(wait)
+            wait = min(wait * 2, 10.0)
+    raise AssertionError("unreachable")
+
+
+def wal_checkpoint(db: Database) -> tuple[int, int, int]:
+    """PRAGMA wal_checkpoint(TRUNCATE): (busy, WAL frames, frames checkpointed). It waits
+    (busy timeout) for readers; busy = 1 means a reader kept it from finishing."""
+    return tuple(db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone())
 
 
 class Store:
@@ -83,11 +175,12 @@ class Store:
             if item is None:
                 db.close()
                 return
-            future, fn, args = item
+            future, fn, args, in_transaction = item
             if not future.set_running_or_notify_cancel():
                 continue
             try:
-                future.set_result(transaction(db, fn, *args))
+                future.set_result(transaction(db, fn, *args) if in_transaction
+                                  else fn(db, *args))
             except BaseException as exc:  # handed to the awaiting caller
                 future.set_exception(exc)
 
@@ -95,16 +188,22 @@ class Store:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._readers, lambda: fn(self._reader_db(), *args))
 
+    def _submit(self, fn: Callable[..., Any], args: tuple, in_transaction: bool = True) -> Future:
+        future: Future = Future()
+        self._writes.put((future, fn, args, in_transaction))
+        return future
+
     def write_sync(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a write through the writer thread from synchronous code."""
-        future: Future = Future()
-        self._writes.put((future, fn, args))
-        return future.result()
+        return self._submit(fn, args).result()
 
     async def write(self, fn: Callable[..., T], *args: Any) -> T:
-        future: Future = Future()
-        self._writes.put((future, fn, args))
-        return await asyncio.wrap_future(future)
+        return await asyncio.wrap_future(self._submit(fn, args))
+
+    async def checkpoint(self) -> tuple[int, int, int]:
+        """Copy the WAL into the database file and truncate it (after an erase: the erased
+        text must not stay in the WAL). Runs on the writer thread, outside a transaction."""
+        return await asyncio.wrap_future(self._submit(wal_checkpoint, (), in_transaction=False))
 
     def close(self) -> None:
         self._writes.put(None)

@@ -1,11 +1,19 @@
-"""Numbered schema migrations. Each runs once, in order, in its own transaction.
+"""Schema migrations, keyed by name. Each runs once, in order, in its own transaction.
 
 Add a new function `mNNN_what(db)` at the end and append it to MIGRATIONS; never edit one
-that has shipped.
+that has shipped. The `migrations` table records each applied name; a migration counts as
+applied when its name without the `mNNN_` number is recorded, so renumbering one (two
+branches adding the same number) never runs it twice.
+
+A migration runs in one real transaction (DDL included), so one that fails leaves the
+schema as it was. Foreign keys are off while migrations run (SQLite cannot rebuild a
+referenced table otherwise, and the switch is a no-op inside a transaction); each
+migration's transaction checks them with `PRAGMA foreign_key_check` before committing.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 from sqlite_utils import Database
@@ -108,21 +116,105 @@ def m002_sampling_settings(db: Database) -> None:
         db["messages"].add_column(column, kind)
 
 
-MIGRATIONS: list[Callable[[Database], None]] = [m001_initial, m002_sampling_settings]
+def _with_autoincrement(db: Database, table: str) -> None:
+    """Rebuild `table` with `id INTEGER PRIMARY KEY AUTOINCREMENT`, keeping rows, columns,
+    indexes and the foreign keys (SQLite's documented 12-step table rebuild)."""
+    sql = db.execute("select sql from sqlite_master where type = 'table' and name = ?",
+                     [table]).fetchone()[0]
+    if "AUTOINCREMENT" in sql.upper():
+        return
+    new_sql, n = re.subn(r"^(CREATE TABLE\s+)(\[\w+\]|\"\w+\"|\w+)", rf"\1[_new_{table}]", sql)
+    new_sql, m = re.subn(r"((?:\[id\]|\"id\"|\bid\b)\s+INTEGER\s+PRIMARY\s+KEY)",
+                         r"\1 AUTOINCREMENT", new_sql, flags=re.IGNORECASE)
+    if n != 1 or m != 1:
+        raise RuntimeError(f"cannot add AUTOINCREMENT to {table}: unexpected schema {sql!r}")
+    indexes = [r[0] for r in db.execute(
+        "select sql from sqlite_master where type = 'index' and tbl_name = ? "
+        "and sql is not null", [table])]
+    db.execute(new_sql)
+    db.execute(f"insert into [_new_{table}] select * from [{table}]")
+    db.execute(f"drop table [{table}]")
+    db.execute(f"alter table [_new_{table}] rename to [{table}]")
+    for index_sql in indexes:
+        db.execute(index_sql)
 
 
-def migrate(db: Database) -> list[str]:
+AUTOINCREMENT_TABLES = ("users", "api_keys", "conversations", "messages", "feedback_events",
+                        "comparisons", "rankings", "adapter_versions", "training_runs",
+                        "reward_heads")
+
+
+def m003_ids_never_reused(db: Database) -> None:
+    # Without AUTOINCREMENT, SQLite hands out max(id) + 1: erase the newest user and the next
+    # one gets their id (and their old exports, logs and cached adapters point at a stranger).
+    # AUTOINCREMENT keeps a high-water mark in sqlite_sequence instead.
+    for table in AUTOINCREMENT_TABLES:
+        if table in db.table_names():
+            _with_autoincrement(db, table)
+
+
+def m004_reward_heads_published_by_finished_runs(db: Database) -> None:
+    # A run writes its reward head early (the RL phase needs it) but publishes it only when it
+    # finishes: a killed or failed run's head must not become the user's live head. Heads
+    # from before were all live; the run records which head version it wrote.
+    db["reward_heads"].add_column("published_at", str)
+    db.execute("update reward_heads set published_at = created_at")
+    db["training_runs"].add_column("reward_head_version", int)
+
+
+MIGRATIONS: list[Callable[[Database], None]] = [
+    m001_initial, m002_sampling_settings, m003_ids_never_reused,
+    m004_reward_heads_published_by_finished_runs]
+
+
+def key(name: str) -> str:
+    """What identifies a migration: its name without the `mNNN_` number."""
+    return re.sub(r"^m\d+_", "", name)
+
+
+def _applied(db: Database) -> set[str]:
+    return {key(r[0]) for r in db.execute("select name from migrations")}
+
+
+def _ensure_table(db: Database) -> None:
+    # Older databases recorded (id = number, name); a name is the key from now on, and the
+    # id is only the order of application.
+    db.execute("create table if not exists migrations "
+               "(id integer primary key, name text, applied_at text)")
+    db.execute("create unique index if not exists migrations_name on migrations (name)")
+
+
+def _apply(db: Database, fn: Callable[[Database], None]) -> bool:
+    """Run one migration in its own transaction unless (re-checked under the write lock, as
+    the server and a worker may start together) it is recorded already."""
+    from feedback_store.db import transaction
+
+    with transaction(db):
+        if key(fn.__name__) in _applied(db):
+            return False
+        before = len(db.execute("PRAGMA foreign_key_check").fetchall())
+        fn(db)
+        problems = db.execute("PRAGMA foreign_key_check").fetchall()
+        if len(problems) > before:        # only what this migration broke stops it
+            raise RuntimeError(f"migration {fn.__name__} broke foreign keys: {problems[:5]}")
+        db.execute("insert into migrations (name, applied_at) values (?, ?)",
+                   [fn.__name__, now()])
+    return True
+
+
+def migrate(db: Database, migrations: list[Callable[[Database], None]] | None = None
+            ) -> list[str]:
     """Apply pending migrations; return the names applied."""
-    if "migrations" not in db.table_names():
-        db["migrations"].create({"id": int, "name": str, "applied_at": str}, pk="id")
-    done = {row["id"] for row in db["migrations"].rows}
-    applied = []
-    for number, fn in enumerate(MIGRATIONS, start=1):
-        if number in done:
-            continue
-        with db.conn:
-            fn(db)
-            db["migrations"].insert({"id": number, "name": fn.__name__,
-                                     "applied_at": now()})
-        applied.append(fn.__name__)
-    return applied
+    from feedback_store.db import transaction
+
+    with transaction(db):
+        _ensure_table(db)
+    pending = [fn for fn in (MIGRATIONS if migrations is None else migrations)
+               if key(fn.__name__) not in _applied(db)]
+    if not pending:
+        return []
+    db.execute("PRAGMA foreign_keys=OFF")
+    try:
+        return [fn.__name__ for fn in pending if _apply(db, fn)]
+    finally:
+        db.execute("PRAGMA foreign_keys=ON")

@@ -1,7 +1,9 @@
 """Training runs as a durable queue: queued -> running -> succeeded | rejected | failed.
 
 The queue lives in SQLite so queued runs survive a restart; a run left `running` by a process
-that died is marked `failed` (the user's previous adapter keeps serving).
+that died is marked `failed` (the user's previous adapter keeps serving). Whether a worker is
+alive is told by the OS lock it holds for the run's life (assistant/run_lock.py), not by its
+pid alone: a pid can be reused by an unrelated process after a crash.
 """
 
 from __future__ import annotations
@@ -80,9 +82,9 @@ def get_run(db: Database, run_id: int) -> dict:
 
 def list_runs(db: Database, user_id: int | None = None, limit: int = 100) -> list[dict]:
     where, args = ("where r.user_id = ?", [user_id]) if user_id is not None else ("", [])
-    rows = db.query(
+    rows = list(db.query(
         "select r.*, u.name as user_name from training_runs r left join users u "
-        f"on u.id = r.user_id {where} order by r.id desc limit ?", [*args, limit])
+        f"on u.id = r.user_id {where} order by r.id desc limit ?", [*args, limit]))
     return [_decode(r) for r in rows]
 
 
@@ -101,6 +103,11 @@ def claim_next(db: Database, pid: int) -> dict | None:
     db["training_runs"].update(rows[0]["id"], {"status": "running", "started_at": now(),
                                                "pid": pid})
     return get_run(db, rows[0]["id"])
+
+
+def set_reward_head_version(db: Database, run_id: int, version: int) -> None:
+    """The reward head version the run wrote (published only if the run finishes)."""
+    db["training_runs"].update(run_id, {"reward_head_version": version})
 
 
 def finish(db: Database, run_id: int, status: str, metrics: dict | None = None,
@@ -134,13 +141,19 @@ def _alive(pid: int | None) -> bool:
     return True
 
 
-def fail_orphans(db: Database) -> list[int]:
-    """Runs marked running whose process is gone become failed."""
-    orphans = [r["id"] for r in db["training_runs"].rows_where("status = 'running'")
-               if not _alive(r["pid"])]
-    for run_id in orphans:
-        finish(db, run_id, "failed", error="the training process died before finishing")
-    return orphans
+def fail_orphans(db: Database, worker_running: bool = True) -> list[int]:
+    """Runs marked running whose process is gone become failed.
+
+    worker_running=False (nobody holds the training lock) means every running run is
+    orphaned, even if its pid now belongs to some other process.
+    """
+    running = list(db["training_runs"].rows_where("status = 'running'"))
+    orphans = [r for r in running if not worker_running or not _alive(r["pid"])]
+    for r in orphans:
+        finish(db, r["id"], "failed", error=(
+            f"the training process (pid {r['pid']}) died before finishing (killed, crashed "
+            "or its server stopped); the previous adapter and reward head stay live"))
+    return [r["id"] for r in orphans]
 
 
 def has_queued(db: Database) -> bool:

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+ADMIN_KEY = "test-admin-key-0123456789"     # config requires at least 16 characters
 # The real base model's cache, prepared once by `make test` (assistant prepare).
 CACHE_DIR = Path(os.environ.get("ASSISTANT_TEST_CACHE", ROOT / "data" / "cache"))
 
@@ -35,6 +36,15 @@ def make_tiny_model(tokenizer, seed: int = 0):
     model = LlamaForCausalLM(config).eval()
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     return model
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory, tokenizer):
+    """The tiny Llama saved as a local model directory, so the worker process loads it too."""
+    path = tmp_path_factory.mktemp("tiny-model")
+    make_tiny_model(tokenizer).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
 
 
 @pytest.fixture
@@ -101,7 +111,7 @@ def start_server(data_dir: Path, engine, **env_overrides):
 
     port = _free_port()
     env = {"ASSISTANT_DATA_DIR": str(data_dir), "ASSISTANT_PORT": str(port),
-           "ASSISTANT_ADMIN_KEY": "test-admin-key", "ASSISTANT_SCHEDULER_ENABLED": "false",
+           "ASSISTANT_ADMIN_KEY": ADMIN_KEY, "ASSISTANT_SCHEDULER_ENABLED": "false",
            # Off unless a test turns it on (tests/test_safety_flow.py): fitting the consensus
            # head on the HH file costs a feature pass per fresh data dir.
            "ASSISTANT_SAFETY_ENABLED": "false",
@@ -116,7 +126,7 @@ def start_server(data_dir: Path, engine, **env_overrides):
         if time.time() > deadline or not thread.is_alive():
             raise RuntimeError("server did not start")
         time.sleep(0.05)
-    return server, thread, LiveServer(f"http://127.0.0.1:{port}", config, app, "test-admin-key")
+    return server, thread, LiveServer(f"http://127.0.0.1:{port}", config, app, ADMIN_KEY)
 
 
 def tiny_engine(tokenizer, seed: int = 0):

@@ -16,13 +16,13 @@ def test_shipped_config_loads_with_documented_defaults():
 
 def test_env_overrides(tmp_path):
     env = {"ASSISTANT_DATA_DIR": str(tmp_path), "ASSISTANT_PORT": "9001",
-           "ASSISTANT_ADMIN_KEY": "k", "ASSISTANT_HOST": "127.0.0.2",
+           "ASSISTANT_ADMIN_KEY": "k" * 16, "ASSISTANT_HOST": "127.0.0.2",
            "ASSISTANT_GENERATION_N_MAX": "2", "ASSISTANT_REWARD_SHARED_PRIOR": "false",
            "ASSISTANT_FEEDBACK_REASONS_UP": "nice, short"}
     config = load_config(ROOT / "config.toml", env=env)
     assert config.data_dir == tmp_path and config.db_path == tmp_path / "assistant.db"
     assert (config.server.port, config.server.admin_key, config.server.host) == (
-        9001, "k", "127.0.0.2")
+        9001, "k" * 16, "127.0.0.2")
     assert config.generation.n_max == 2 and config.reward.shared_prior is False
     assert config.feedback.reasons_up == ("nice", "short")
 

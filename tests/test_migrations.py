@@ -1,7 +1,12 @@
 """Schema migrations: a database made by an older release upgrades in place, keeping its data."""
 
+import sqlite3
+
+import pytest
+
 from feedback_store import migrations
-from feedback_store.db import connect, open_db
+from feedback_store.db import connect, open_db, transaction
+from feedback_store.users import create_user
 
 
 def test_an_older_database_upgrades_and_keeps_its_rows(tmp_path, monkeypatch):
@@ -16,10 +21,95 @@ def test_an_older_database_upgrades_and_keeps_its_rows(tmp_path, monkeypatch):
     monkeypatch.undo()
 
     db = connect(path)
-    assert migrations.migrate(db) == ["m002_sampling_settings"]
+    assert migrations.migrate(db)[0] == "m002_sampling_settings"
     row = db["messages"].get(1)
     assert (row["content"], row["temperature"]) == ("kept", 0.7)
     assert (row["frequency_penalty"], row["presence_penalty"], row["seed"]) == (None,) * 3
     assert migrations.migrate(db) == []                   # each migration runs once
-    assert [m["name"] for m in db["migrations"].rows] == ["m001_initial",
-                                                          "m002_sampling_settings"]
+    assert [m["name"] for m in db["migrations"].rows] == [
+        fn.__name__ for fn in migrations.MIGRATIONS]
+
+
+def legacy_db(path):
+    """A database as releases before issue 13 left it: migrations recorded by number."""
+    db = connect(path)
+    db.execute("create table migrations (id integer primary key, name text, applied_at text)")
+    with transaction(db):
+        for fn in migrations.MIGRATIONS[:2]:
+            fn(db)
+    db.execute("insert into migrations values (1, 'm001_initial', 'then'), "
+               "(2, 'm002_sampling_settings', 'then')")
+    return db
+
+
+def test_migrations_are_keyed_by_name_and_old_ids_upgrade(tmp_path):
+    db = legacy_db(tmp_path / "legacy.db")
+    db["users"].insert({"id": 1, "name": "alice", "role": "user", "created_at": "then"})
+    applied = migrations.migrate(db)
+    assert applied == [fn.__name__ for fn in migrations.MIGRATIONS[2:]]   # 1, 2 not re-run
+    assert db["users"].get(1)["name"] == "alice"
+    # renumbered on a merge (m003 -> m007), a migration is still recognized by its name
+    renamed = [fn for fn in migrations.MIGRATIONS]
+    def m099_initial(db):  # noqa: E306 - stands for m001 under another number
+        raise AssertionError("ran twice")
+    renamed[0] = m099_initial
+    assert migrations.migrate(db, renamed) == []
+
+
+def test_a_failing_migration_rolls_back_all_its_ddl(tmp_path, monkeypatch):
+    db = open_db(tmp_path / "a.db")
+
+    def m900_half_done(db):
+        db["half"].create({"id": int}, pk="id")
+        db["users"].add_column("nickname", str)
+        db.execute("create index users_nick on users (nickname)")
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        migrations.migrate(db, [*migrations.MIGRATIONS, m900_half_done])
+    assert "half" not in db.table_names()
+    assert "nickname" not in db["users"].columns_dict
+    assert "m900_half_done" not in {r["name"] for r in db["migrations"].rows}
+    assert db.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+
+
+def test_transaction_helper_commits_rolls_back_and_nests(tmp_path):
+    db = open_db(tmp_path / "t.db")
+    with transaction(db):
+        create_user(db, "alice")
+    with pytest.raises(ValueError), transaction(db):
+        create_user(db, "bob")
+        assert db.conn.in_transaction
+        raise ValueError
+    with transaction(db):
+        with pytest.raises(ValueError), transaction(db):    # nested: a savepoint
+            create_user(db, "carol")
+            raise ValueError
+        create_user(db, "dave")
+    assert [u["name"] for u in db["users"].rows] == ["alice", "dave"]
+    assert transaction(db, lambda d, x: x * 2, 21) == 42
+    assert not db.conn.in_transaction
+
+
+def test_old_database_gets_autoincrement_keeping_rows_and_foreign_keys(tmp_path):
+    db = legacy_db(tmp_path / "legacy.db")
+    db["users"].insert({"id": 7, "name": "alice", "role": "user", "created_at": "then"})
+    db["conversations"].insert({"id": 3, "user_id": 7, "title": "t", "created_at": "then"})
+    db["messages"].insert({"id": 9, "conversation_id": 3, "user_id": 7, "role": "user",
+                           "content": "kept", "created_at": "then", "seed": 5})
+    migrations.migrate(db)
+    assert db["messages"].get(9)["content"] == "kept" and db["messages"].get(9)["seed"] == 5
+    assert "AUTOINCREMENT" in db["users"].schema and "AUTOINCREMENT" in db["messages"].schema
+    fks = {(fk.column, fk.other_table) for fk in db["messages"].foreign_keys}
+    assert fks == {("conversation_id", "conversations"), ("user_id", "users")}
+    assert {i.name for i in db["messages"].indexes} >= {"idx_messages_conversation_id",
+                                                         "idx_messages_user_id"}
+    assert db.execute("PRAGMA foreign_key_check").fetchall() == []
+    with pytest.raises(sqlite3.IntegrityError):        # foreign keys are enforced again
+        db["messages"].insert({"conversation_id": 99, "user_id": 7, "role": "user",
+                               "content": "x", "created_at": "now"})
+    # the erased user's id (7, the highest) is never handed out again
+    db.execute("delete from messages")
+    db.execute("delete from conversations")
+    db.execute("delete from users")
+    assert create_user(db, "bob")[0]["id"] == 8

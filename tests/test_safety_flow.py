@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from tests.test_safety import hh_pairs, write_hh
-from tests.test_training_flow import FAST, give_feedback, serve, tiny_dir, train, wait  # noqa: F401
+from tests.test_training_flow import FAST, give_feedback, serve, train, wait
 
 SAFE = {"ASSISTANT_SAFETY_ENABLED": "true", "ASSISTANT_SAFETY_REDTEAM_PROMPTS": 3,
         "ASSISTANT_SAFETY_MAX_TOKENS": 6, "ASSISTANT_SAFETY_FIT_PAIRS": 0,
@@ -17,7 +17,7 @@ SAFE = {"ASSISTANT_SAFETY_ENABLED": "true", "ASSISTANT_SAFETY_REDTEAM_PROMPTS": 
 
 
 @pytest.fixture
-def safe_server(tmp_path, tiny_dir):  # noqa: F811
+def safe_server(tmp_path, tiny_dir):
     data = write_hh(tmp_path / "hh.jsonl", hh_pairs())
     server, thread, live = serve(tmp_path, tiny_dir, **SAFE,
                                  ASSISTANT_SAFETY_MARGIN=1e9,
@@ -28,7 +28,7 @@ def safe_server(tmp_path, tiny_dir):  # noqa: F811
     thread.join(timeout=10)
 
 
-def test_a_run_fits_the_consensus_head_and_passes_the_floor(safe_server, tiny_dir,  # noqa: F811
+def test_a_run_fits_the_consensus_head_and_passes_the_floor(safe_server, tiny_dir,
                                                             tmp_path, monkeypatch, capsys):
     live, data = safe_server
     key = live.add_user("ivy")
@@ -67,7 +67,7 @@ def test_a_run_fits_the_consensus_head_and_passes_the_floor(safe_server, tiny_di
     assert "nobody-here" in capsys.readouterr().err
 
 
-def test_the_floor_rejects_a_run_with_its_reason_shown_to_the_admin(tmp_path, tiny_dir,  # noqa: F811
+def test_the_floor_rejects_a_run_with_its_reason_shown_to_the_admin(tmp_path, tiny_dir,
                                                                       monkeypatch):
     """A candidate the floor fails is not promoted; the reason is the run's decision."""
     from adapters import safety

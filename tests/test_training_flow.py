@@ -15,15 +15,6 @@ FAST = {"ASSISTANT_TRAINING_STEPS": 2, "ASSISTANT_TRAINING_GROUP_SIZE": 2,
         "ASSISTANT_TRAINING_LEARNING_RATE": 0.05, "ASSISTANT_SAFETY_ENABLED": "false"}
 
 
-@pytest.fixture(scope="session")
-def tiny_dir(tmp_path_factory, tokenizer):
-    """The tiny Llama saved as a local model directory, so the worker process loads it too."""
-    path = tmp_path_factory.mktemp("tiny-model")
-    make_tiny_model(tokenizer).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
-
-
 def serve(tmp_path, tiny_dir, **env):
     from adapters.base_model import load_base
     from assistant.engine import Engine
@@ -188,7 +179,13 @@ def test_failed_run_leaves_previous_version_serving(promoting):
     run = wait(live, train(live, "erin")["id"])
     config.write_text(good)
     assert run["status"] == "failed" and run["error"]
+    # the real error, by type, not "the training process died"
+    assert run["error"].split(":")[0].endswith("Error") and "died" not in run["error"]
     assert greedy(live, key)["adapter_version"] == 1
+    # the failed run had saved reward head 2 before failing: it never became live
+    assert run["reward_head_version"] == 2
+    me = httpx.get(f"{live.url}/api/me", headers=live.headers(key)).json()
+    assert me["reward_head"]["version"] == 1
     assert not (live.config.adapters_dir / "erin" / "2").exists()
 
 
