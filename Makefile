@@ -33,8 +33,8 @@ lint: $(DEPS)
 	$(VENV)/bin/ruff check assistant adapters feedback_store tests bench
 
 bench-reward: setup
-	$(PY) -m assistant eval reward --data ../shared/data/hh-harmless-dev.jsonl --json bench/out/reward-hh.json
-	$(PY) -m assistant eval reward --data ../shared/data/relabeled-hh-dev.jsonl --json bench/out/reward-relabeled.json
+	$(PY) -m assistant eval reward --seeds 5 --data ../shared/data/hh-harmless-dev.jsonl --json bench/out/reward-hh.json
+	$(PY) -m assistant eval reward --seeds 5 --data ../shared/data/relabeled-hh-dev.jsonl --json bench/out/reward-relabeled.json
 
 bench-personalize: setup
 	$(PY) bench/personalize.py --out bench/out/personalize

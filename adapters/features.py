@@ -42,9 +42,14 @@ FEATURE_LAYERS: tuple[float, ...] = (0.53,)
 # a linear head this small) and lowered the personal-vs-global gap on relabeled HH, for
 # -1.7 points on HH-harmless at seed 0 (0.656 vs 0.673; mean over seeds 0-2 0.650 vs 0.656).
 FEATURE_POOLS: tuple[str, ...] = ("answer_mean", "sequence_mean")
-POOL_NAMES = ("answer_mean", "sequence_mean", "last")
+# "newline_mean": mean over the answer's tokens that hold a line break (the last token
+# when there is none), where a model summarizes a line or list item it just wrote.
+POOL_NAMES = ("answer_mean", "sequence_mean", "last", "newline_mean")
 POOLS = len(FEATURE_POOLS)
-# Answers keep at most this share of the token budget; the prompt is cut from the left.
+# Token budget of one rendered item, and how much of it an answer may keep (None: a
+# quarter of the budget, ANSWER_SHARE); the prompt is cut from the left.
+FEATURE_MAX_TOKENS = 512
+FEATURE_ANSWER_TOKENS: int | None = None
 ANSWER_SHARE = 4
 SHARD_ITEMS = 128
 
@@ -56,11 +61,19 @@ class Rendered:
     prefix: tuple[int, ...]
     answer: tuple[int, ...]
     text: str           # the full rendered text (cache key material)
+    newline: tuple[bool, ...] = ()   # per answer token: does it hold a line break
 
 
-def render(tokenizer, prompt: Messages, answer: str, max_tokens: int = 512) -> Rendered:
+def _newline_flags(tokenizer, ids: Sequence[int]) -> tuple[bool, ...]:
+    return tuple("\n" in tokenizer.decode([t]) for t in ids)
+
+
+def render(tokenizer, prompt: Messages, answer: str, max_tokens: int = 512,
+           answer_tokens: int | None = None) -> Rendered:
     """Chat-template prompt + answer; left-truncate the prompt, cap the answer.
 
+    The answer keeps at most answer_tokens (default max_tokens // ANSWER_SHARE), the
+    prompt the rest of max_tokens.
     The prompt's budget does not depend on the answer, so two answers to one prompt keep
     the same prefix and can share its forward pass.
     """
@@ -70,11 +83,20 @@ def render(tokenizer, prompt: Messages, answer: str, max_tokens: int = 512) -> R
     cut = len(head) if full.startswith(head) else _common_prefix(head, full)
     prefix = tokenizer(full[:cut], add_special_tokens=False)["input_ids"]
     tail = tokenizer(full[cut:], add_special_tokens=False)["input_ids"] or [tokenizer.eos_token_id]
-    answer_cap = max(1, max_tokens // ANSWER_SHARE)
+    answer_cap = answer_budget(max_tokens, answer_tokens)
     if len(tail) > answer_cap:           # keep the start and the closing token
         tail = tail[:answer_cap - 1] + tail[-1:]
     prefix = prefix[-(max_tokens - answer_cap):]
-    return Rendered(prefix=tuple(prefix), answer=tuple(tail), text=full)
+    return Rendered(prefix=tuple(prefix), answer=tuple(tail), text=full,
+                    newline=_newline_flags(tokenizer, tail))
+
+
+def answer_budget(max_tokens: int, answer_tokens: int | None = None) -> int:
+    """Tokens an answer may keep: answer_tokens, or max_tokens // ANSWER_SHARE."""
+    cap = max_tokens // ANSWER_SHARE if answer_tokens is None else answer_tokens
+    if not 1 <= cap < max_tokens:
+        raise BadRequest(f"answer budget {cap} must be in [1, {max_tokens})")
+    return cap
 
 
 def _template(tokenizer, prompt: Messages, answer: str) -> tuple[str, str]:
@@ -147,8 +169,8 @@ def layer_indices(model, layers: Sequence[float]) -> list[int]:
     return [min(depth, max(0, round(f * depth))) for f in layers]
 
 
-def _forward_group(model, prefix: Sequence[int], answers: list[Sequence[int]],
-                   layers: Sequence[int], batch_size: int):
+def _forward_group(model, prefix: Sequence[int], answers: list[Rendered],
+                   layers: Sequence[int], batch_size: int, pools: Sequence[str]):
     """Pooled features (k, len(layers) * POOLS * H) for k answers to one prompt."""
     import torch
     from transformers import DynamicCache
@@ -164,7 +186,8 @@ def _forward_group(model, prefix: Sequence[int], answers: list[Sequence[int]],
     for start in range(0, len(answers), batch_size):
         chunk = answers[start:start + batch_size]
         repeated = _repeat_cache(cache, len(chunk), copy=start + batch_size < len(answers))
-        out.append(_forward_answers(model, repeated, p, chunk, pre_sums, layers, device))
+        out.append(_forward_answers(model, repeated, p, chunk, pre_sums, layers, device,
+                                    pools))
     return torch.cat(out)
 
 
@@ -222,16 +245,22 @@ def _repeat_cache(cache, k: int, copy: bool):
     return cache
 
 
-def _forward_answers(model, cache, p: int, answers: list[Sequence[int]], pre_sums, layers,
-                     device):
+def _forward_answers(model, cache, p: int, answers: list[Rendered], pre_sums, layers,
+                     device, pools: Sequence[str]):
     import torch
 
-    k, width = len(answers), max(len(a) for a in answers)
+    k, width = len(answers), max(len(a.answer) for a in answers)
     ids = torch.zeros((k, width), dtype=torch.long, device=device)
     amask = torch.zeros((k, width), dtype=torch.bool, device=device)
-    for i, a in enumerate(answers):   # right padding: real tokens never see the pads
+    nl = torch.zeros((k, width), dtype=torch.bool, device=device)
+    for i, r in enumerate(answers):   # right padding: real tokens never see the pads
+        a = r.answer
         ids[i, :len(a)] = torch.tensor(a)
         amask[i, :len(a)] = True
+        if any(r.newline):
+            nl[i, :len(a)] = torch.tensor(r.newline)
+        else:                          # no line break: the last token stands in
+            nl[i, len(a) - 1] = True
     attn = torch.cat([torch.ones((k, p), dtype=torch.long, device=device), amask.long()], 1)
     pos = torch.arange(p, p + width, device=device).expand(k, width)
     hidden = _hidden(model, layers, input_ids=ids, attention_mask=attn, position_ids=pos,
@@ -244,28 +273,45 @@ def _forward_answers(model, cache, p: int, answers: list[Sequence[int]], pre_sum
         mean_answer = ans_sum / lengths.unsqueeze(1)
         mean_all = (ans_sum + pre_sum) / (lengths + p).unsqueeze(1)
         last = h[torch.arange(k), lengths - 1]                    # (k, H)
-        pooled = {"answer_mean": mean_answer, "sequence_mean": mean_all, "last": last}
-        feats += [pooled[name] for name in FEATURE_POOLS]
+        n = nl.unsqueeze(-1).float()
+        newline = (h * n).sum(1) / n.sum(1)                       # (k, H)
+        pooled = {"answer_mean": mean_answer, "sequence_mean": mean_all, "last": last,
+                  "newline_mean": newline}
+        feats += [pooled[name] for name in pools]
     return torch.cat(feats, 1)
 
 
 def compute_features(model, tokenizer, items: list[Item], batch_size: int = 8,
-                     max_tokens: int = 512, progress: Callable[[int, int], None] | None = None,
-                     layers: Sequence[float] = FEATURE_LAYERS) -> np.ndarray:
-    """Features (N, len(layers) * POOLS * hidden) float32 from the frozen base, in item order."""
+                     max_tokens: int | None = None,
+                     progress: Callable[[int, int], None] | None = None,
+                     layers: Sequence[float] | None = None,
+                     pools: Sequence[str] | None = None,
+                     answer_tokens: int | None = None) -> np.ndarray:
+    """Features (N, len(layers) * len(pools) * hidden) float32 from the frozen base, in item
+    order; layout: for each layer, for each pool, H values. Defaults: FEATURE_LAYERS and
+    FEATURE_POOLS (read at call time)."""
     import torch
 
-    rendered = [render(tokenizer, p, a, max_tokens) for p, a in items]
+    layers = FEATURE_LAYERS if layers is None else tuple(layers)
+    pools = FEATURE_POOLS if pools is None else tuple(pools)
+    if max_tokens is None:
+        max_tokens, answer_tokens = FEATURE_MAX_TOKENS, FEATURE_ANSWER_TOKENS
+    unknown = [p for p in pools if p not in POOL_NAMES]
+    if unknown:
+        raise BadRequest(f"unknown feature pools {unknown}; known: {list(POOL_NAMES)}")
+    rendered = [render(tokenizer, p, a, max_tokens, answer_tokens) for p, a in items]
     indices = layer_indices(model, layers)
     config = model.config.get_text_config() if hasattr(model.config, "get_text_config") \
         else model.config
-    result = np.zeros((len(items), len(indices) * POOLS * config.hidden_size), np.float32)
+    result = np.zeros((len(items), len(indices) * len(pools) * config.hidden_size),
+                      np.float32)
     done = 0
     try:
         with torch.inference_mode(), adapters_disabled(model):
             for group in _group_by_prefix(rendered):
                 feats = _forward_group(model, rendered[group[0]].prefix,
-                                       [rendered[i].answer for i in group], indices, batch_size)
+                                       [rendered[i] for i in group], indices, batch_size,
+                                       pools)
                 result[group] = feats.float().cpu().numpy()
                 done += len(group)
                 if progress:
@@ -323,10 +369,16 @@ def ensure_features(db, model, tokenizer, base_id: str,
 
 # ---- disk cache for offline evaluation: shards of (sha256 key -> vector) --------------
 
-def feature_spec(layers: Sequence[float] = FEATURE_LAYERS, max_tokens: int = 512) -> str:
-    """What changes the vectors besides the base and the text."""
-    return (f"v2:layers={','.join(map(str, layers))}:pools={','.join(FEATURE_POOLS)}"
-            f":max={max_tokens}")
+def feature_spec(layers: Sequence[float] | None = None, max_tokens: int | None = None,
+                 pools: Sequence[str] | None = None, answer_tokens: int | None = None) -> str:
+    """What changes the vectors besides the base and the text (defaults: the current
+    recipe, FEATURE_* read at call time)."""
+    layers = FEATURE_LAYERS if layers is None else layers
+    pools = FEATURE_POOLS if pools is None else pools
+    if max_tokens is None:
+        max_tokens, answer_tokens = FEATURE_MAX_TOKENS, FEATURE_ANSWER_TOKENS
+    spec = f"v2:layers={','.join(map(str, layers))}:pools={','.join(pools)}:max={max_tokens}"
+    return spec if answer_tokens is None else f"{spec}:answer={answer_tokens}"
 
 
 class DiskFeatureCache:
@@ -355,14 +407,21 @@ class DiskFeatureCache:
 
 
 def disk_cached_features(model, tokenizer, base_id: str, items: list[Item], cache_dir: Path,
-                         layers: Sequence[float] = FEATURE_LAYERS, max_tokens: int = 512,
-                         progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+                         layers: Sequence[float] | None = None, max_tokens: int | None = None,
+                         progress: Callable[[int, int], None] | None = None,
+                         pools: Sequence[str] | None = None,
+                         answer_tokens: int | None = None) -> np.ndarray:
     """compute_features through the disk cache: each rendered text is computed once.
 
     `model` may be a zero-argument loader, called only if some text is not cached yet (a
     fully cached re-run then needs just the tokenizer).
     """
-    cache = DiskFeatureCache(cache_dir, base_id, feature_spec(layers, max_tokens))
+    layers = FEATURE_LAYERS if layers is None else tuple(layers)
+    pools = FEATURE_POOLS if pools is None else tuple(pools)
+    if max_tokens is None:
+        max_tokens, answer_tokens = FEATURE_MAX_TOKENS, FEATURE_ANSWER_TOKENS
+    cache = DiskFeatureCache(cache_dir, base_id,
+                             feature_spec(layers, max_tokens, pools, answer_tokens))
     keys = [cache.key(_template(tokenizer, p, a)[1]) for p, a in items]
     todo = sorted({k: i for i, k in enumerate(keys) if k not in cache.vectors}.items(),
                   key=lambda ki: ki[1])
@@ -373,8 +432,21 @@ def disk_cached_features(model, tokenizer, base_id: str, items: list[Item], cach
     for start in range(0, len(todo), SHARD_ITEMS):
         part = todo[start:start + SHARD_ITEMS]
         X = compute_features(model, tokenizer, [items[i] for _, i in part],
-                             max_tokens=max_tokens, layers=layers)
+                             max_tokens=max_tokens, layers=layers, pools=pools,
+                             answer_tokens=answer_tokens)
         cache.put([k for k, _ in part], X)
         if progress:
             progress(start + len(part), len(todo))
     return np.stack([cache.vectors[k] for k in keys]) if keys else np.zeros((0, 0), np.float32)
+
+
+def recipe_columns(hidden: int, layers: Sequence[float], pools: Sequence[str],
+                   sub_layers: Sequence[float], sub_pools: Sequence[str]) -> np.ndarray:
+    """Column indices of a (sub_layers x sub_pools) recipe inside features computed with
+    (layers x pools): a richer extraction serves every smaller recipe without a forward."""
+    cols = []
+    for layer in sub_layers:
+        for pool in sub_pools:
+            block = list(layers).index(layer) * len(pools) + list(pools).index(pool)
+            cols.append(np.arange(block * hidden, (block + 1) * hidden))
+    return np.concatenate(cols)

@@ -32,6 +32,7 @@ from adapters.features import (
     features_id,
 )
 from adapters.gate import BASE, GateSettings, decide, evaluate, greedy_texts
+from adapters.head_selection import fit_selected_head
 from adapters.policy import PolicySettings, train_policy
 from adapters.reward_head import (
     HeadSettings,
@@ -155,7 +156,11 @@ def fit_user_head(db, base, adapters_dir: Path, user: dict, settings: HeadSettin
     if not len(data):
         raise TrainingError(f"user {user['name']!r} has no usable feedback yet")
     prior = fit_prior(db, base, user["id"], settings)
-    head = fit_head(data.chosen, data.rejected, data.thumbs, data.labels, settings, prior)
+    if settings.select_prior:
+        head = fit_selected_head(data.chosen, data.rejected, data.thumbs, data.labels,
+                                 settings, prior).head
+    else:
+        head = fit_head(data.chosen, data.rejected, data.thumbs, data.labels, settings, prior)
     cv = cross_val_accuracy(data.chosen, data.rejected, data.thumbs, data.labels,
                             settings, prior)
     metrics = {"cv_accuracy": cv, "n_pairs": len(data.chosen), "n_thumbs": len(data.thumbs),

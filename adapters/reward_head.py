@@ -41,6 +41,7 @@ class HeadSettings:
     prior_strength: float = 1.0
     l2: float = 1.0
     thumbs_weight: float = 0.5
+    select_prior: bool = False  # per-user prior target/strength by CV (head_selection.py)
 
 
 @dataclass
@@ -133,20 +134,23 @@ def fit_head(pairs_chosen: np.ndarray, pairs_rejected: np.ndarray, thumbs_x: np.
 
 
 def _optimize(D: np.ndarray, T: np.ndarray, y: np.ndarray, thumbs_weight: float,
-              strength: float, target_w: np.ndarray, target_b: float) -> tuple[np.ndarray, float]:
+              strength: float, target_w: np.ndarray, target_b: float,
+              init: tuple[np.ndarray, float] | None = None,
+              max_iter: int = MAX_ITER) -> tuple[np.ndarray, float]:
     """Minimize sum BT(D) + thumbs_weight * sum logistic(T, y) + strength * ||w - target||^2.
 
     D: (P, D) standardized chosen - rejected differences (the bias cancels in a pair);
     T: (T, D) standardized thumbs. The bias is pulled to target_b with a small weight so
-    that it stays defined when there are no thumbs.
+    that it stays defined when there are no thumbs. init: a warm start (w, b).
     """
     import torch
 
     Dt, Tt = torch.from_numpy(D), torch.from_numpy(T)
     yt, tw = torch.from_numpy(y), torch.from_numpy(target_w.astype(np.float64))
-    w = tw.clone().requires_grad_(True)
-    b = torch.tensor([float(target_b)], dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=MAX_ITER, tolerance_grad=1e-7,
+    w0, b0 = (target_w, target_b) if init is None else init
+    w = torch.tensor(np.asarray(w0, dtype=np.float64)).requires_grad_(True)
+    b = torch.tensor([float(b0)], dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=max_iter, tolerance_grad=1e-7,
                             tolerance_change=1e-10, history_size=20,
                             line_search_fn="strong_wolfe")
 

@@ -5,16 +5,20 @@ Shared by the native API (/api/chat) and the OpenAI-compatible API (/v1/chat/com
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
+from assistant import adapter_fallback as fallback
 from assistant.engine import AdapterRef, Delta, GenRequest, GenResult
+from assistant.ids import body_id
 from assistant.state import AppState
 from feedback_store import conversations as conv
-from feedback_store.errors import BadRequest, TooLarge
+from feedback_store.errors import BadRequest, Gone, ModelError, TooLarge, Unauthorized
 from feedback_store.users import get_user
 
 MODELS = ("personal", "base")
+log = logging.getLogger("assistant")
 
 
 @dataclass
@@ -24,6 +28,8 @@ class TurnRequest:
     content: str
     conversation_id: int | None = None
     regenerate: int | None = None        # a user turn id to answer again
+    edit: int | None = None              # a user turn id this content replaces (a new branch)
+    follow: int | None = None            # the answer id this turn follows (default: the chosen)
     n: int = 1
     temperature: float = 0.7
     top_p: float = 0.95
@@ -49,13 +55,15 @@ def check_turn(state: AppState, body: dict) -> TurnRequest:
     max_tokens = _int_in(body, "max_tokens", g.max_tokens_default, 1, g.max_tokens_limit)
     temperature = _float_in(body, "temperature", g.temperature, 0.0, 2.0)
     top_p = _float_in(body, "top_p", g.top_p, 0.0, 1.0)
-    model = body.get("model") or "personal"
-    if model not in MODELS:
+    model = body.get("model")
+    model = "personal" if model is None else model     # absent or null: the default
+    if not isinstance(model, str) or model not in MODELS:
         raise BadRequest(f"model: must be one of {', '.join(MODELS)}; got {model!r}")
-    return TurnRequest(content=content or "", conversation_id=_opt_int(body, "conversation_id"),
-                       regenerate=_opt_int(body, "regenerate"), n=n, temperature=temperature,
-                       top_p=top_p, max_tokens=max_tokens, stop=_stops(body.get("stop")),
-                       model=model, **_sampling_extras(body))
+    return TurnRequest(content=content or "", conversation_id=body_id(body, "conversation_id"),
+                       regenerate=body_id(body, "regenerate"), edit=body_id(body, "edit"),
+                       follow=body_id(body, "follow"),
+                       n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens,
+                       stop=_stops(body.get("stop")), model=model, **_sampling_extras(body))
 
 
 def _sampling_extras(body: dict) -> dict:
@@ -103,12 +111,56 @@ def _stops(value: object) -> list[str]:
     return stops
 
 
+def check_flag(body: dict, name: str, where: str | None = None) -> bool:
+    """An optional boolean field ("stream"): absent or null is false, anything else but a
+    boolean is a 400 (a string "false" would otherwise be truthy)."""
+    value = body.get(name)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise BadRequest(f"{where or name}: must be true or false; got {value!r}")
+    return value
+
+
+def trim_prompt(messages: list[dict], max_messages: int, max_chars: int) -> list[dict]:
+    """A stored conversation's prompt within the request caps: a leading system message and
+    the last turn are kept, the oldest turns between them dropped (the engine would drop
+    them anyway to fit its context; this bounds the work of getting there)."""
+    system = messages[:1] if messages and messages[0]["role"] == "system" else []
+    turns = messages[len(system):]
+    budget = max_chars - sum(len(m["content"]) for m in system)
+    keep = 0
+    for m in reversed(turns):
+        budget -= len(m["content"])
+        if keep and (budget < 0 or keep + len(system) >= max_messages):
+            break
+        keep += 1
+    kept = turns[len(turns) - keep:]
+    if len(kept) > 1 and kept[0]["role"] == "assistant":
+        kept = kept[1:]                 # a conversation starts with the user
+    return system + kept
+
+
 @dataclass
 class PreparedTurn:
     conversation_id: int
     user_turn: dict
     gen: GenRequest
     model: str
+    fallback_from: int | None = None    # the adapter version that failed to load, if any
+
+    @property
+    def notice(self) -> str | None:
+        return fallback.notice(self.fallback_from, self.gen.adapter)
+
+    def served(self) -> dict:
+        """What served the answer, for API responses: the adapter version actually used
+        and, when that is a fallback, a notice saying so."""
+        adapter = self.gen.adapter
+        out: dict = {"adapter_version": adapter.version if adapter else None}
+        if self.fallback_from is not None:
+            out.update(adapter_fallback_from=self.fallback_from, notice=self.notice)
+        return out
 
 
 def adapter_for(db, adapters_root, user: dict, model: str) -> AdapterRef | None:
@@ -124,11 +176,19 @@ def adapter_for(db, adapters_root, user: dict, model: str) -> AdapterRef | None:
 
 def _prepare(db, user: dict, req: TurnRequest, adapters_root) -> tuple[int, dict, list[dict]]:
     """Store the user turn (or find the one to regenerate) and build the prompt messages."""
+    if not db["users"].count_where("id = ?", [user["id"]]):
+        raise Unauthorized("invalid or revoked API key")    # erased since the key was checked
     if req.regenerate is not None:
         turn = conv.get_message(db, user["id"], req.regenerate)
         if turn["role"] != "user":
             raise BadRequest(f"regenerate: message {req.regenerate} is not a user turn")
         conv_id = turn["conversation_id"]
+    elif req.edit is not None:
+        edited = conv.get_message(db, user["id"], req.edit)
+        if edited["role"] != "user":
+            raise BadRequest(f"edit: message {req.edit} is not a user turn")
+        conv_id = edited["conversation_id"]
+        turn = conv.add_user_turn(db, user["id"], conv_id, req.content, edit_of=edited)
     else:
         conv_id = req.conversation_id
         if conv_id is None:
@@ -136,7 +196,8 @@ def _prepare(db, user: dict, req: TurnRequest, adapters_root) -> tuple[int, dict
             conv.add_history(db, user["id"], conv_id, req.history or [])
         else:
             conv.get_conversation_row(db, user["id"], conv_id)
-        turn = conv.add_user_turn(db, user["id"], conv_id, req.content)
+        follow = conv.get_message(db, user["id"], req.follow) if req.follow is not None else None
+        turn = conv.add_user_turn(db, user["id"], conv_id, req.content, follow=follow)
     row = conv.get_conversation_row(db, user["id"], conv_id)
     messages = [{"role": m["role"], "content": m["content"]}
                 for m in conv.history(db, conv_id, turn["id"])]
@@ -147,13 +208,49 @@ def _prepare(db, user: dict, req: TurnRequest, adapters_root) -> tuple[int, dict
 
 async def prepare_turn(state: AppState, user: dict, req: TurnRequest) -> PreparedTurn:
     conv_id, turn, messages = await state.store.write(_prepare, user, req, state.adapters_root)
+    s = state.config.server
+    messages = trim_prompt(messages, s.max_messages, s.max_request_chars)
     fresh = await state.store.read(get_user, user["id"])   # current_version may have moved
     adapter = await state.store.read(adapter_for, state.adapters_root, fresh, req.model)
     gen = GenRequest(messages=messages, n=req.n, temperature=req.temperature, top_p=req.top_p,
                      max_tokens=req.max_tokens, stop=req.stop, adapter=adapter,
                      frequency_penalty=req.frequency_penalty,
                      presence_penalty=req.presence_penalty, seed=req.seed)
-    return PreparedTurn(conv_id, turn, gen, "personal" if adapter else "base")
+    prep = PreparedTurn(conv_id, turn, gen, "personal" if adapter else "base")
+    if adapter is not None and state.adapter_failures.failed(adapter):
+        await fall_back(state, prep)        # known broken: do not try to load it again
+    return prep
+
+
+async def fall_back(state: AppState, prep: PreparedTurn) -> None:
+    """Route the turn through the newest earlier version not known to be broken, else the
+    base; remember which version should have served."""
+    failed = prep.gen.adapter
+    prep.fallback_from = prep.fallback_from or failed.version
+    earlier = await state.store.read(fallback.earlier_versions, state.adapters_root,
+                                     failed.user_id, failed.version)
+    usable = [ref for ref in earlier if not state.adapter_failures.failed(ref)]
+    prep.gen.adapter = usable[0] if usable else None
+    prep.model = "personal" if prep.gen.adapter else "base"
+
+
+async def _adapter_failed(state: AppState, prep: PreparedTurn, exc: ModelError) -> None:
+    """An adapter did not load: record it for the admin, pick the next one (or re-raise if
+    it was the base that failed: nothing to fall back to)."""
+    if prep.gen.adapter is None:
+        raise exc
+    log.warning("adapter %s failed to load, falling back: %s", prep.gen.adapter.name, exc)
+    state.adapter_failures.record(prep.gen.adapter, exc)
+    await fall_back(state, prep)
+
+
+async def generate(state: AppState, prep: PreparedTurn) -> GenResult:
+    """Generate the turn, falling back past adapters that fail to load."""
+    while True:
+        try:
+            return await state.engine.generate(prep.gen)
+        except ModelError as exc:
+            await _adapter_failed(state, prep, exc)
 
 
 def candidate_rows(prep: PreparedTurn, result: GenResult) -> list[dict]:
@@ -166,11 +263,16 @@ def candidate_rows(prep: PreparedTurn, result: GenResult) -> list[dict]:
         "seed": gen.seed,
         "prompt_tokens": result.prompt_tokens, "completion_tokens": len(c.tokens),
         "first_token_ms": c.first_token_ms, "total_ms": c.total_ms,
-        "finish_reason": c.finish_reason,
+        "finish_reason": c.finish_reason, "adapter_fallback_from": prep.fallback_from,
     } for c in result.candidates]
 
 
 def _store_candidates(db, turn: dict, rows: list[dict], regenerate: bool) -> list[dict]:
+    if not db["messages"].count_where("id = ?", [turn["id"]]):
+        # The user (or this conversation) was erased while the answer was generating:
+        # the erase stands, the answer is dropped rather than stored for nobody.
+        raise Gone(f"conversation {turn['conversation_id']} was deleted while the answer "
+                   "was being generated; the answer was not stored")
     if regenerate:
         offset = len(conv.candidates_of(db, turn["id"]))
         for i, row in enumerate(rows):
@@ -191,26 +293,35 @@ async def store_result(state: AppState, prep: PreparedTurn, result: GenResult,
 async def run_turn(state: AppState, user: dict, req: TurnRequest) -> tuple[PreparedTurn, list]:
     """Non-streaming turn: returns the prepared turn and the stored candidates."""
     prep = await prepare_turn(state, user, req)
-    result = await state.engine.generate(prep.gen)
+    result = await generate(state, prep)
     return prep, await store_result(state, prep, result, req.regenerate is not None)
 
 
 async def stream_turn(state: AppState, prep: PreparedTurn,
                       regenerate: bool = False) -> AsyncIterator[Delta | list[dict]]:
     """Yield Deltas, then the stored candidate rows. If the consumer stops early the engine
-    is cancelled and whatever was generated is still stored (finish_reason 'cancelled')."""
+    is cancelled and whatever was generated is still stored (finish_reason 'cancelled').
+    An adapter that fails to load (before any text) is fallen back past, as in generate."""
     async def keep_partial(partial: GenResult) -> None:
-        await store_result(state, prep, partial, regenerate)
+        try:
+            await store_result(state, prep, partial, regenerate)
+        except Gone:
+            pass            # erased meanwhile: nothing to keep
 
-    result = None
-    stream = state.engine.stream(prep.gen, on_abandon=keep_partial)
-    try:
-        async for item in stream:
-            if isinstance(item, GenResult):
-                result = item
-            else:
-                yield item
-    finally:
-        await stream.aclose()
-    if result is not None:
-        yield await store_result(state, prep, result, regenerate)
+    result, started = None, False
+    while result is None:
+        stream = state.engine.stream(prep.gen, on_abandon=keep_partial)
+        try:
+            async for item in stream:
+                if isinstance(item, GenResult):
+                    result = item
+                else:
+                    started = True
+                    yield item
+        except ModelError as exc:
+            if started:
+                raise
+            await _adapter_failed(state, prep, exc)
+        finally:
+            await stream.aclose()
+    yield await store_result(state, prep, result, regenerate)

@@ -30,6 +30,10 @@ class ServerConfig:
     data_dir: str = "data"
     admin_key: str = ""
     max_prompt_chars: int = 8000
+    max_messages: int = 128
+    max_request_chars: int = 64000
+    rate_limit_per_minute: int = 0
+    rate_limit_burst: int = 20
 
 
 @dataclass(frozen=True)
@@ -77,6 +81,7 @@ class RewardConfig:
     prior_strength: float = 1.0
     l2: float = 1.0
     thumbs_weight: float = 0.5
+    select_prior: bool = False
 
 
 @dataclass(frozen=True)
@@ -271,6 +276,14 @@ def validate(c: Config) -> None:
                           f"must be empty (no admin key) or at least {MIN_ADMIN_KEY_CHARS}")
     _check(c.server.max_prompt_chars > 0, "server.max_prompt_chars", c.server.max_prompt_chars,
            "must be positive")
+    _check(c.server.max_messages >= 2, "server.max_messages", c.server.max_messages,
+           "must be at least 2 (a system prompt and the user's message)")
+    _check(c.server.max_request_chars >= c.server.max_prompt_chars, "server.max_request_chars",
+           c.server.max_request_chars, "must be at least server.max_prompt_chars")
+    _check(c.server.rate_limit_per_minute >= 0, "server.rate_limit_per_minute",
+           c.server.rate_limit_per_minute, "must be 0 (off) or more")
+    _check(c.server.rate_limit_burst >= 1, "server.rate_limit_burst",
+           c.server.rate_limit_burst, "must be at least 1")
     _check(c.model.device in {"auto", "cpu", "cuda"}, "model.device", c.model.device,
            "must be auto, cpu or cuda")
     _check(c.model.dtype in {"float32", "bfloat16", "float16"}, "model.dtype", c.model.dtype,

@@ -20,11 +20,26 @@ from pathlib import Path
 
 import numpy as np
 
-from adapters.reward_head import HeadSettings, fit_head, pair_accuracy
+from adapters.calibration import expected_calibration_error, pair_ece
+from adapters.ensemble import fit_ensemble
+from adapters.head_selection import fit_selected_head
+from adapters.lowrank import fit_lowrank
+from adapters.reward_head import HeadSettings, fit_head
 from feedback_store.errors import BadRequest
 
 FEATURES_SUBDIR = "features"
 DEFAULT_SETTINGS = HeadSettings()
+# global / personal / personal_prior: the heads as the product fitted them so far (fixed
+# L2 and prior strength); global_cv: L2 chosen by 5-fold CV, temperature-scaled;
+# selected: per-user prior target and strength chosen by CV, toward the other users'
+# consensus as in the product (adapters/jobs.py fit_prior), temperature-scaled
+# (adapters/head_selection.py); lowrank: shared basis + per-user weights
+# (adapters/lowrank.py); ensemble: 8 bootstrap heads with the prior (adapters/ensemble.py).
+METHODS = ("global", "personal", "personal_prior", "global_cv", "selected", "lowrank",
+           "ensemble")
+DEFAULT_METHODS = ("global", "personal", "personal_prior", "global_cv", "selected")
+LOWRANK_RANK = 4
+ENSEMBLE_K = 8
 
 
 @dataclass(frozen=True)
@@ -81,8 +96,10 @@ def split_users(pairs: list[Pair], train_frac: float, seed: int) -> dict[str, tu
 
 
 def pair_features(pairs: list[Pair], cache_dir: Path, model_path: str,
-                  threads: int = 2) -> tuple:
-    """(chosen (N, D), rejected (N, D)) from the frozen base, through the disk cache."""
+                  threads: int = 2, **recipe) -> tuple:
+    """(chosen (N, D), rejected (N, D)) from the frozen base, through the disk cache.
+
+    recipe: layers, pools, max_tokens, answer_tokens (adapters.features defaults)."""
     import torch
 
     from adapters.base_model import load_base, load_tokenizer, resolve_source
@@ -94,49 +111,138 @@ def pair_features(pairs: list[Pair], cache_dir: Path, model_path: str,
     items = [(p.prompt, a) for p in pairs for a in (p.chosen, p.rejected)]
     X = disk_cached_features(lambda: load_base(model_path, cache_dir).model,
                              load_tokenizer(model_path, cache_dir), base_id, items,
-                             cache_dir / FEATURES_SUBDIR, progress=_progress)
+                             cache_dir / FEATURES_SUBDIR, progress=_progress, **recipe)
     return X[0::2], X[1::2]
 
 
 def _progress(done: int, total: int) -> None:
-    print(f"  features: {done}/{total} new texts", flush=True)
+    print(f"  features: {done}/{total} new texts at {time.strftime('%H:%M:%S')}", flush=True)
+
+
+def _margins(head, C: np.ndarray, R: np.ndarray) -> np.ndarray:
+    return head.score(C) - head.score(R)
+
+
+def _method_heads(C, R, splits, settings: HeadSettings, methods: tuple[str, ...],
+                  seed: int) -> dict[str, dict]:
+    """{method: {user: fitted head (anything with .score)}} on each user's training pairs."""
+    train = {u: tr for u, (tr, _) in splits.items()}
+    train_all = np.concatenate(list(train.values()))
+    shared = {"global": fit_head(C[train_all], R[train_all], *_no_thumbs(C),
+                                 replace(settings, shared_prior=False))}
+    if "global_cv" in methods:
+        shared["global_cv"] = fit_selected_head(
+            C[train_all], R[train_all], *_no_thumbs(C), replace(settings, shared_prior=False),
+            None, seed=seed).head
+    if "selected" in methods:      # as in the product: the prior never saw the user's data
+        shared["others"] = {u: _others_head(C, R, train, u, settings) for u in train}
+    if "lowrank" in methods:
+        shared["lowrank"] = fit_lowrank({u: (C[tr], R[tr]) for u, tr in train.items()},
+                                        rank=LOWRANK_RANK, seed=seed)
+    return {m: {u: _user_head(m, C[tr], R[tr], u, shared, settings, seed)
+                for u, tr in train.items()} for m in methods}
+
+
+def _others_head(C, R, train: dict, user: str, settings: HeadSettings):
+    """The consensus over every other user's training pairs (None if there is nobody)."""
+    others = [tr for u, tr in train.items() if u != user]
+    if not others:
+        return None
+    idx = np.concatenate(others)
+    return fit_head(C[idx], R[idx], *_no_thumbs(C), replace(settings, shared_prior=False))
+
+
+def _no_thumbs(C: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return np.zeros((0, C.shape[1])), np.zeros(0)
+
+
+def _user_head(method: str, Cu, Ru, user: str, shared: dict, settings: HeadSettings,
+               seed: int):
+    """One user's head by one method, from the user's training pairs (Cu, Ru)."""
+    if method in ("global", "global_cv"):
+        return shared[method]
+    if method == "lowrank":
+        return shared["lowrank"].user_head(user)
+    with_prior = replace(settings, shared_prior=True)
+    if method == "personal":
+        return fit_head(Cu, Ru, *_no_thumbs(Cu), replace(settings, shared_prior=False))
+    if method == "personal_prior":
+        return fit_head(Cu, Ru, *_no_thumbs(Cu), with_prior, prior=shared["global"])
+    if method == "selected":
+        return fit_selected_head(Cu, Ru, *_no_thumbs(Cu), settings, shared["others"][user],
+                                 seed=seed).head
+    return fit_ensemble(Cu, Ru, *_no_thumbs(Cu), with_prior, shared["global"], k=ENSEMBLE_K,
+                        seed=seed)
 
 
 def evaluate(C: np.ndarray, R: np.ndarray, splits: dict[str, tuple],
-             settings: HeadSettings) -> dict[str, dict]:
-    """Held-out accuracy per user for the global, personal and personal_prior heads."""
-    empty = np.zeros((0, C.shape[1]))
-    no_y = np.zeros(0)
-    train_all = np.concatenate([tr for tr, _ in splits.values()])
-    global_head = fit_head(C[train_all], R[train_all], empty, no_y,
-                           replace(settings, shared_prior=False))
-    alone = replace(settings, shared_prior=False)
-    with_prior = replace(settings, shared_prior=True)
+             settings: HeadSettings, methods: tuple[str, ...] = DEFAULT_METHODS,
+             seed: int = 0) -> dict[str, dict]:
+    """Per user: held-out accuracy and ECE (of P(chosen > rejected), 10 bins) per method.
+
+    {user: {"acc": {method: a}, "ece": {method: e}, "n_train": n, "n_test": n}}.
+    """
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise BadRequest(f"unknown methods {unknown}; known: {list(METHODS)}")
+    heads = _method_heads(C, R, splits, settings, methods, seed)
     users = {}
     for user, (tr, te) in splits.items():
-        personal = fit_head(C[tr], R[tr], empty, no_y, alone)
-        prior = fit_head(C[tr], R[tr], empty, no_y, with_prior, prior=global_head)
-        users[user] = {name: round(pair_accuracy(head, C[te], R[te]), 4)
-                       for name, head in (("global", global_head), ("personal", personal),
-                                          ("personal_prior", prior))}
-        users[user].update(n_train=int(len(tr)), n_test=int(len(te)))
+        acc, ece = {}, {}
+        for m in methods:
+            head = heads[m][user]
+            if hasattr(head, "prob_prefers"):          # an ensemble: mean of sigmoids
+                p = head.prob_prefers(C[te], R[te])
+                acc[m] = float(np.mean((p > 0.5) + 0.5 * (p == 0.5)))
+                ece[m] = expected_calibration_error(np.concatenate([p, 1 - p]), np.r_[
+                    np.ones(len(p)), np.zeros(len(p))])
+            else:
+                margin = _margins(head, C[te], R[te])
+                acc[m] = float(np.mean((margin > 0) + 0.5 * (margin == 0)))
+                ece[m] = pair_ece(margin)
+        users[user] = {"acc": {m: round(v, 4) for m, v in acc.items()},
+                       "ece": {m: round(v, 4) for m, v in ece.items()},
+                       "n_train": int(len(tr)), "n_test": int(len(te))}
     return users
+
+
+def summarize(per_seed: dict[int, dict]) -> dict[str, dict]:
+    """{user: {"acc": {method: [mean, std]}, "ece": {...}, n_train, n_test}} over seeds."""
+    first = next(iter(per_seed.values()))
+    out = {}
+    for user, r in first.items():
+        out[user] = {"n_train": r["n_train"], "n_test": r["n_test"]}
+        for what in ("acc", "ece"):
+            out[user][what] = {}
+            for m in r[what]:
+                vals = np.array([per_seed[s][user][what][m] for s in per_seed])
+                out[user][what][m] = [round(float(vals.mean()), 4), round(float(vals.std()), 4)]
+    return out
 
 
 def run(data: Path, train_frac: float, seed: int, json_out: Path | None, cache_dir: Path,
         model_path: str = "", settings: HeadSettings = DEFAULT_SETTINGS, *,
-        threads: int = 2) -> dict:
-    """Evaluate, print a table, optionally write JSON; returns {"users": ..., "seconds": ...}."""
+        threads: int = 2, seeds: int = 1, methods: tuple[str, ...] = DEFAULT_METHODS,
+        recipe: dict | None = None, cached_only: bool = False) -> dict:
+    """Evaluate over seeds seed..seed+seeds-1, print a table, optionally write JSON.
+
+    Returns {"summary": {user: ...}, "per_seed": {seed: {user: ...}}, "seconds": ...}.
+    """
     start = time.perf_counter()
     pairs = read_pairs(data)
-    splits = split_users(pairs, train_frac, seed)
-    C, R = pair_features(pairs, Path(cache_dir), model_path, threads)
+    recipe = recipe or {}
+    if cached_only:
+        pairs = cached_pairs_only(pairs, Path(cache_dir), model_path, **recipe)
+    C, R = pair_features(pairs, Path(cache_dir), model_path, threads, **recipe)
     after_features = time.perf_counter()
-    users = evaluate(C, R, splits, settings)
+    per_seed = {s: evaluate(C, R, split_users(pairs, train_frac, s), settings, methods, s)
+                for s in range(seed, seed + seeds)}
     done = time.perf_counter()
     seconds = {"features": round(after_features - start, 2),
                "fitting": round(done - after_features, 2), "total": round(done - start, 2)}
-    result = {"users": users, "seconds": seconds}
+    result = {"data": str(data), "pairs": len(pairs), "seeds": list(per_seed),
+              "methods": list(methods), "recipe": recipe or "default",
+              "summary": summarize(per_seed), "per_seed": per_seed, "seconds": seconds}
     print(format_table(result))
     if json_out is not None:
         Path(json_out).parent.mkdir(parents=True, exist_ok=True)
@@ -144,16 +250,39 @@ def run(data: Path, train_frac: float, seed: int, json_out: Path | None, cache_d
     return result
 
 
+def cached_pairs_only(pairs: list[Pair], cache_dir: Path, model_path: str,
+                      **recipe) -> list[Pair]:
+    """The pairs whose both answers are already in the disk feature cache."""
+    from adapters.base_model import load_tokenizer, resolve_source
+    from adapters.features import DiskFeatureCache, _template, feature_spec
+
+    tokenizer = load_tokenizer(model_path, cache_dir)
+    spec = feature_spec(recipe.get("layers"), recipe.get("max_tokens"), recipe.get("pools"),
+                        recipe.get("answer_tokens"))
+    cache = DiskFeatureCache(cache_dir / FEATURES_SUBDIR,
+                             resolve_source(model_path, cache_dir).base_id, spec)
+    kept = [p for p in pairs
+            if all(cache.key(_template(tokenizer, p.prompt, a)[1]) in cache.vectors
+                   for a in (p.chosen, p.rejected))]
+    if not kept:
+        raise BadRequest("no pair of this file has cached features yet")
+    return kept
+
+
 def format_table(result: dict) -> str:
-    head = f"{'user':<16} {'n_train':>7} {'n_test':>6} {'global':>7} {'personal':>8} " \
-           f"{'pers+prior':>10}"
-    rows = [head, "-" * len(head)]
-    for user, r in result["users"].items():
-        rows.append(f"{user:<16} {r['n_train']:>7} {r['n_test']:>6} {r['global']:>7.3f} "
-                    f"{r['personal']:>8.3f} {r['personal_prior']:>10.3f}")
+    methods = result["methods"]
+    n = len(result["seeds"])
+    head = f"{'user':<16} {'n_train':>7} {'n_test':>6} " + " ".join(
+        f"{m:>21}" for m in methods)
+    rows = [f"accuracy mean +- std over {n} seed(s) [ECE, 10 bins]", head, "-" * len(head)]
+    for user, r in result["summary"].items():
+        cells = [f"{r['acc'][m][0]:.3f}+-{r['acc'][m][1]:.3f} [{r['ece'][m][0]:.3f}]"
+                 for m in methods]
+        rows.append(f"{user:<16} {r['n_train']:>7} {r['n_test']:>6} "
+                    + " ".join(f"{c:>21}" for c in cells))
     s = result["seconds"]
-    rows.append(f"seconds: features {s['features']:.1f}, fitting {s['fitting']:.1f}, "
-                f"total {s['total']:.1f}")
+    rows.append(f"pairs {result['pairs']}; seconds: features {s['features']:.1f}, "
+                f"fitting {s['fitting']:.1f}, total {s['total']:.1f}")
     return "\n".join(rows)
 
 
@@ -164,10 +293,26 @@ def cmd_eval_reward(args: argparse.Namespace, config=None) -> None:
 
         config = load_config(getattr(args, "config", None))
     settings = HeadSettings(**vars(config.reward))
+    if args.seeds < 1:
+        raise BadRequest(f"--seeds must be at least 1, got {args.seeds}")
+    methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
     run(Path(args.data), args.train_frac, args.seed, Path(args.json) if args.json else None,
         Path(args.cache_dir) if args.cache_dir else config.cache_dir,
         config.model.path if args.model_path is None else args.model_path, settings,
-        threads=config.model.threads or 2)
+        threads=config.model.threads or 2, seeds=args.seeds, methods=methods,
+        recipe=_recipe(args), cached_only=args.cached_only)
+
+
+def _recipe(args: argparse.Namespace) -> dict:
+    """Feature recipe overrides from the command line (absent: the product's recipe)."""
+    recipe: dict = {}
+    if args.layers:
+        recipe["layers"] = tuple(float(x) for x in args.layers.split(","))
+    if args.pools:
+        recipe["pools"] = tuple(args.pools.split(","))
+    if args.max_tokens:
+        recipe.update(max_tokens=args.max_tokens, answer_tokens=args.answer_tokens)
+    return recipe
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -176,7 +321,17 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p = group.add_parser("reward", help="held-out accuracy of global vs personal reward heads")
     p.add_argument("--data", required=True, help="JSONL of {user, prompt, chosen, rejected}")
     p.add_argument("--train-frac", type=float, default=0.5)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="first split seed")
+    p.add_argument("--seeds", type=int, default=1,
+                   help="number of split seeds (seed, seed+1, ...): mean and std over them")
+    p.add_argument("--methods", default=",".join(DEFAULT_METHODS),
+                   help=f"comma-separated heads to compare, of {','.join(METHODS)}")
+    p.add_argument("--layers", help="feature layers as depth fractions (default: product's)")
+    p.add_argument("--pools", help="feature pools (default: product's)")
+    p.add_argument("--max-tokens", type=int, help="feature token budget (default: product's)")
+    p.add_argument("--answer-tokens", type=int, help="answer share of --max-tokens")
+    p.add_argument("--cached-only", action="store_true",
+                   help="evaluate only the pairs whose features are cached (no forward)")
     p.add_argument("--json", help="write the result as JSON here")
     p.add_argument("--cache-dir", help="model and feature cache (default: config cache_dir)")
     p.add_argument("--model-path", default=None, help="base model (default: config model.path)")

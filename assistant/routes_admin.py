@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import re
+
 from litestar import Response, Router, delete, get, post
 from litestar.di import Provide
 from litestar.params import FromPath, Parameter
 
+from assistant.api_docs import NewUserBody
 from assistant.auth import admin_user
 from assistant.erase import erase_user
 from assistant.state import AppState
@@ -15,7 +18,7 @@ from feedback_store.training_data import export_jsonl
 
 
 @post("/users", status_code=201)
-async def create_user(data: dict, admin: dict, ctx: AppState) -> dict:
+async def create_user(data: NewUserBody, admin: dict, ctx: AppState) -> dict:
     name, is_admin = data.get("name"), data.get("admin", False)
     if not isinstance(is_admin, bool):
         raise BadRequest(f"admin: must be true or false; got {is_admin!r}")
@@ -25,7 +28,10 @@ async def create_user(data: dict, admin: dict, ctx: AppState) -> dict:
 
 @get("/users")
 async def list_users(admin: dict, ctx: AppState) -> list[dict]:
-    return await ctx.store.read(users.list_users)
+    """Every user, with the adapter versions that failed to load for them in this process
+    (their chats are then served by an earlier version or the base)."""
+    rows = await ctx.store.read(users.list_users)
+    return [{**u, "adapter_failures": ctx.adapter_failures.for_user(u["id"])} for u in rows]
 
 
 @post("/users/{user_id:int}/rotate-key", status_code=200)
@@ -50,8 +56,11 @@ async def delete_user(user_id: FromPath[int], admin: dict, ctx: AppState) -> dic
 async def export(admin: dict, ctx: AppState, name: str = Parameter(query="user"),
                  fmt: str = Parameter(query="format")) -> Response:
     body = await ctx.store.read(export_jsonl, name, fmt)
+    # The name went through check_name, but a database made before names were checked to
+    # their end may hold one with a newline: the header must stay legal whatever it is.
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{name}-{fmt}")
     return Response(body, media_type="application/jsonl", headers={
-        "Content-Disposition": f'attachment; filename="{name}-{fmt}.jsonl"'})
+        "Content-Disposition": f'attachment; filename="{safe}.jsonl"'})
 
 
 admin_router = Router(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import AsyncIterator
 
 from litestar import Response, Router, delete, get, post
@@ -10,11 +11,22 @@ from litestar.di import Provide
 from litestar.params import FromPath
 from litestar.response import Stream
 
+from assistant.api_docs import ChatBody
 from assistant.auth import current_user
-from assistant.chat import PreparedTurn, check_turn, prepare_turn, run_turn, stream_turn
+from assistant.chat import (
+    PreparedTurn,
+    check_flag,
+    check_turn,
+    prepare_turn,
+    run_turn,
+    stream_turn,
+)
 from assistant.engine import Delta
 from assistant.state import AppState
 from feedback_store import conversations as conv
+from feedback_store.errors import AssistantError, public_message
+
+log = logging.getLogger("assistant")
 
 
 def sse(event: str, payload: dict) -> bytes:
@@ -22,27 +34,33 @@ def sse(event: str, payload: dict) -> bytes:
 
 
 @post("/chat", status_code=200)
-async def chat(data: dict, user: dict, ctx: AppState) -> Response:
+async def chat(data: ChatBody, user: dict, ctx: AppState) -> Response:
     req = check_turn(ctx, data)
-    if data.get("stream"):
+    if check_flag(data, "stream"):
         prep = await prepare_turn(ctx, user, req)
         return Stream(_chat_events(ctx, prep, req.regenerate is not None),
                       media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
     prep, candidates = await run_turn(ctx, user, req)
     return Response({"conversation_id": prep.conversation_id, "message": prep.user_turn,
-                     "candidates": candidates})
+                     "candidates": candidates, **prep.served()})
 
 
 async def _chat_events(ctx: AppState, prep: PreparedTurn,
                        regenerate: bool) -> AsyncIterator[bytes]:
     yield sse("start", {"conversation_id": prep.conversation_id, "message": prep.user_turn,
                         "n": prep.gen.n, "model": prep.model})
-    async for item in stream_turn(ctx, prep, regenerate):
-        if isinstance(item, Delta):
-            yield sse("delta", {"index": item.index, "text": item.text})
-        else:
-            yield sse("done", {"conversation_id": prep.conversation_id,
-                               "message": prep.user_turn, "candidates": item})
+    try:
+        async for item in stream_turn(ctx, prep, regenerate):
+            if isinstance(item, Delta):
+                yield sse("delta", {"index": item.index, "text": item.text})
+            else:
+                yield sse("done", {"conversation_id": prep.conversation_id,
+                                   "message": prep.user_turn, "candidates": item,
+                                   **prep.served()})
+    except AssistantError as exc:   # headers are sent: the status goes in an error event
+        if exc.status >= 500:
+            log.error("streamed chat failed: %s", exc)
+        yield sse("error", {"status": exc.status, "detail": public_message(exc)})
 
 
 @get("/conversations")

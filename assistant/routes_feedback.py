@@ -8,6 +8,7 @@ from litestar import Router, delete, get, post, put
 from litestar.di import Provide
 from litestar.params import FromPath
 
+from assistant.api_docs import ComparisonBody, RankingBody, ThumbsBody
 from assistant.auth import current_user
 from assistant.rewards import message_reward
 from assistant.state import AppState
@@ -47,7 +48,8 @@ async def get_message(message_id: FromPath[int], user: dict, ctx: AppState) -> d
 
 
 @put("/messages/{message_id:int}/thumbs")
-async def put_thumbs(message_id: FromPath[int], data: dict, user: dict, ctx: AppState) -> dict:
+async def put_thumbs(message_id: FromPath[int], data: ThumbsBody, user: dict,
+                     ctx: AppState) -> dict:
     value = fb.check_thumb_value(_only(data, THUMBS_FIELDS).get("value"))
     # An up vote takes the "up" reasons and a down vote the "down" ones: a down vote
     # "because helpful" would teach the reward model the opposite of what was meant.
@@ -62,14 +64,14 @@ async def delete_thumbs(message_id: FromPath[int], user: dict, ctx: AppState) ->
 
 
 @post("/comparisons", status_code=200)
-async def post_comparison(data: dict, user: dict, ctx: AppState) -> dict:
+async def post_comparison(data: ComparisonBody, user: dict, ctx: AppState) -> dict:
     reasons, comment = _notes(_only(data, COMPARISON_FIELDS), ctx.config.feedback.reasons)
     return await ctx.store.write(fb.compare, user["id"], data.get("message_ids"),
                                  data.get("choice"), reasons, comment)
 
 
 @post("/rankings", status_code=200)
-async def post_ranking(data: dict, user: dict, ctx: AppState) -> dict:
+async def post_ranking(data: RankingBody, user: dict, ctx: AppState) -> dict:
     ids = _only(data, RANKING_FIELDS).get("message_ids")
     return await ctx.store.write(fb.rank, user["id"], ids)
 

@@ -73,7 +73,17 @@ def export_user(db: Database, user_id: int) -> dict:
 
 @get("/me")
 async def me(user: dict, ctx: AppState) -> dict:
-    return await ctx.store.read(me_summary, user["id"], ctx.engine.base_id)
+    summary = await ctx.store.read(me_summary, user["id"], ctx.engine.base_id)
+    return {**summary, "limits": limits(ctx)}
+
+
+def limits(ctx: AppState) -> dict:
+    """What the chat UI checks before sending (the server checks them again)."""
+    g = ctx.config.generation
+    return {"max_prompt_chars": ctx.config.server.max_prompt_chars,
+            "max_tokens_default": g.max_tokens_default, "max_tokens_limit": g.max_tokens_limit,
+            "min_new_events": ctx.config.training.min_new_events,
+            "rl_steps": ctx.config.training.steps}
 
 
 @post("/me/rotate-key", status_code=200)

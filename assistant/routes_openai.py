@@ -21,19 +21,22 @@ from litestar.exceptions import HTTPException
 from litestar.params import FromPath
 from litestar.response import Stream
 
+from assistant.api_docs import CompletionBody
 from assistant.auth import current_user
 from assistant.chat import (
     MODELS,
     PreparedTurn,
     TurnRequest,
+    check_flag,
     check_turn,
     prepare_turn,
     run_turn,
     stream_turn,
 )
+from assistant.config import ServerConfig
 from assistant.engine import Delta
 from assistant.state import AppState
-from feedback_store.errors import AssistantError, BadRequest, NotFound, TooLarge
+from feedback_store.errors import AssistantError, BadRequest, NotFound, TooLarge, public_message
 
 log = logging.getLogger("assistant")
 ROLES = ("system", "user", "assistant")
@@ -43,7 +46,7 @@ PARAM = re.compile(r"^([A-Za-z_][\w.\[\]]*): ")
 # media_type when a handler may return either.
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
 ERROR_CODES = {401: "invalid_api_key", 403: "permission_denied", 404: "not_found",
-               413: "request_too_large"}
+               410: "gone", 413: "request_too_large", 429: "rate_limit_exceeded"}
 
 
 # ---- request: OpenAI body -> TurnRequest -----------------------------------------------------
@@ -51,9 +54,9 @@ ERROR_CODES = {401: "invalid_api_key", 403: "permission_denied", 404: "not_found
 def check_completion(state: AppState, body: dict) -> TurnRequest:
     """Validate an OpenAI chat.completions body and map it onto one chat turn."""
     model = body.get("model")
-    if model not in MODELS:
+    if not isinstance(model, str) or model not in MODELS:
         raise BadRequest(f"model: must be one of {', '.join(MODELS)}; got {model!r}")
-    system, turns = split_messages(body.get("messages"), state.config.server.max_prompt_chars)
+    system, turns = split_messages(body.get("messages"), state.config.server)
     native = {name: body.get(name) for name in ("n", "temperature", "top_p", "stop", "seed",
                                                 "frequency_penalty", "presence_penalty")}
     native.update(model=model, content=turns[-1]["content"], max_tokens=_max_tokens(body))
@@ -68,12 +71,19 @@ def _max_tokens(body: dict) -> object:
     return newer if newer is not None else body.get("max_tokens")
 
 
-def split_messages(messages: object, limit: int) -> tuple[str | None, list[dict]]:
+def split_messages(messages: object, limits: ServerConfig) -> tuple[str | None, list[dict]]:
     """(system prompt, turns): an optional leading system message, then user / assistant
     turns alternating and ending with the user's, as a conversation is stored."""
     if not isinstance(messages, list) or not messages:
         raise BadRequest("messages: must be a non-empty list of {role, content} objects")
-    parsed = [_message(i, m, limit) for i, m in enumerate(messages)]
+    if len(messages) > limits.max_messages:
+        raise TooLarge(f"messages: {len(messages)} messages is over the limit of "
+                       f"{limits.max_messages} (server.max_messages)")
+    parsed = [_message(i, m, limits.max_prompt_chars) for i, m in enumerate(messages)]
+    total = sum(len(m["content"]) for m in parsed)
+    if total > limits.max_request_chars:
+        raise TooLarge(f"messages: {total} characters in all is over the limit of "
+                       f"{limits.max_request_chars} (server.max_request_chars)")
     has_system = parsed[0]["role"] == "system"
     turns = parsed[1:] if has_system else parsed
     for i, turn in enumerate(turns):
@@ -117,12 +127,11 @@ def _text(content: object, where: str) -> str:
 
 def _stream_flags(body: dict) -> tuple[bool, bool]:
     """(stream, include_usage)."""
-    stream, options = body.get("stream") or False, body.get("stream_options") or {}
-    if not isinstance(stream, bool):
-        raise BadRequest(f"stream: must be a boolean; got {stream!r}")
+    stream, options = check_flag(body, "stream"), body.get("stream_options")
+    options = {} if options is None else options
     if not isinstance(options, dict):
         raise BadRequest("stream_options: must be an object")
-    return stream, bool(options.get("include_usage"))
+    return stream, check_flag(options, "include_usage", "stream_options.include_usage")
 
 
 # ---- response: stored turn -> OpenAI shapes ---------------------------------------------------
@@ -150,7 +159,7 @@ def completion_body(prep: PreparedTurn, stored: list[dict]) -> dict:
                 "logprobs": None, "finish_reason": _finish(m["finish_reason"]),
                 "message_id": m["id"]} for i, m in enumerate(stored)]
     return {**_envelope(prep, "chat.completion", int(time.time())), "choices": choices,
-            "usage": usage(stored)}
+            "usage": usage(stored), **prep.served()}
 
 
 class _Chunks:
@@ -188,11 +197,11 @@ async def completion_chunks(state: AppState, prep: PreparedTurn,
     except AssistantError as exc:       # headers are sent: report it the way OpenAI streams do
         if exc.status >= 500:
             log.error("streamed completion failed: %s", exc)
-        yield chunks.event(error_body(exc.status, str(exc)))
+        yield chunks.event(error_body(exc.status, public_message(exc)))
         return
     for index, message in enumerate(stored):
         yield chunks.choice(index, {}, _finish(message["finish_reason"]),
-                            message_id=message["id"])
+                            message_id=message["id"], **prep.served())
     if include_usage:
         yield chunks.usage(stored)
     yield b"data: [DONE]\n\n"
@@ -223,7 +232,7 @@ def handle_openai_error(request: Request, exc: Exception) -> Response:
     """The /v1 counterpart of the app's handlers: same statuses, OpenAI's body shape."""
     headers = None
     if isinstance(exc, AssistantError):
-        status, message = exc.status, str(exc)
+        status, message, headers = exc.status, public_message(exc), exc.headers
     elif isinstance(exc, HTTPException):
         status, message, headers = exc.status_code, exc.detail, exc.headers
         if getattr(exc, "extra", None):
@@ -238,7 +247,7 @@ def handle_openai_error(request: Request, exc: Exception) -> Response:
 # ---- handlers -------------------------------------------------------------------------------
 
 @post("/chat/completions", status_code=200)
-async def chat_completions(data: dict, user: dict, ctx: AppState) -> dict | Stream:
+async def chat_completions(data: CompletionBody, user: dict, ctx: AppState) -> dict | Stream:
     req = check_completion(ctx, data)
     stream, include_usage = _stream_flags(data)
     if stream:

@@ -6,7 +6,9 @@ from litestar import Router, get, post
 from litestar.di import Provide
 from litestar.params import FromPath
 
+from assistant.api_docs import RollbackBody, TrainBody
 from assistant.auth import admin_user, current_user
+from assistant.ids import body_id
 from assistant.state import AppState
 from feedback_store import runs
 from feedback_store.errors import BadRequest
@@ -14,7 +16,7 @@ from feedback_store.users import get_user
 
 
 @post("/train", status_code=202)
-async def train(data: dict, admin: dict, ctx: AppState) -> dict:
+async def train(data: TrainBody, admin: dict, ctx: AppState) -> dict:
     name, force = data.get("user"), data.get("force", False)
     if name is not None and not isinstance(name, str):
         raise BadRequest(f"user: must be a user name; got {name!r}")
@@ -38,12 +40,12 @@ async def get_run(run_id: FromPath[int], admin: dict, ctx: AppState) -> dict:
 
 
 @post("/users/{user_id:int}/rollback", status_code=200)
-async def rollback(user_id: FromPath[int], data: dict, admin: dict, ctx: AppState) -> dict:
+async def rollback(user_id: FromPath[int], data: RollbackBody, admin: dict, ctx: AppState) -> dict:
     from adapters import registry
 
-    version = data.get("version")
-    if not isinstance(version, int) or isinstance(version, bool):
-        raise BadRequest(f"version: must be an integer; got {version!r}")
+    version = body_id(data, "version")
+    if version is None:
+        raise BadRequest("version: required, the adapter version to serve")
     await ctx.store.write(registry.rollback, user_id, version)
     return await ctx.store.read(get_user, user_id)
 

@@ -54,7 +54,8 @@ def run_settings(config: Config):
     t, r = config.training, config.reward
     return RunSettings(
         head=HeadSettings(shared_prior=r.shared_prior, prior_strength=r.prior_strength,
-                          l2=r.l2, thumbs_weight=r.thumbs_weight),
+                          l2=r.l2, thumbs_weight=r.thumbs_weight,
+                          select_prior=r.select_prior),
         policy=PolicySettings(lora_r=t.lora_r, lora_alpha=t.lora_alpha,
                               lora_dropout=t.lora_dropout, learning_rate=t.learning_rate,
                               steps=t.steps, group_size=t.group_size,

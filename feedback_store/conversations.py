@@ -67,6 +67,17 @@ def delete_conversation(db: Database, user_id: int, conversation_id: int) -> Non
     db.execute("delete from conversations where id = ?", [conversation_id])
 
 
+def rename_conversation(db: Database, user_id: int, conversation_id: int, title: object) -> dict:
+    if not isinstance(title, str) or not title.strip():
+        raise BadRequest("title: must be a non-empty string")
+    title = " ".join(title.split())
+    if len(title) > TITLE_CHARS * 2:
+        raise BadRequest(f"title: {len(title)} characters is over {TITLE_CHARS * 2}")
+    get_conversation_row(db, user_id, conversation_id)
+    db["conversations"].update(conversation_id, {"title": title})
+    return get_conversation_row(db, user_id, conversation_id)
+
+
 def get_message(db: Database, user_id: int, message_id: int) -> dict:
     """A message the user owns; NotFound for unknown or foreign ids alike."""
     rows = list(db["messages"].rows_where("id = ? and user_id = ?", [message_id, user_id]))
@@ -95,9 +106,20 @@ def history(db: Database, conversation_id: int, tip_id: int | None) -> list[dict
     return out
 
 
-def add_user_turn(db: Database, user_id: int, conversation_id: int, content: str) -> dict:
-    """Store a user turn following the conversation's chosen branch."""
-    parent = chosen_tip(db, conversation_id)
+def add_user_turn(db: Database, user_id: int, conversation_id: int, content: str,
+                  edit_of: dict | None = None, follow: dict | None = None) -> dict:
+    """Store a user turn following the conversation's chosen branch; or, for an edit of an
+    earlier turn `edit_of`, as a new branch beside it (same parent: the turns after it stay);
+    or after the answer `follow` (the branch the reader is looking at)."""
+    if edit_of:
+        parent = edit_of["parent_id"]
+    elif follow:
+        if follow["role"] != "assistant" or follow["conversation_id"] != conversation_id:
+            raise BadRequest(f"follow: message {follow['id']} is not an answer in conversation "
+                             f"{conversation_id}")
+        parent = follow["id"]
+    else:
+        parent = chosen_tip(db, conversation_id)
     message_id = db["messages"].insert({
         "conversation_id": conversation_id, "user_id": user_id, "role": "user",
         "content": content, "parent_id": parent, "created_at": now(),

@@ -282,3 +282,24 @@ def message_view(db: Database, user_id: int, message_id: int) -> dict:
     """A message the user owns with their current thumbs."""
     message = conv.get_message(db, user_id, check_id(message_id, "message_id"))
     return dict(message, thumbs=current_thumbs(db, user_id, message_id))
+
+
+def verdicts_in_conversation(db: Database, user_id: int, conversation_id: int) -> list[dict]:
+    """The user's current comparisons and rankings over answers in one conversation, so a
+    thread can show each verdict next to its answers: {kind, message_ids, choice}."""
+    conv.get_conversation_row(db, user_id, conversation_id)
+    ids = "select id from messages where conversation_id = ?"
+    pairs = db.query(f"select message_a, message_b, choice from comparisons where user_id = ? "
+                     f"and message_a in ({ids}) order by id", [user_id, conversation_id])
+    ranks = db.query("select message_ids from rankings where user_id = ? and "
+                     f"json_extract(message_ids, '$[0]') in ({ids}) order by id",
+                     [user_id, conversation_id])
+    return ([{"kind": "comparison", "message_ids": [p["message_a"], p["message_b"]],
+              "choice": p["choice"]} for p in pairs]
+            + [{"kind": "ranking", "message_ids": json.loads(r["message_ids"]), "choice": None}
+               for r in ranks])
+
+
+def counts_by_user(db: Database) -> dict[int, dict]:
+    """counts() for every user (the admin page's per-user feedback column)."""
+    return {u["id"]: counts(db, u["id"]) for u in db["users"].rows}

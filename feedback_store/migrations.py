@@ -162,9 +162,16 @@ def m004_reward_heads_published_by_finished_runs(db: Database) -> None:
     db["training_runs"].add_column("reward_head_version", int)
 
 
+def m005_adapter_fallback_from(db: Database) -> None:
+    # The adapter version that should have served an answer but failed to load (files
+    # missing or corrupt); the answer then came from adapter_version (an earlier one, or
+    # null: the base). Null for every normal answer.
+    db["messages"].add_column("adapter_fallback_from", int)
+
+
 MIGRATIONS: list[Callable[[Database], None]] = [
     m001_initial, m002_sampling_settings, m003_ids_never_reused,
-    m004_reward_heads_published_by_finished_runs]
+    m004_reward_heads_published_by_finished_runs, m005_adapter_fallback_from]
 
 
 def key(name: str) -> str:

@@ -56,6 +56,9 @@ def request_training(db: Database, user_name: str | None, force: bool, min_new_e
         if not force and count < min_new_events:
             raise BadRequest(f"user {user_name!r} has {count} new feedback events; training "
                              f"needs at least {min_new_events} (or force)")
+        if not db["feedback_events"].count_where("user_id = ?", [user["id"]]):
+            raise BadRequest(f"user {user_name!r} has no feedback yet: there is nothing to "
+                             "train on")
         return [enqueue(db, user["id"], force, requested_by)]
     due = due_users(db, 1 if force else min_new_events)
     return [enqueue(db, u["id"], force, requested_by) for u in due]

@@ -12,7 +12,7 @@ from feedback_store.clock import now
 from feedback_store.errors import BadRequest, Conflict, NotFound
 
 KEY_PREFIX = "pa-"
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 ROLES = ("user", "admin")
 
 
@@ -25,7 +25,8 @@ def new_key() -> str:
 
 
 def check_name(name: str) -> str:
-    if not isinstance(name, str) or not NAME_RE.match(name):
+    # fullmatch, not match: "$" also matches before a final newline ("alice\n" passed)
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         raise BadRequest(
             "name must be 1-64 characters of letters, digits, '_', '.' or '-', "
             f"starting with a letter or digit; got {name!r}")

@@ -231,23 +231,26 @@ def test_invalid_requests_are_rejected_naming_the_field(live_server):
     assert r.json() == []         # nothing was stored for a rejected request
 
 
-def test_model_failure_mid_stream_reaches_the_client(live_server):
-    key = live_server.add_user("alice")
+def test_model_failure_mid_stream_reaches_the_client(live_server, monkeypatch):
+    """A failure of the base itself (nothing to fall back to) is a 500 in OpenAI's shape, in
+    the stream as an error event; the message names no filesystem path."""
+    from feedback_store.errors import ModelError
 
-    def broken_adapter(db) -> None:     # a version whose files are missing
-        user = next(db["users"].rows_where("name = ?", ["alice"]))
-        db["adapter_versions"].insert({"user_id": user["id"], "version": 1,
-                                       "path": "alice/missing", "base_id": "tiny"})
-        db["users"].update(user["id"], {"current_version": 1})
+    api = client(live_server, live_server.add_user("alice"))
 
-    live_server.state.store.write_sync(broken_adapter)
-    api = client(live_server, key)
+    def broken(*args, **kwargs):
+        raise ModelError("could not run the model at /srv/secret/data/cache/model.gguf")
+
+    monkeypatch.setattr(live_server.state.engine, "_run_batch", broken)
     with pytest.raises(openai.InternalServerError) as caught:
-        api.chat.completions.create(model="personal", messages=HI, max_tokens=4)
+        api.chat.completions.create(model="base", messages=HI, max_tokens=4)
     assert caught.value.body["type"] == "server_error"
-    with pytest.raises(openai.APIError, match="adapter"):
-        list(api.chat.completions.create(model="personal", messages=HI, max_tokens=4,
+    assert "/srv" not in caught.value.body["message"]
+    with pytest.raises(openai.APIError, match="could not run the model") as streamed:
+        list(api.chat.completions.create(model="base", messages=HI, max_tokens=4,
                                          stream=True))
+    assert "/srv" not in str(streamed.value)
+    monkeypatch.undo()
     assert api.chat.completions.create(model="base", messages=HI, max_tokens=4).choices
 
 

@@ -243,8 +243,35 @@ def test_evaluate_personal_beats_global_when_users_disagree():
     again = split_users(pairs, 0.5, seed=0)
     assert all(np.array_equal(splits[u][0], again[u][0]) for u in splits)
     users = evaluate(np.concatenate([Ca, Cb]), np.concatenate([Ra, Rb]), splits,
-                     HeadSettings())
+                     HeadSettings(), methods=("global", "personal_prior", "selected"))
     for user in ("a", "b"):
         r = users[user]
         assert (r["n_train"], r["n_test"]) == (150, 150)
-        assert r["personal_prior"] > r["global"] + 0.05
+        assert r["acc"]["personal_prior"] > r["acc"]["global"] + 0.05
+        assert r["acc"]["selected"] > r["acc"]["global"] + 0.05
+        assert set(r["ece"]) == {"global", "personal_prior", "selected"}
+
+
+def test_eval_seeds_report_mean_std_and_keep_each_seed(tmp_path, monkeypatch):
+    import json
+
+    from assistant import eval_reward
+
+    rng = np.random.default_rng(7)
+    w = rng.normal(size=20)
+    C, R = _pairs(rng, w, 120)
+    rows = [{"user": "u", "prompt": [{"role": "user", "content": f"q{i}"}], "chosen": "a",
+             "rejected": "b"} for i in range(120)]
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    monkeypatch.setattr(eval_reward, "pair_features", lambda *a, **k: (C, R))
+    out = tmp_path / "out.json"
+    result = eval_reward.run(data, 0.5, 3, out, tmp_path, seeds=3,
+                             methods=("global", "personal"))
+    saved = json.loads(out.read_text())
+    assert saved["seeds"] == [3, 4, 5] and set(saved["per_seed"]) == {"3", "4", "5"}
+    accs = [saved["per_seed"][s]["u"]["acc"]["personal"] for s in ("3", "4", "5")]
+    mean, std = result["summary"]["u"]["acc"]["personal"]
+    assert mean == pytest.approx(np.mean(accs), abs=1e-4)
+    assert std == pytest.approx(np.std(accs), abs=1e-4) and std > 0
+    assert 0 <= result["summary"]["u"]["ece"]["personal"][0] <= 1

@@ -73,7 +73,9 @@ def test_new_version_replaces_old_in_memory(live_server, tokenizer, tmp_path):
     second = greedy(live_server, alice)
     assert (first["adapter_version"], second["adapter_version"]) == (1, 2)
     assert first["content"] != second["content"]
-    loaded = httpx.get(f"{live_server.url}/health").json()["adapter_cache"]["loaded"]
+    admin = live_server.headers(live_server.admin_key)
+    health = httpx.get(f"{live_server.url}/health", headers=admin).json()
+    loaded = health["adapter_cache"]["loaded"]
     assert [name.endswith("v2") for name in loaded] == [True]
 
 
@@ -84,6 +86,7 @@ def test_lru_cache_is_bounded(live_server, tokenizer, tmp_path):
         key = live_server.add_user(f"user{i}")
         register(live_server, f"user{i}", 1, tmp_path / "lora")
         assert greedy(live_server, key, "hi")["model"] == "personal"
-    cache = httpx.get(f"{live_server.url}/health").json()["adapter_cache"]
+    cache = httpx.get(f"{live_server.url}/health",
+                       headers=live_server.headers(live_server.admin_key)).json()["adapter_cache"]
     assert len(cache["loaded"]) == capacity
     assert cache["evictions"] == 2

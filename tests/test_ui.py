@@ -2,7 +2,9 @@
 
 Deterministic answers come from replacing the engine's submit with a scripted one
 (`scripted_answers`): it streams fixed text through the real streaming path (engine.stream,
-SSE, fetch reader), so only the model is fake. Screenshots go to test-artifacts/screenshots/.
+SSE, fetch reader), so only the model is fake. Screenshots of every page, light and dark, go
+to tests/screenshots/ (gitignored). Every page fails its test on a console error or an uncaught
+exception unless the test names the error it expects.
 """
 
 from __future__ import annotations
@@ -20,11 +22,11 @@ import pytest
 from assistant.engine import Candidate, Delta, GenResult
 
 ROOT = Path(__file__).resolve().parent.parent
-SHOTS = ROOT / "test-artifacts" / "screenshots"
+SHOTS = ROOT / "tests" / "screenshots"
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--disable-sync", "--no-first-run"]
-WIDE, NARROW = {"width": 1280, "height": 820}, {"width": 375, "height": 760}
+WIDE, NARROW = {"width": 1280, "height": 820}, {"width": 390, "height": 844}
 TIMEOUT = 20_000
 
 
@@ -41,28 +43,51 @@ def browser():
 
 @pytest.fixture
 def new_page(browser):
-    """new_page(viewport) -> a page in a fresh context (own localStorage); closed afterwards."""
-    contexts = []
+    """new_page(viewport, dark=False) -> a page in a fresh context (own localStorage).
 
-    def make(viewport=WIDE):
-        ctx = browser.new_context(viewport=viewport, accept_downloads=True)
+    Console errors and uncaught exceptions are collected; at the end of the test each must
+    match one of the page's `expected_console` patterns (e.g. the 401 of a wrong key)."""
+    pages = []
+
+    def make(viewport=WIDE, dark=False):
+        ctx = browser.new_context(viewport=viewport, accept_downloads=True,
+                                  color_scheme="dark" if dark else "light")
         ctx.set_default_timeout(TIMEOUT)
-        contexts.append(ctx)
         page = ctx.new_page()
-        errors = []
+        errors, console = [], []
         page.on("pageerror", lambda exc: errors.append(str(exc)))
-        page.js_errors = errors
+        page.on("console", lambda m: console.append(m.text) if m.type == "error" else None)
+        page.js_errors, page.console_errors, page.expected_console = errors, console, []
+        pages.append((ctx, page))
         return page
 
     yield make
-    for ctx in contexts:
+    problems = []
+    for ctx, page in pages:
+        problems += page.js_errors
+        problems += [m for m in page.console_errors
+                     if not any(re.search(p, m) for p in page.expected_console)]
         ctx.close()
+    assert problems == [], f"console errors: {problems}"
 
 
-def shot(page, name: str) -> None:
+def settle(page) -> None:
+    """Wait until no CSS transition or animation is running (a drawer sliding, a toast)."""
+    page.wait_for_function("""() => document.getAnimations()
+        .every(a => a.playState !== 'running' || a.effect?.getTiming().iterations === Infinity)""")
+
+
+def shot(page, name: str, full_page: bool = False) -> None:
     SHOTS.mkdir(parents=True, exist_ok=True)
-    page.wait_for_timeout(150)          # let transitions settle
-    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=False)
+    settle(page)
+    if full_page:         # the page scrolls inside #view: let it grow for the picture
+        page.evaluate("""() => { document.querySelector('.shell').style.height = 'auto';
+                                 document.querySelector('.view').style.overflow = 'visible'; }""")
+    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=full_page)
+
+
+def no_object_object(page) -> None:
+    assert "[object Object]" not in page.inner_text("body")
 
 
 def sign_in(page, live, key: str) -> None:
@@ -138,9 +163,11 @@ def test_sign_in_stream_markdown_and_thumbs(live_server, new_page):
               "- one\n- two\n\nSee [the docs](https://example.org/docs).")
     scripted_answers(live, [answer], delay=0.03)
     page = new_page(WIDE)
+    page.expected_console = [r"status of 401"]       # the wrong key below
 
     page.goto(live.url + "/")
-    page.fill("#api-key", "ak_not-a-real-key")
+    assert page.get_attribute("#api-key", "placeholder").startswith("pa-")
+    page.fill("#api-key", "pa-not-a-real-key")
     page.press("#api-key", "Enter")
     page.wait_for_selector("#signin-error:has-text('not accepted')")
     shot(page, "signin-error-1280")
@@ -170,6 +197,9 @@ def test_sign_in_stream_markdown_and_thumbs(live_server, new_page):
     assert answer_el.locator(".md strong").inner_text() == "world"
     assert answer_el.locator(".md em").inner_text() == "some"
     assert answer_el.locator("pre code.language-python").inner_text() == "print('hi')"
+    # highlight.js (vendored) colours the code; each block has its own copy button.
+    page.wait_for_selector(".msg-assistant pre code.hljs span[class^='hljs-']")
+    assert answer_el.locator("pre .code-copy").count() == 1
     assert answer_el.locator(".md li").count() == 2
     link = answer_el.locator(".md a")
     assert link.get_attribute("href") == "https://example.org/docs"
@@ -179,9 +209,14 @@ def test_sign_in_stream_markdown_and_thumbs(live_server, new_page):
     page.wait_for_selector(".conv.active .conv-title:has-text('first line')")
     shot(page, "chat-1280")
 
-    # Thumbs up with a reason chip and a comment; the vote lands in the database.
+    # Thumbs up with a reason chip and a comment; the vote lands in the database. The thumbs
+    # stay where they were when the reasons panel opens.
     message_id = int(answer_el.get_attribute("data-message-id"))
-    answer_el.get_by_role("button", name="Good answer (thumbs up)").click()
+    thumb = answer_el.get_by_role("button", name="Good answer (thumbs up)")
+    before = thumb.bounding_box()
+    thumb.click()
+    page.wait_for_selector(".feedback-panel:not([hidden])")
+    assert thumb.bounding_box() == before
     answer_el.locator(".chip[data-reason='helpful']").click()
     answer_el.get_by_label("Comment on this answer").fill("nice and short")
     answer_el.get_by_role("button", name="Save comment").click()
@@ -205,27 +240,26 @@ def test_sign_in_stream_markdown_and_thumbs(live_server, new_page):
     page.wait_for_selector(".feedback[data-saved='down']")
     rows = db_rows(live, "select value from thumbs where message_id = ?", [message_id])
     assert rows[0]["value"] == "down"
-    page.get_by_role("button", name="Clear my vote").click()
+    page.get_by_role("button", name="Clear vote").click()
     page.wait_for_selector(".feedback[data-saved='none']")
     assert db_rows(live, "select * from thumbs where message_id = ?", [message_id]) == []
     assert up.get_attribute("aria-pressed") == "false"
 
     # Narrow screen: the sidebar is a drawer behind the menu button.
     page.set_viewport_size(NARROW)
-    page.wait_for_timeout(300)
+    settle(page)
     box = page.locator("#sidebar").bounding_box()
     assert box["x"] + box["width"] <= 0            # off-canvas
-    shot(page, "chat-375")
+    shot(page, "chat-390")
     page.get_by_role("button", name="Open menu").click()
-    page.wait_for_timeout(300)
+    settle(page)
     assert page.locator("#sidebar").bounding_box()["x"] >= 0
-    shot(page, "chat-375-menu")
+    shot(page, "chat-390-menu")
 
     # Sign out forgets the key.
     page.click("#sign-out")
     page.wait_for_selector("#api-key")
     assert page.evaluate("localStorage.getItem('assistant.apiKey')") is None
-    assert page.js_errors == []
 
 
 def test_real_model_streams_and_regenerates(live_server, new_page):
@@ -253,8 +287,18 @@ def test_real_model_streams_and_regenerates(live_server, new_page):
     assert [r["id"] for r in rows] == [first, second]
     assert rows[0]["candidate_group"] == rows[1]["candidate_group"]
     assert [r["chosen"] for r in rows] == [0, 1]
-    assert page.inner_text(".msg-assistant .answer-info").count("chosen of 2") == 1
-    assert page.js_errors == []
+    # The previous answer stays reachable with the 1/2 switcher...
+    assert page.inner_text(".msg-assistant .switcher-n") == "2/2"
+    page.get_by_role("button", name="Previous answer", exact=True).click()
+    page.wait_for_selector(f".msg-assistant[data-message-id='{first}']")
+    assert page.inner_text(".msg-assistant .switcher-n") == "1/2"
+    # ...and a regeneration asks whether it was better: "Same" is stored as a tie.
+    page.get_by_role("button", name="Same as the previous answer").click()
+    page.wait_for_selector(".regen-ask", state="detached")
+    comp = wait_rows(live, "select * from comparisons")
+    assert len(comp) == 1 and comp[0]["choice"] == "tie"
+    assert {comp[0]["message_a"], comp[0]["message_b"]} == {first, second}
+    page.wait_for_selector(".verdict-note:has-text('tie')")
 
 
 def test_stop_keeps_partial_answer(live_server, new_page):
@@ -280,7 +324,7 @@ def test_compare_then_rank_and_next_turn_follows_choice(live_server, new_page):
     scripted_answers(live, ["First candidate: **short** answer.",
                             "Second candidate with a list:\n\n1. alpha\n2. beta",
                             "Third candidate, `code` inside."])
-    for viewport, suffix in [(NARROW, "375"), (WIDE, "1280")]:
+    for viewport, suffix in [(NARROW, "390"), (WIDE, "1280")]:
         page = new_page(viewport)
         sign_in(page, live, key)
         page.get_by_role("button", name=re.compile("^Compare")).click()
@@ -314,8 +358,8 @@ def test_compare_then_rank_and_next_turn_follows_choice(live_server, new_page):
     shot(page, "rank-1280")
     cands = page.locator(".verdict-rank .cand[data-message-id]")
     ids = [int(cands.nth(i).get_attribute("data-message-id")) for i in range(3)]
-    page.get_by_role("button", name="Rank answer C next").click()
-    page.get_by_role("button", name="Rank answer A next").click()
+    page.get_by_role("button", name=re.compile("^Rank answer C")).click()
+    page.get_by_role("button", name=re.compile("^Rank answer A")).click()
     assert page.inner_text(".rank-summary") == "Your order: C › A › B"
     page.get_by_role("button", name="Submit ranking").click()
     page.wait_for_selector(".verdict", state="detached")
@@ -337,7 +381,31 @@ def test_compare_then_rank_and_next_turn_follows_choice(live_server, new_page):
     page.get_by_role("button", name="Tie").click()
     page.wait_for_selector(".verdict", state="detached")
     assert db_rows(live, "select choice from comparisons order by id")[-1]["choice"] == "tie"
-    assert page.js_errors == []
+    # The verdict stays visible, and both answers stay reachable.
+    last = page.locator(".turn").last
+    assert "tie with answer 2" in last.locator(".verdict-note").inner_text()
+    last.get_by_role("button", name="Next answer", exact=True).click()
+    page.wait_for_selector(".turn >> nth=-1 >> .verdict-note:has-text('tie with answer 1')")
+
+    # Both bad, then an unrated comparison that survives a reload.
+    page.get_by_role("button", name=re.compile("^Compare")).click()
+    send(page, "Two bad ones")
+    page.wait_for_selector(".verdict-compare .cand[data-message-id] >> nth=1")
+    page.get_by_role("button", name="Both bad").click()
+    page.wait_for_selector(".turn >> nth=-1 >> .verdict-note:has-text('both bad')")
+    send(page, "Unrated pair")
+    page.wait_for_selector(".verdict-compare .cand[data-message-id] >> nth=1")
+    page.get_by_role("button", name="Skip rating for now").click()
+    page.wait_for_selector(".verdict", state="detached")
+    page.reload()
+    last = page.locator(".turn").last
+    last.locator(".switcher-n").wait_for()
+    assert last.locator(".switcher-n").inner_text() == "1/2"
+    last.get_by_role("button", name="Next answer", exact=True).click()
+    assert last.locator(".switcher-n").inner_text() == "2/2"
+    last.get_by_role("button", name="Compare these answers").click()
+    page.wait_for_selector(".verdict-compare .cand[data-message-id] >> nth=1")
+    no_object_object(page)
 
 
 def test_second_user_cannot_see_first_users_conversations(live_server, new_page):
@@ -348,6 +416,7 @@ def test_second_user_cannot_see_first_users_conversations(live_server, new_page)
     assert r.status_code == 200, r.text
     conv_id = r.json()["conversation_id"]
     page = new_page(WIDE)
+    page.expected_console = [r"status of 404"]        # alice's conversation is not found
     sign_in(page, live, bob)
     page.wait_for_selector("#conv-list :text('No conversations yet.')")
     assert "secret" not in page.inner_text("body")
@@ -392,7 +461,7 @@ def test_my_assistant_page_export_and_delete(live_server, new_page):
     mid = r.json()["candidates"][0]["id"]
     httpx.put(f"{live.url}/api/messages/{mid}/thumbs", headers=live.headers(key),
               json={"value": "up", "reasons": ["clear"], "comment": ""})
-    for viewport, suffix in [(NARROW, "375"), (WIDE, "1280")]:
+    for viewport, suffix in [(NARROW, "390"), (WIDE, "1280")]:
         page = new_page(viewport)
         sign_in(page, live, key)
         page.goto(f"{live.url}/#/me")
@@ -408,7 +477,7 @@ def test_my_assistant_page_export_and_delete(live_server, new_page):
 
     page.get_by_role("button", name="Delete my data").click()
     page.get_by_role("button", name="Cancel").click()       # a confirmation, not an accident
-    assert page.is_visible("h1.page-h")
+    assert page.is_visible(".page-h")
     page.get_by_role("button", name="Delete my data").click()
     page.get_by_role("button", name="Delete everything").click()
     page.wait_for_selector("#api-key")
@@ -423,16 +492,17 @@ def test_admin_page_for_admins_only(live_server, new_page):
     httpx.put(f"{live.url}/api/messages/{r.json()['candidates'][0]['id']}/thumbs",
               headers=live.headers(bob), json={"value": "down", "reasons": [], "comment": ""})
     page = new_page(WIDE)
+    page.expected_console = [r"status of 403"]        # bob is not an admin
     sign_in(page, live, bob)
     assert page.locator("#nav-admin").count() == 0
     page.goto(f"{live.url}/#/admin")
     page.wait_for_selector(".notice-warn:has-text('Admin role needed')")
     shot(page, "admin-refused-1280")
 
-    for viewport, suffix in [(WIDE, "1280"), (NARROW, "375")]:
+    for viewport, suffix in [(WIDE, "1280"), (NARROW, "390")]:
         page = new_page(viewport)
         sign_in(page, live, live.admin_key)
-        if suffix == "375":
+        if suffix == "390":
             page.get_by_role("button", name="Open menu").click()
         page.click("#nav-admin")
         page.wait_for_selector("td:has-text('bob')")
@@ -444,19 +514,23 @@ def test_admin_page_for_admins_only(live_server, new_page):
             assert httpx.get(f"{live.url}/api/conversations",
                              headers=live.headers(new_key)).status_code == 200
             # Retrain bob: a queued run shows up (or "pending" if training is not there).
-            page.get_by_role("button", name="Retrain bob now").click()
-            page.wait_for_selector(".pending-list li:has-text('bob'), "
-                                   "tr:has(td:has-text('bob')) .pill-queued")
-            if page.locator(".pending-list li").count() == 0:
-                runs = db_rows(live, "select status, force from training_runs")
-                assert runs == [{"status": "queued", "force": 1}]
+            page.get_by_role("button", name="Retrain bob", exact=True).click()
+            page.wait_for_selector("tr:has(td:has-text('bob')) .pill-queued")
+            runs = db_rows(live, "select status, force from training_runs")
+            assert runs == [{"status": "queued", "force": 1}]
+            # A run is going: Retrain is off for bob; erin has no feedback: off too.
+            assert page.get_by_role("button", name="Retrain bob", exact=True).is_disabled()
+            assert page.get_by_role("button", name="Retrain erin", exact=True).is_disabled()
+            # The export list knows erin without a reload.
+            assert "erin" in page.inner_text("[aria-label='User to export']")
+            no_object_object(page)
         shot(page, f"admin-{suffix}")
 
     # Rotate erin's key: the old one stops working, the new one is shown once.
     page = new_page(WIDE)
     sign_in(page, live, live.admin_key)
     page.goto(f"{live.url}/#/admin")
-    page.get_by_role("button", name="Rotate API key of erin").click()
+    page.get_by_role("button", name="Rotate key of erin").click()
     page.get_by_role("button", name="Rotate key", exact=True).click()
     page.wait_for_selector(".key-reveal:has-text('API key for erin')")
     rotated = page.inner_text(".key-reveal code")
@@ -469,8 +543,329 @@ def test_admin_page_for_admins_only(live_server, new_page):
         page.get_by_role("button", name="Download export").click()
     assert info.value.suggested_filename.endswith(".jsonl")
 
-    page.get_by_role("button", name="Delete user erin").click()
+    page.get_by_role("button", name="Delete erin").click()
     page.get_by_role("button", name="Delete user", exact=True).click()
     page.wait_for_selector("td:has-text('erin')", state="detached")
     assert db_rows(live, "select * from users where name = 'erin'") == []
     assert page.js_errors == []
+
+
+def test_failed_send_keeps_the_draft_and_retries(live_server, new_page):
+    live = live_server
+    key = live.add_user("fred")
+    scripted_answers(live, ["Here you are."])
+    page = new_page(NARROW)
+    page.expected_console = [r"ERR_FAILED", r"status of 500"]
+    sign_in(page, live, key)
+
+    # The server cannot be reached: the text stays, a human error offers Retry.
+    page.route("**/api/chat", lambda route: route.abort())
+    send(page, "Please keep this message")
+    page.wait_for_selector(".send-error:has-text(\"Can't reach the assistant\")")
+    assert page.input_value("#prompt") == "Please keep this message"
+    assert page.locator(".turn").count() == 0 and page.locator(".badge-wait").count() == 0
+    shot(page, "send-failed-390")
+    # On a phone the error sits above the message box, not over it.
+    err, box = page.locator(".send-error").bounding_box(), page.locator("#prompt").bounding_box()
+    assert err["y"] + err["height"] <= box["y"]
+
+    # The server fails: the same, in words.
+    page.unroute("**/api/chat")
+    page.route("**/api/chat", lambda route: route.fulfill(
+        status=500, content_type="application/json", body='{"detail": "internal error"}'))
+    page.get_by_role("button", name="Retry sending").click()
+    page.wait_for_selector(".send-error:has-text('had a problem')")
+    assert page.input_value("#prompt") == "Please keep this message"
+
+    # Back up: Retry sends it, and only then is the box emptied.
+    page.unroute("**/api/chat")
+    page.get_by_role("button", name="Retry sending").click()
+    page.wait_for_selector(".msg-assistant[data-message-id]:has-text('Here you are.')")
+    assert page.input_value("#prompt") == ""
+    assert page.is_hidden(".send-error")
+    rows = db_rows(live, "select content from messages where role = 'user'")
+    assert rows == [{"content": "Please keep this message"}]
+
+    # Over the limit: a counter warns while typing and nothing is sent.
+    limit = live.config.server.max_prompt_chars
+    requests = []
+    page.on("request", lambda r: requests.append(r) if r.url.endswith("/api/chat") else None)
+    page.fill("#prompt", "x" * int(limit * 0.9))
+    assert page.inner_text("#char-count") == f"{int(limit * 0.9):,} / {limit:,}"
+    page.fill("#prompt", "x" * (limit + 5))
+    page.wait_for_selector("#char-count.over")
+    page.press("#prompt", "Enter")
+    page.wait_for_selector(".send-error:has-text('too long')")
+    assert f"{limit:,}" in page.inner_text(".send-error")
+    assert len(page.input_value("#prompt")) == limit + 5 and requests == []
+    no_object_object(page)
+
+
+def test_edit_a_sent_message_makes_a_branch(live_server, new_page):
+    live = live_server
+    key = live.add_user("gina")
+    scripted_answers(live, ["An answer."])
+    page = new_page(WIDE)
+    sign_in(page, live, key)
+    send(page, "Original question")
+    page.wait_for_selector(".msg-assistant[data-message-id]")
+    first_answer = page.get_attribute(".msg-assistant[data-message-id]", "data-message-id")
+    page.get_by_role("button", name="Edit message").click()
+    page.get_by_label("Edit your message").fill("Better question")
+    page.get_by_role("button", name="Send edited message").click()
+    page.wait_for_selector(f".msg-assistant[data-message-id]:not([data-message-id='{first_answer}'])")
+    wait_answer_done(page)
+    assert page.inner_text(".msg-user .bubble") == "Better question"
+    versions = page.get_by_role("group", name="Versions of this message")
+    assert versions.locator(".switcher-n").inner_text() == "2/2"
+    versions.get_by_role("button", name="Previous version of this message").click()
+    page.wait_for_selector(f".msg-assistant[data-message-id='{first_answer}']")
+    assert page.inner_text(".msg-user .bubble") == "Original question"
+    rows = db_rows(live, "select content, parent_id from messages where role = 'user' order by id")
+    assert rows == [{"content": "Original question", "parent_id": None},
+                    {"content": "Better question", "parent_id": None}]
+    # A new message continues the branch on screen (the original one here).
+    send(page, "Follow-up on the original")
+    page.wait_for_selector(".turn >> nth=1 >> .msg-assistant[data-message-id]")
+    wait_answer_done(page)
+    assert page.inner_text(".turn >> nth=0 >> .bubble") == "Original question"
+    follow_up = db_rows(live, "select parent_id from messages where content = ?",
+                        ["Follow-up on the original"])
+    assert follow_up == [{"parent_id": int(first_answer)}]
+
+
+def test_deleted_conversation_link_does_not_open_another_chat(live_server, new_page):
+    live = live_server
+    key = live.add_user("hank")
+    scripted_answers(live, ["Noted."])
+    page = new_page(NARROW)
+    sign_in(page, live, key)
+    send(page, "Soon deleted")
+    page.wait_for_selector(".msg-assistant[data-message-id]")
+    url = page.url
+    page.get_by_role("button", name="Open menu").click()
+    delete = page.get_by_role("button", name=re.compile("^Delete conversation"))
+    # Phones have no hover: the delete and rename icons are visible anyway.
+    assert delete.evaluate("b => getComputedStyle(b).opacity") == "1"
+    delete.click()
+    # The dialog's focus is on the safe choice: Enter does not delete.
+    assert page.evaluate("document.activeElement.textContent") == "Cancel"
+    page.get_by_role("button", name="Delete", exact=True).click()
+    page.wait_for_selector("#conv-list :text('No conversations yet.')")
+    page.goto(url)
+    page.wait_for_selector("h2:has-text('Conversation not found')")
+    assert "Soon deleted" not in page.inner_text("#view")
+
+
+def test_rename_and_search_conversations(live_server, new_page):
+    live = live_server
+    key = live.add_user("iris")
+    for text in ("Cooking pasta", "Fixing my bike"):
+        r = httpx.post(f"{live.url}/api/chat", headers=live.headers(key), timeout=60,
+                       json={"content": text, "max_tokens": 2})
+        assert r.status_code == 200
+    page = new_page(WIDE)
+    sign_in(page, live, key)
+    page.wait_for_selector(".conv-title:has-text('Cooking pasta')")
+    page.fill("#conv-search", "bike")
+    page.wait_for_selector(".conv-title:has-text('Cooking pasta')", state="detached")
+    assert page.locator(".conv").count() == 1
+    page.get_by_role("button", name="Rename conversation “Fixing my bike”").click()
+    page.fill("#prompt-dialog-input", "Bike repair")
+    page.press("#prompt-dialog-input", "Enter")
+    page.fill("#conv-search", "")
+    page.wait_for_selector(".conv-title:has-text('Bike repair')")
+    assert db_rows(live, "select title from conversations order by id")[1]["title"] == "Bike repair"
+
+
+def seeded_user(live, name: str) -> str:
+    """A user with three answers, one thumbs, and what training would have left behind."""
+    from seed_learning import feature_dim, seed
+
+    key = live.add_user(name)
+    ids = []
+    conv = None
+    for text in ("Write a haiku", "Summarise the news", "Plan my week"):
+        body = {"content": text, "max_tokens": 3, **({"conversation_id": conv} if conv else {})}
+        r = httpx.post(f"{live.url}/api/chat", headers=live.headers(key), timeout=60, json=body)
+        conv = r.json()["conversation_id"]
+        ids.append(r.json()["candidates"][0]["id"])
+    httpx.put(f"{live.url}/api/messages/{ids[0]}/thumbs", headers=live.headers(key),
+              json={"value": "up", "reasons": ["clear"]})
+    user_id = httpx.get(f"{live.url}/api/me", headers=live.headers(key)).json()["id"]
+    seed(live.config.db_path, live.config.adapters_dir, user_id, live.state.engine.base_id,
+         {ids[0]: 1.5, ids[1]: -0.5, ids[2]: 0.3}, dim=feature_dim(live.state.engine))
+    return key
+
+
+def test_my_assistant_shows_what_was_learned(live_server, new_page):
+    live = live_server
+    key = seeded_user(live, "jane")
+    user_id = db_rows(live, "select id from users where name = 'jane'")[0]["id"]
+    con = sqlite3.connect(live.config.db_path)
+    with con:                                  # a run going on now, 3 steps in
+        con.execute("insert into training_runs (user_id, status, force, requested_by, created_at,"
+                    " metrics) values (?, 'running', 0, 'scheduler', '2026-01-01T00:00:00Z', ?)",
+                    [user_id, json.dumps({"steps": [{"step": i, "reward_mean": 0.5}
+                                                    for i in range(3)]})])
+    con.close()
+    page = new_page(WIDE)
+    sign_in(page, live, key)
+    page.goto(f"{live.url}/#/me")
+    page.wait_for_selector(".card:has-text('Training history') table")
+    text = page.inner_text("#view")
+    assert f"Learning: step 3 of {live.config.training.steps}" in text
+    assert "A training run is going now" in text
+    con = sqlite3.connect(live.config.db_path)
+    with con:                                  # the run moves on: the page follows by itself
+        con.execute("update training_runs set metrics = ? where status = 'running'",
+                    [json.dumps({"steps": [{"step": i, "reward_mean": 0.5} for i in range(5)]})])
+    con.close()
+    page.wait_for_selector(f"td:has-text('Learning: step 5 of {live.config.training.steps}')")
+    assert "1 of 10" in text or f"1 of {live.config.training.min_new_events}" in text
+    assert "Promoted as v1: it won 75% of 4 test prompts against the base model" in text
+    assert "Not promoted: it was not better than the base model" in text
+    assert "learning 2 min" in text and "4 learning steps" in text
+    assert "It agrees with 75% of your own choices" in text
+    likes = page.locator(".likes-col").first
+    assert "Write a haiku" in likes.locator("li").first.inner_text()
+    page.wait_for_selector(".chart canvas")                 # uPlot drew the win-rate plot
+    no_object_object(page)
+    shot(page, "my-assistant-learned-1280", full_page=True)
+
+
+@pytest.mark.parametrize("dark", [False, True], ids=["light", "dark"])
+def test_every_page_in_both_themes(live_server, new_page, dark):
+    live = live_server
+    theme = "dark" if dark else "light"
+    key = seeded_user(live, "kim")
+    scripted_answers(live, ["Sure:\n\n```js\nconst x = 1; // one\n```\n\nAnything else?",
+                            "Another take, *shorter*."])
+    for viewport, size in [(WIDE, "1280"), (NARROW, "390")]:
+        page = new_page(viewport, dark=dark)
+        page.goto(live.url + "/")
+        shot(page, f"signin-{size}-{theme}")
+        sign_in(page, live, key)
+        background = page.evaluate("getComputedStyle(document.body).backgroundColor")
+        channels = [int(c) for c in re.findall(r"\d+", background)[:3]]
+        assert (sum(channels) / 3 < 60) if dark else (sum(channels) / 3 > 200), background
+        page.get_by_role("button", name=re.compile("^Compare")).click()
+        send(page, "Show me code")
+        page.wait_for_selector(".verdict-compare .cand[data-message-id] >> nth=1")
+        shot(page, f"compare-{size}-{theme}")
+        page.get_by_role("button", name="A is better").click()
+        page.wait_for_selector(".verdict-note")
+        page.wait_for_selector(".msg-assistant pre code.hljs")
+        page.get_by_role("button", name="Good answer (thumbs up)").last.click()
+        shot(page, f"chat-{size}-{theme}")
+        page.goto(f"{live.url}/#/me")
+        page.wait_for_selector(".chart canvas")
+        no_object_object(page)
+        shot(page, f"my-assistant-{size}-{theme}", full_page=True)
+        admin = new_page(viewport, dark=dark)
+        sign_in(admin, live, live.admin_key)
+        admin.goto(f"{live.url}/#/admin")
+        admin.wait_for_selector("td:has-text('kim')")
+        admin.get_by_role("button", name="Versions of kim").click()
+        admin.wait_for_selector("td:has-text('v1') .pill:has-text('serving')")
+        admin.wait_for_selector(".card:has-text('Training') table")
+        no_object_object(admin)
+        shot(admin, f"admin-{size}-{theme}", full_page=True)
+
+
+def test_delete_my_data_shows_progress_then_signs_out(live_server, new_page):
+    live = live_server
+    key = live.add_user("lou")
+    page = new_page(WIDE)
+    sign_in(page, live, key)
+    page.goto(f"{live.url}/#/me")
+    held = []
+    page.route("**/api/me", lambda route: held.append(route) if route.request.method == "DELETE"
+               else route.continue_())
+    page.get_by_role("button", name="Delete my data").click()
+    page.get_by_role("button", name="Delete everything").click()
+    page.wait_for_selector("dialog[open]:has-text('Deleting your data') .spinner")
+    assert page.evaluate("localStorage.getItem('assistant.apiKey')") == key
+    held[0].continue_()
+    page.wait_for_selector("#api-key")
+    assert page.evaluate("localStorage.getItem('assistant.apiKey')") is None
+    assert httpx.get(f"{live.url}/api/me", headers=live.headers(key)).status_code == 401
+
+
+def test_thumbs_comment_kept_and_answer_length(live_server, new_page):
+    live = live_server
+    key = live.add_user("mona")
+    scripted_answers(live, ["A short answer."])
+    page = new_page(NARROW)
+    sign_in(page, live, key)
+    # Answer length: "Short" halves the default max_tokens, and is remembered.
+    page.select_option("#answer-length", "short")
+    bodies = []
+    page.on("request", lambda r: bodies.append(json.loads(r.post_data))
+            if r.url.endswith("/api/chat") else None)
+    send(page, "Hi")
+    page.wait_for_selector(".msg-assistant[data-message-id]")
+    assert bodies[0]["max_tokens"] == live.config.generation.max_tokens_default // 2
+    mid = int(page.get_attribute(".msg-assistant[data-message-id]", "data-message-id"))
+
+    # A comment typed under a thumbs down and closed with Done is saved...
+    page.get_by_role("button", name="Bad answer (thumbs down)").click()
+    panel = page.locator(".feedback-panel:not([hidden])")
+    panel.wait_for()
+    assert panel.bounding_box()["y"] + 40 < page.viewport_size["height"]   # scrolled into view
+    page.get_by_label("Comment on this answer").fill("too vague")
+    page.get_by_role("button", name="Done").click()
+    page.wait_for_selector(".feedback-status:has-text('Comment saved')")
+    rows = db_rows(live, "select value, comment from thumbs where message_id = ?", [mid])
+    assert rows == [{"value": "down", "comment": "too vague"}]
+    # ...and does not carry over to a thumbs up.
+    page.get_by_role("button", name="Good answer (thumbs up)").click()
+    page.wait_for_selector(".feedback[data-saved='up']")
+    assert page.input_value(".feedback-panel textarea") == ""
+    rows = db_rows(live, "select value, comment from thumbs where message_id = ?", [mid])
+    assert rows == [{"value": "up", "comment": None}]
+    page.reload()
+    page.wait_for_selector("#answer-length")
+    assert page.input_value("#answer-length") == "short"
+
+
+def axe_violations(page) -> list[str]:
+    """axe-core (bundled by axe-playwright-python) on the page as shown, with the
+    experimental rule that names and visible labels match turned on."""
+    axe = pytest.importorskip("axe_playwright_python.sync_playwright")
+    options = {"resultTypes": ["violations"],
+               "rules": {"label-content-name-mismatch": {"enabled": True}}}
+    settle(page)                        # colour contrast is measured on a still page
+    result = axe.Axe().run(page, options=options)
+    return [f"{v['id']}: {[(n['target'], n.get('failureSummary')) for n in v['nodes']][:4]}"
+            for v in result.response["violations"]]
+
+
+@pytest.mark.parametrize("dark", [False, True], ids=["light", "dark"])
+def test_accessibility_axe(live_server, new_page, dark):
+    live = live_server
+    key = seeded_user(live, "nina")
+    scripted_answers(live, ["Sure:\n\n```python\nx = 1\n```", "Or *this*."])
+    page = new_page(WIDE, dark=dark)
+    page.goto(live.url + "/")
+    page.wait_for_selector("#api-key")
+    found = {"signin": axe_violations(page)}
+    sign_in(page, live, key)
+    page.get_by_role("button", name=re.compile("^Compare")).click()
+    send(page, "Show me")
+    page.wait_for_selector(".verdict-compare .cand[data-message-id] >> nth=1")
+    found["compare"] = axe_violations(page)
+    page.get_by_role("button", name="Tie").click()
+    page.wait_for_selector(".verdict-note")
+    page.get_by_role("button", name="Bad answer (thumbs down)").click()
+    page.wait_for_selector(".msg-assistant pre code.hljs")
+    found["chat"] = axe_violations(page)
+    page.goto(f"{live.url}/#/me")
+    page.wait_for_selector(".chart canvas")
+    found["me"] = axe_violations(page)
+    admin = new_page(WIDE, dark=dark)
+    sign_in(admin, live, live.admin_key)
+    admin.goto(f"{live.url}/#/admin")
+    admin.wait_for_selector(".card:has-text('Training') table")
+    found["admin"] = axe_violations(admin)
+    assert {k: v for k, v in found.items() if v} == {}

@@ -3,9 +3,10 @@
 //   #/me      my assistant      #/admin    admin (admins only; others see "admin role needed")
 
 import { ApiError, api, auth } from "./api.js";
-import { isStreaming, refreshConversations, setChatUser, showChat, stopGeneration } from "./chat.js";
+import { isStreaming, setChatUser, showChat, stopGeneration } from "./chat.js";
 import { loadGuidelines } from "./feedback.js";
 import { showAdmin, showMe } from "./pages.js";
+import { paintConversations, refreshConversations } from "./sidebar.js";
 import { button, el, icon } from "./ui.js";
 
 const root = document.getElementById("app");
@@ -27,7 +28,7 @@ async function whoAmI() {
 function signInView(message = "") {
   document.title = "Sign in · Personal assistant";
   const input = el("input", { id: "api-key", class: "input", type: "password", autocomplete: "off",
-    spellcheck: "false", placeholder: "ak_…", "aria-describedby": "key-help", required: true });
+    spellcheck: "false", placeholder: "pa-…", "aria-describedby": "key-help", required: true });
   const error = el("p", { class: "error", id: "signin-error", role: "alert", text: message });
   const submit = el("button", { type: "submit", class: "btn btn-primary btn-block" }, "Sign in");
   const form = el("form", { class: "signin-card", "aria-labelledby": "signin-title",
@@ -57,7 +58,7 @@ function signInView(message = "") {
     el("p", { id: "key-help", class: "small muted", text: "Your administrator gives you a key. It is kept in this browser until you sign out." }),
     error,
     submit);
-  root.replaceChildren(el("main", { class: "signin" }, form));
+  root.replaceChildren(el("main", { class: "signin", id: "main" }, form));
   input.focus();
 }
 
@@ -73,6 +74,8 @@ function shell() {
     el("a", { href: "#/", class: "btn btn-primary btn-block new-chat", "aria-label": "New chat" }, icon("plus"), el("span", { text: "New chat" })),
     el("nav", { class: "conv-nav", "aria-label": "Conversations" },
       el("h2", { class: "sidebar-h", text: "Recent" }),
+      el("input", { id: "conv-search", class: "input conv-search", type: "search", "aria-label": "Search conversations",
+        placeholder: "Search conversations", autocomplete: "off", oninput: paintConversations }),
       el("ul", { id: "conv-list", class: "conv-list" })),
     el("nav", { class: "sidebar-foot", "aria-label": "Pages" },
       navLink("#/", "Chat", "chat", "nav-chat"),
@@ -82,11 +85,11 @@ function shell() {
         el("span", { class: "avatar", "aria-hidden": "true", text: (user.name || "?").slice(0, 1).toUpperCase() }),
         el("span", { class: "whoami-name", text: user.name || "Signed in" }),
         button({ label: "Sign out", iconName: "out", cls: "btn-icon", onclick: signOut, id: "sign-out" }))));
-  const main = el("div", { class: "main" },
+  const main = el("main", { class: "main", id: "main" },
     el("header", { class: "topbar" },
       button({ label: "Open menu", iconName: "menu", cls: "btn-icon only-narrow", onclick: openMenu, id: "menu-btn",
         "aria-controls": "sidebar", "aria-expanded": "false" }),
-      el("div", { class: "page-title", id: "page-title", text: "" })),
+      el("h1", { class: "page-title", id: "page-title", text: "" })),
     el("div", { class: "view", id: "view" }));
   const scrim = el("div", { class: "scrim", onclick: closeMenu });
   root.replaceChildren(el("div", { class: "shell" }, sidebar, scrim, main));

@@ -1,69 +1,54 @@
-// The chat view: conversation list, streamed answers, stop, regenerate, compare and rank.
+// The chat view: conversation list, streamed answers, stop, regenerate, edit, compare and rank.
+//
+// A conversation is a tree: an edited message is a sibling of the one it replaces (same
+// parent), and a turn may hold several answers (a comparison, a ranking, regenerations).
+// The thread shows one path through it; "‹ 1/2 ›" switchers reach every sibling and answer.
 
 import { api, streamChat } from "./api.js";
 import { feedbackBar, getGuidelines, guidelinesButton } from "./feedback.js";
-import { renderMarkdown } from "./markdown.js";
-import { button, clear, confirmDialog, el, icon, toast } from "./ui.js";
+import { enhanceCode, renderMarkdown } from "./markdown.js";
+import { LENGTHS, deletedIds, getLength, markDeleted, setLength, setPrefsUser, userKey } from "./prefs.js";
+import { refreshConversations, setActiveConversation } from "./sidebar.js";
+import { threadPath, verdictText } from "./thread.js";
+import { button, el, toast } from "./ui.js";
 
 const S = {
   user: null,
+  limits: { max_prompt_chars: 8000, max_tokens_default: 256, max_tokens_limit: 1024 },
   convId: null,
   detail: null,
+  verdicts: [],
   mode: "single",              // single | compare | rank
   pending: new Map(),          // user turn id -> {kind, ids}: candidates awaiting a verdict
+  askRegen: new Map(),         // user turn id -> {now, before}: "better / worse / same?"
+  branch: new Map(),           // sibling-group key -> user turn id shown
+  shown: new Map(),            // user turn id -> answer id shown
   streaming: null,             // {controller}
   epoch: 0,                    // bumps when the view changes, so stale work does not render
-  thread: null, input: null, sendBtn: null, stopBtn: null, note: null,
+  failed: null,                // {body, content, message}: the last send that did not go through
+  thread: null, input: null, sendBtn: null, stopBtn: null, note: null, counter: null, alert: null,
 };
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const LETTERS = ["A", "B", "C", "D"];
 
-export function setChatUser(user) { S.user = user; S.pending.clear(); }
+export function setChatUser(user) {
+  S.user = user;
+  setPrefsUser(user);
+  S.limits = { ...S.limits, ...(user.limits || {}) };
+  S.pending = new Map(JSON.parse(localStorage.getItem(pendingKey()) || "[]"));
+}
+setActiveConversation(() => S.convId);
+
 export const isStreaming = () => Boolean(S.streaming);
 export function stopGeneration() { S.streaming?.controller.abort(); }
 
-// ---- conversation list (sidebar) ----------------------------------------------------------
+const pendingKey = () => userKey("pending");
+function savePending() { localStorage.setItem(pendingKey(), JSON.stringify([...S.pending].slice(-50))); }
 
-export async function refreshConversations() {
-  const list = document.getElementById("conv-list");
-  if (!list) return;
-  let convs;
-  try {
-    convs = await api.get("/api/conversations");
-  } catch (err) {
-    list.replaceChildren(el("li", { class: "muted small empty", text: err.message }));
-    return;
-  }
-  if (!convs.length) {
-    list.replaceChildren(el("li", { class: "muted small empty", text: "No conversations yet." }));
-    return;
-  }
-  list.replaceChildren(...convs.map((c) => {
-    const title = c.title || "Untitled";
-    const active = c.id === S.convId && location.hash.startsWith("#/c/");
-    return el("li", { class: active ? "conv active" : "conv", dataset: { id: c.id } },
-      el("a", { href: `#/c/${c.id}`, class: "conv-link", "aria-current": active ? "page" : null },
-        el("span", { class: "conv-title", text: title }),
-        el("span", { class: "conv-meta", text: `${c.turns ?? 0} ${c.turns === 1 ? "turn" : "turns"}` })),
-      button({ label: `Delete conversation “${title}”`, iconName: "trash", cls: "btn-icon conv-delete",
-        onclick: () => deleteConversation(c.id, title) }));
-  }));
-}
-
-async function deleteConversation(id, title) {
-  const ok = await confirmDialog({ title: "Delete this conversation?",
-    body: `“${title}” and the feedback on it will be deleted. This cannot be undone.`,
-    confirm: "Delete", danger: true });
-  if (!ok) return;
-  try {
-    await api.del(`/api/conversations/${id}`);
-    toast("Conversation deleted");
-    if (S.convId === id) location.hash = "#/";
-    refreshConversations();
-  } catch (err) {
-    toast(err.message, "error");
-  }
+function maxTokens() {
+  const factor = (LENGTHS.find(([v]) => v === getLength()) || LENGTHS[1])[2];
+  return Math.max(16, Math.min(S.limits.max_tokens_limit, Math.round(S.limits.max_tokens_default * factor)));
 }
 
 // ---- the view -----------------------------------------------------------------------------
@@ -73,13 +58,20 @@ export async function showChat(view, convId) {
   S.epoch++;
   S.convId = convId;
   S.detail = null;
-  S.thread = el("div", { class: "thread", id: "thread", "aria-live": "polite", "aria-busy": "false" });
+  S.verdicts = [];
+  S.branch.clear();
+  S.shown.clear();
+  S.thread = el("div", { class: "thread", id: "thread", "aria-busy": "false" });
   view.replaceChildren(el("div", { class: "chat" }, S.thread, composer()));
   setTitle(convId ? "Loading…" : "New chat");
   refreshConversations();
   if (!convId) {
     S.thread.append(welcome());
     S.input.focus();
+    return;
+  }
+  if (deletedIds().has(convId)) {
+    notFound("This conversation was deleted.", 404);
     return;
   }
   await reload();
@@ -104,25 +96,34 @@ function welcome() {
 
 function composer() {
   S.input = el("textarea", { id: "prompt", class: "prompt", rows: "1", "aria-label": "Message",
-    placeholder: "Message your assistant…", maxlength: "20000" });
+    placeholder: "Message your assistant…", "aria-describedby": "char-count" });
+  S.input.value = localStorage.getItem(userKey("draft")) || "";
   S.input.addEventListener("keydown", (e) => {
     if (e.key === "Enter" && !e.shiftKey && !e.isComposing) { e.preventDefault(); send(); }
   });
-  S.input.addEventListener("input", grow);
+  S.input.addEventListener("input", () => { grow(); count(); localStorage.setItem(userKey("draft"), S.input.value); });
   S.sendBtn = button({ label: "Send message", iconName: "send", cls: "btn-send", onclick: send });
   S.stopBtn = button({ label: "Stop generating", iconName: "stop", cls: "btn-send btn-stop", hidden: true,
     onclick: stopGeneration });
-  const modes = [["single", "Single", "One answer"], ["compare", "Compare", "Two answers side by side"],
-    ["rank", "Rank 3", "Three answers to put in order"]];
+  const modes = [["single", "Single", "one answer"], ["compare", "Compare", "two answers side by side"],
+    ["rank", "Rank 3", "three answers to put in order"]];
   const seg = el("div", { class: "seg", role: "group", "aria-label": "Answer mode" },
     modes.map(([value, text, label]) => el("button", { type: "button", class: "seg-btn",
       "aria-pressed": String(S.mode === value), "aria-label": `${text}: ${label}`, title: label,
       dataset: { mode: value }, onclick: (e) => setMode(value, e.currentTarget.parentElement) }, text)));
+  const length = el("select", { class: "input input-small", id: "answer-length", "aria-label": "Answer length",
+    title: "How long answers may be", onchange: (e) => setLength(e.target.value) },
+  LENGTHS.map(([v, text]) => el("option", { value: v, text: `${text} answers`, selected: v === getLength() })));
   S.note = el("span", { class: "composer-note small muted", role: "status" });
-  return el("form", { class: "composer", onsubmit: (e) => { e.preventDefault(); send(); } },
+  S.counter = el("span", { class: "char-count small", id: "char-count", "aria-live": "polite" });
+  S.alert = el("div", { class: "send-error", role: "alert", hidden: true });
+  const form = el("form", { class: "composer", onsubmit: (e) => { e.preventDefault(); send(); } },
+    S.alert,
     el("div", { class: "composer-box" }, S.input, S.sendBtn, S.stopBtn),
-    el("div", { class: "composer-bar" }, seg, S.note,
+    el("div", { class: "composer-bar" }, seg, length, S.note, S.counter,
       el("span", { class: "hint small muted", text: "Enter to send · Shift+Enter new line · Esc to stop" })));
+  queueMicrotask(() => { grow(); count(); });
+  return form;
 }
 
 function setMode(mode, seg) {
@@ -136,6 +137,15 @@ function grow() {
   S.input.style.height = `${Math.min(S.input.scrollHeight, 220)}px`;
 }
 
+/** The character counter appears from 80% of the limit and turns red past it. */
+function count() {
+  const n = S.input.value.length, limit = S.limits.max_prompt_chars;
+  const near = n >= limit * 0.8;
+  S.counter.textContent = near ? `${n.toLocaleString()} / ${limit.toLocaleString()}` : "";
+  S.counter.classList.toggle("over", n > limit);
+  S.counter.title = n > limit ? `${(n - limit).toLocaleString()} characters over the limit` : "";
+}
+
 function setBusy(busy) {
   S.sendBtn.hidden = busy;
   S.stopBtn.hidden = !busy;
@@ -143,36 +153,74 @@ function setBusy(busy) {
   if (!busy) S.input.focus();
 }
 
+function showSendError(message, retry) {
+  S.alert.hidden = false;
+  S.alert.replaceChildren(el("span", { text: message }),
+    retry ? button({ label: "Retry sending", text: "Retry", cls: "btn btn-small", onclick: retry }) : null,
+    button({ label: "Dismiss", iconName: "close", cls: "btn-icon", onclick: hideSendError }));
+}
+
+function hideSendError() { S.alert.hidden = true; S.alert.replaceChildren(); }
+
+/** A sentence a person can act on, from an API error. */
+function humanError(err) {
+  const limit = S.limits.max_prompt_chars.toLocaleString();
+  if (err.status === 0) return "Can't reach the assistant right now. Your message is still in the box; check your connection and retry.";
+  if (err.status === 413) return `Your message is too long: the limit is ${limit} characters. Shorten it and send again.`;
+  if (err.status === 401) return "Your key is no longer accepted. Sign in again; your message is still in the box.";
+  if (err.status === 429) return "The assistant is busy. Wait a moment, then retry.";
+  if (err.status >= 500) return "The assistant had a problem answering. Your message is still in the box; retry in a moment.";
+  return `Not sent: ${err.message}`;
+}
+
 // ---- loading and rendering a conversation -------------------------------------------------
+
+function notFound(message, status) {
+  setTitle("Not found");
+  S.thread.replaceChildren(el("div", { class: "empty-state" },
+    el("h2", { text: status === 404 ? "Conversation not found" : "Could not load the conversation" }),
+    el("p", { class: "muted", text: message }),
+    el("a", { href: "#/", class: "btn btn-primary", text: "Start a new chat" })));
+}
 
 async function reload(waitForTurn = null) {
   const epoch = S.epoch;
   let detail;
-  for (let attempt = 0; attempt < 20; attempt++) {
+  const deadline = Date.now() + 3000;
+  for (;;) {
     try {
       detail = await api.get(`/api/conversations/${S.convId}`);
     } catch (err) {
-      if (epoch !== S.epoch) return;
-      setTitle("Not found");
-      S.thread.replaceChildren(el("div", { class: "empty-state" },
-        el("h2", { text: err.status === 404 ? "Conversation not found" : "Could not load the conversation" }),
-        el("p", { class: "muted", text: err.message }),
-        el("a", { href: "#/", class: "btn btn-primary", text: "Start a new chat" })));
+      if (epoch === S.epoch) notFound(err.message, err.status);
       return;
     }
     const turn = waitForTurn && detail.turns.find((t) => t.id === waitForTurn);
-    if (!turn || turn.candidates.length) break;
-    await sleep(150);                 // a stopped answer is stored a moment after the stop
+    if (!turn || turn.candidates.length || Date.now() > deadline) break;
+    await sleep(100);                 // a stopped answer is stored a moment after the stop
   }
+  let verdicts = [];
+  try { verdicts = await api.get(`/api/conversations/${S.convId}/verdicts`); } catch { verdicts = []; }
   if (epoch !== S.epoch) return;
   S.detail = detail;
+  S.verdicts = verdicts;
   setTitle(detail.title || "Conversation");
   renderThread();
 }
 
+/** The answer shown at the end of the thread: what a new message continues from. */
+function shownTip() {
+  if (!S.detail) return null;
+  const steps = threadPath(S.detail, S.branch);
+  const turn = steps[steps.length - 1]?.turn;
+  if (!turn || !turn.candidates.length) return null;
+  const shown = turn.candidates.find((c) => c.id === S.shown.get(turn.id));
+  return (shown || turn.candidates.find((c) => c.chosen) || turn.candidates[turn.candidates.length - 1]).id;
+}
+
 function renderThread() {
-  const turns = S.detail.turns;
-  S.thread.replaceChildren(...turns.map((t, i) => turnEl(t, i === turns.length - 1)));
+  const steps = threadPath(S.detail, S.branch);
+  S.thread.replaceChildren(...steps.map((step, i) => turnEl(step, i === steps.length - 1)));
+  for (const md of S.thread.querySelectorAll(".md:not(.streaming)")) enhanceCode(md);
   scrollDown();
 }
 
@@ -180,30 +228,87 @@ function scrollDown() {
   S.thread.scrollTop = S.thread.scrollHeight;
 }
 
-function userBubble(text) {
-  return el("div", { class: "msg msg-user" }, el("div", { class: "bubble", text }));
+function switcher(label, one, index, total, go) {
+  return el("div", { class: "switcher", role: "group", "aria-label": label },
+    button({ label: `Previous ${one}`, iconName: "left", cls: "btn-icon btn-tiny",
+      disabled: index === 0, onclick: () => go(index - 1) }),
+    el("span", { class: "switcher-n small", text: `${index + 1}/${total}` }),
+    button({ label: `Next ${one}`, iconName: "right", cls: "btn-icon btn-tiny",
+      disabled: index === total - 1, onclick: () => go(index + 1) }));
 }
 
-function turnEl(turn, isLast) {
-  const article = el("article", { class: "turn", dataset: { turnId: turn.id } }, userBubble(turn.content));
+function userBubble(turn, step) {
+  const bubble = el("div", { class: "bubble", text: turn.content });
+  const wrap = el("div", { class: "msg msg-user" });
+  const tools = el("div", { class: "user-tools" });
+  if (step && step.siblings.length > 1) {
+    const i = step.siblings.indexOf(turn);
+    tools.append(switcher("Versions of this message", "version of this message", i, step.siblings.length, (j) => {
+      S.branch.set(step.key, step.siblings[j].id);
+      renderThread();
+    }));
+  }
+  if (step) tools.append(button({ label: "Edit message", iconName: "edit", cls: "btn-icon btn-tiny edit-msg",
+    onclick: () => startEdit(wrap, turn) }));
+  wrap.append(tools, bubble);
+  return wrap;
+}
+
+function startEdit(wrap, turn) {
+  if (S.streaming) return;
+  const box = el("textarea", { class: "input edit-box", rows: "3", "aria-label": "Edit your message" });
+  box.value = turn.content;
+  const save = () => {
+    const content = box.value.trim();
+    if (!content) return;
+    if (content.length > S.limits.max_prompt_chars) { toast(humanError({ status: 413 }), "error"); return; }
+    const article = wrap.closest(".turn");
+    for (let next = article.nextElementSibling; next; next = article.nextElementSibling) next.remove();
+    article.replaceChildren(userBubble({ ...turn, content }));
+    runStream({ edit: turn.id, content, n: 1, max_tokens: maxTokens() }, article, 1);
+  };
+  box.addEventListener("keydown", (e) => {
+    if (e.key === "Enter" && !e.shiftKey && !e.isComposing) { e.preventDefault(); save(); }
+    if (e.key === "Escape") { e.stopPropagation(); renderThread(); }
+  });
+  wrap.replaceChildren(el("div", { class: "edit-wrap" }, box,
+    el("div", { class: "row row-end" },
+      button({ label: "Cancel edit", text: "Cancel", cls: "btn btn-small btn-ghost", onclick: () => renderThread() }),
+      button({ label: "Send edited message", text: "Send", cls: "btn btn-small btn-primary", onclick: save }))));
+  box.focus();
+}
+
+function turnEl(step, isLast) {
+  const turn = step.turn;
+  const article = el("article", { class: "turn", dataset: { turnId: turn.id } }, userBubble(turn, step));
   const pending = S.pending.get(turn.id);
-  if (pending) {
+  if (pending && !verdictOf(pending.ids)) {
     const cands = pending.ids.map((id) => turn.candidates.find((c) => c.id === id)).filter(Boolean);
     if (cands.length === pending.ids.length) {
       article.append(verdictBlock(turn, cands, pending.kind));
       return article;
     }
-    S.pending.delete(turn.id);
   }
-  const chosen = turn.candidates.find((c) => c.chosen) || turn.candidates[turn.candidates.length - 1];
-  if (!chosen) {
+  if (pending) { S.pending.delete(turn.id); savePending(); }
+  const cands = turn.candidates;
+  if (!cands.length) {
     article.append(el("div", { class: "msg msg-assistant" },
       el("p", { class: "muted small", text: "No answer was stored for this message." }),
-      isLast ? el("div", { class: "answer-foot" }, regenButton(turn)) : null));
+      el("div", { class: "answer-foot" }, regenButton(turn))));
     return article;
   }
-  article.append(answerEl(chosen, turn, isLast));
+  const shownId = S.shown.get(turn.id);
+  const msg = cands.find((c) => c.id === shownId) || cands.find((c) => c.chosen) || cands[cands.length - 1];
+  article.append(answerEl(msg, turn, isLast));
+  const ask = S.askRegen.get(turn.id);
+  if (ask && !verdictOf([ask.now, ask.before])) article.append(regenQuestion(turn, ask));
   return article;
+}
+
+// ---- verdicts -----------------------------------------------------------------------------
+
+function verdictOf(ids) {
+  return S.verdicts.find((v) => ids.every((id) => v.message_ids.includes(id)));
 }
 
 function modelBadge(msg) {
@@ -226,21 +331,51 @@ function finishTag(msg) {
 function answerEl(msg, turn, isLast) {
   const md = el("div", { class: "md" });
   md.innerHTML = renderMarkdown(msg.content);
-  const extra = turn.candidates.length > 1
-    ? el("span", { class: "tag", text: `chosen of ${turn.candidates.length}` }) : null;
+  const cands = turn.candidates;
+  const index = cands.indexOf(msg);
+  const words = verdictText(msg, turn, S.verdicts);
+  const unrated = cands.length > 1 && !S.verdicts.some((v) => v.message_ids.some((id) => cands.some((c) => c.id === id)));
+  const fb = feedbackBar(msg);
   return el("div", { class: "msg msg-assistant", dataset: { messageId: msg.id } },
     md,
+    words.length ? el("p", { class: "verdict-note small" }, words.join(" · ")) : null,
     el("div", { class: "answer-foot" },
-      el("div", { class: "answer-info" }, modelBadge(msg), finishTag(msg), extra),
-      feedbackBar(msg),
+      el("div", { class: "answer-info" }, modelBadge(msg), finishTag(msg),
+        cands.length > 1 ? switcher("Answers", "answer", index, cands.length, (j) => { S.shown.set(turn.id, cands[j].id); renderThread(); }) : null,
+        cands.length > 1 && !msg.chosen ? el("span", { class: "tag", text: "not followed" }) : null),
+      fb,
       el("div", { class: "answer-actions" },
+        unrated ? button({ label: "Compare these answers", text: "Compare", cls: "btn btn-ghost btn-small",
+          onclick: () => openCompare(turn, msg) }) : null,
         button({ label: "Copy answer", iconName: "copy", cls: "btn-icon", onclick: () => copy(msg.content) }),
-        isLast ? regenButton(turn) : null)));
+        regenButton(turn))),
+    fb.panel);
+}
+
+function openCompare(turn, msg) {
+  const cands = turn.candidates;
+  const ids = cands.length === 3 ? cands.map((c) => c.id)
+    : [cands.find((c) => c.id !== msg.id).id, msg.id].sort((a, b) => a - b);
+  S.pending.set(turn.id, { kind: ids.length === 3 ? "rank" : "compare", ids });
+  savePending();
+  renderThread();
 }
 
 function regenButton(turn) {
   return button({ label: "Regenerate answer", text: "Regenerate", iconName: "redo", cls: "btn btn-ghost btn-small",
     onclick: () => regenerate(turn) });
+}
+
+function regenQuestion(turn, ask) {
+  const box = el("div", { class: "regen-ask", role: "group", "aria-label": "Compare with the previous answer" });
+  const choose = (choice) => submit(turn, "/api/comparisons", { message_ids: [ask.now, ask.before], choice }, box,
+    () => S.askRegen.delete(turn.id));
+  box.append(el("span", { class: "small", text: "Is this answer better than the previous one?" }),
+    button({ label: "Better than the previous answer", text: "Better", cls: "btn btn-small btn-choice", onclick: () => choose("a") }),
+    button({ label: "Worse than the previous answer", text: "Worse", cls: "btn btn-small btn-choice", onclick: () => choose("b") }),
+    button({ label: "Same as the previous answer", text: "Same", cls: "btn btn-small btn-ghost", onclick: () => choose("tie") }),
+    button({ label: "Don't compare", iconName: "close", cls: "btn-icon btn-tiny", onclick: () => { S.askRegen.delete(turn.id); box.remove(); } }));
+  return box;
 }
 
 async function copy(text) {
@@ -289,7 +424,8 @@ function rankBlock(section, head, turn, cands) {
   const submitBtn = button({ label: "Submit ranking", text: "Submit ranking", cls: "btn btn-primary", disabled: true,
     onclick: () => submit(turn, "/api/rankings", { message_ids: order }, section) });
   const cards = cands.map((c, i) => {
-    const pick = button({ label: `Rank answer ${LETTERS[i]} next`, text: "Pick", cls: "btn btn-small btn-choice rank-pick",
+    const pick = el("button", { type: "button", class: "btn btn-small btn-choice rank-pick",
+      title: `Rank answer ${LETTERS[i]} next`, dataset: { letter: LETTERS[i] },
       onclick: () => { if (!order.includes(c.id)) order.push(c.id); paint(); } });
     return { c, i, pick, card: candidateCard(c, i, el("div", { class: "cand-foot" }, pick)) };
   });
@@ -298,11 +434,11 @@ function rankBlock(section, head, turn, cands) {
       const rest = cands.find((c) => !order.includes(c.id));
       if (rest) order.push(rest.id);
     }
-    for (const { c, card, pick } of cards) {
+    for (const { c, card, pick, i } of cards) {
       const pos = order.indexOf(c.id);
       card.dataset.rank = pos >= 0 ? String(pos + 1) : "";
       pick.disabled = pos >= 0;
-      pick.querySelector("span").textContent = pos >= 0 ? `#${pos + 1}` : `Pick as #${order.length + 1}`;
+      pick.textContent = pos >= 0 ? `Answer ${LETTERS[i]} is #${pos + 1}` : `Rank answer ${LETTERS[i]} #${order.length + 1}`;
     }
     const letters = order.map((id) => LETTERS[cands.findIndex((c) => c.id === id)]);
     summary.textContent = letters.length ? `Your order: ${letters.join(" › ")}` : "Nothing ranked yet.";
@@ -317,26 +453,28 @@ function rankBlock(section, head, turn, cands) {
 }
 
 function skipButton(turn) {
-  return button({ label: "Skip rating and keep answer A", text: "Skip", cls: "btn btn-ghost btn-skip",
-    onclick: () => { S.pending.delete(turn.id); renderThread(); } });
+  return button({ label: "Skip rating for now", text: "Skip", cls: "btn btn-ghost btn-skip",
+    onclick: () => { S.pending.delete(turn.id); savePending(); renderThread(); } });
 }
 
-async function submit(turn, path, body, section) {
+async function submit(turn, path, body, section, after) {
   for (const b of section.querySelectorAll("button")) b.disabled = true;
   try {
     await api.post(path, body);
     S.pending.delete(turn.id);
+    savePending();
+    after?.();
     toast("Thanks — your choice was saved");
     await reload();
   } catch (err) {
     for (const b of section.querySelectorAll("button")) b.disabled = false;
-    toast(err.missing ? "Comparisons aren't available on this server yet." : err.message, "error");
+    toast(err.message, "error");
   }
 }
 
 // ---- sending and streaming ----------------------------------------------------------------
 
-function turnCounterKey() { return `assistant.turns.${S.user?.id ?? S.user?.name ?? "me"}`; }
+function turnCounterKey() { return userKey("turns"); }
 
 function pickN() {
   if (S.mode === "compare") return { n: 2 };
@@ -350,27 +488,35 @@ function pickN() {
 async function send() {
   const content = S.input.value.trim();
   if (!content || S.streaming) return;
-  if ([...S.pending.keys()].some((id) => S.detail?.turns.some((t) => t.id === id))) {
+  if (content.length > S.limits.max_prompt_chars) {
+    showSendError(humanError({ status: 413 }));
+    return;
+  }
+  const open = [...S.pending.keys()].find((id) => S.thread.querySelector(`.turn[data-turn-id="${id}"] .verdict`));
+  if (open) {
     toast("Please rate the answers above first (or skip).", "error");
     return;
   }
+  hideSendError();
   const { n, auto } = pickN();
   S.note.textContent = auto ? `Comparison turn: every ${getGuidelines().compare_every}th answer asks you to pick the better one.` : "";
-  S.input.value = "";
-  grow();
-  if (!S.convId) clear(S.thread);
-  const article = el("article", { class: "turn" }, userBubble(content));
+  if (!S.convId) S.thread.replaceChildren();
+  const article = el("article", { class: "turn" }, userBubble({ content }));
   S.thread.append(article);
-  const body = { content, n };
+  const body = { content, n, max_tokens: maxTokens() };
   if (S.convId) body.conversation_id = S.convId;
+  const tip = shownTip();
+  if (tip != null) body.follow = tip;          // continue the branch on screen
   await runStream(body, article, n);
 }
 
 async function regenerate(turn) {
   if (S.streaming) return;
+  const before = (turn.candidates.find((c) => c.id === S.shown.get(turn.id)) || turn.candidates.find((c) => c.chosen))?.id;
   const article = S.thread.querySelector(`.turn[data-turn-id="${turn.id}"]`);
-  article.replaceChildren(userBubble(turn.content));
-  await runStream({ regenerate: turn.id, n: 1 }, article, 1);
+  for (let next = article.nextElementSibling; next; next = article.nextElementSibling) next.remove();
+  article.replaceChildren(userBubble(turn));
+  await runStream({ regenerate: turn.id, n: 1, max_tokens: maxTokens() }, article, 1, before);
 }
 
 function liveBlock(article, n) {
@@ -392,17 +538,20 @@ function liveBlock(article, n) {
     if (stick) scrollDown();
   };
   return {
+    block,
     start(d) { for (const info of infos) info.replaceWith(modelBadge({ model: d.model })); },
     delta(d) { texts[d.index] = (texts[d.index] || "") + d.text; if (!timer) timer = setTimeout(paint, 30); },
     end(message) {
+      clearTimeout(timer);
       paint();
       for (const md of mds) md.classList.remove("streaming");
+      for (const info of block.querySelectorAll(".badge-wait")) info.remove();
       if (message) block.append(el("p", { class: "small muted stop-note", text: message }));
     },
   };
 }
 
-async function runStream(body, article, n) {
+async function runStream(body, article, n, before = null) {
   const epoch = S.epoch;
   const live = liveBlock(article, n);
   const controller = new AbortController();
@@ -411,14 +560,25 @@ async function runStream(body, article, n) {
   let turnId = null;
   let convId = S.convId;
   let stopped = false;
+  let accepted = false;
+  const draft = body.content;
   try {
     const done = await streamChat(body, {
       start: (d) => {
+        accepted = true;
         convId = d.conversation_id;
         turnId = d.message?.id;
         live.start(d);
+        if (d.notice) S.note.textContent = d.notice;      // e.g. served by an earlier version
+        if (draft != null && body.edit == null && S.input.value.trim() === draft) {   // accepted: the draft goes
+          S.input.value = "";
+          localStorage.removeItem(userKey("draft"));
+          grow();
+          count();
+        }
         if (epoch === S.epoch && S.convId !== convId) {   // a new conversation: show it at once
           S.convId = convId;
+          markDeleted(convId, false);
           history.replaceState(null, "", `#/c/${convId}`);
           setTitle(d.message?.content?.split(/\s+/).join(" ").slice(0, 60) || "Conversation");
           refreshConversations();
@@ -428,7 +588,9 @@ async function runStream(body, article, n) {
     }, controller.signal);
     turnId = done.message?.id ?? turnId;
     const ids = (done.candidates || []).map((c) => c.id);
-    if (ids.length > 1) S.pending.set(turnId, { kind: ids.length === 2 ? "compare" : "rank", ids });
+    if (ids.length > 1) { S.pending.set(turnId, { kind: ids.length === 2 ? "compare" : "rank", ids }); savePending(); }
+    if (body.regenerate != null && before != null && ids.length === 1) S.askRegen.set(turnId, { now: ids[0], before });
+    if (ids.length === 1) S.shown.set(turnId, ids[0]);
     if (body.regenerate == null) {
       localStorage.setItem(turnCounterKey(), String(Number(localStorage.getItem(turnCounterKey()) || 0) + 1));
     }
@@ -439,7 +601,18 @@ async function runStream(body, article, n) {
       live.end("Stopped — the partial answer was kept.");
     } else {
       live.end();
-      article.append(el("p", { class: "error", role: "alert", text: `Something went wrong: ${err.message}` }));
+      live.block.remove();
+      const retry = () => { hideSendError(); retrySend(body, article, n, accepted, turnId); };
+      if (!accepted) {
+        if (body.regenerate == null && body.edit == null) {
+          article.remove();
+          if (!S.input.value.trim()) { S.input.value = draft; grow(); count(); }
+        }
+        showSendError(humanError(err), retry);
+      } else {
+        article.append(el("p", { class: "error", role: "alert" }, "The answer was interrupted. ",
+          button({ label: "Retry the answer", text: "Retry", cls: "btn btn-small", onclick: retry })));
+      }
       return;
     }
   } finally {
@@ -453,4 +626,20 @@ async function runStream(body, article, n) {
   }
   if (turnId != null) await reload(stopped ? turnId : null);
   refreshConversations();
+}
+
+/** Send again what failed: the same request, or (once the turn was stored) an answer to it. */
+function retrySend(body, article, n, accepted, turnId) {
+  if (S.streaming) return;
+  if (accepted && turnId != null) {
+    article.querySelector(".error")?.remove();
+    runStream({ regenerate: turnId, n, max_tokens: body.max_tokens }, article, n);
+    return;
+  }
+  if (body.regenerate != null || body.edit != null) {
+    runStream(body, article, n);
+    return;
+  }
+  S.input.value = body.content;
+  send();
 }

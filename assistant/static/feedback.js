@@ -63,7 +63,9 @@ function thumbsOf(message) {
   return t.value ? { value: t.value, reasons: parseReasons(t.reasons), comment: t.comment || "" } : null;
 }
 
-/** Thumbs up/down for one stored answer: immediate vote, then optional reasons and comment. */
+/** Thumbs up/down for one stored answer: immediate vote, then optional reasons and comment.
+ * Returns the thumbs row; its `.panel` (reasons and comment) is placed by the caller under
+ * the answer, so opening it never moves the thumbs. */
 export function feedbackBar(message) {
   const id = message.id;
   const state = { value: null, reasons: new Set(), comment: "", open: false };
@@ -74,33 +76,48 @@ export function feedbackBar(message) {
     "aria-pressed": "false", onclick: () => vote("up") });
   const down = button({ label: "Bad answer (thumbs down)", iconName: "down", cls: "btn-icon thumb thumb-down",
     "aria-pressed": "false", onclick: () => vote("down") });
-  const panel = el("div", { class: "feedback-panel", hidden: true });
-  root.append(el("div", { class: "feedback-row" }, up, down, guidelinesButton(), status), panel);
+  const panel = el("div", { class: "feedback-panel", hidden: true, dataset: { messageId: id } });
+  root.append(el("div", { class: "feedback-row" }, up, down, guidelinesButton(), status));
+  root.panel = panel;
 
   const save = (what = "Saved") => {
     const body = { value: state.value, reasons: [...state.reasons], comment: state.comment };
     queue = queue.then(async () => {
       status.textContent = "Saving…";
       try {
-        if (state.value) await api.put(`/api/messages/${id}/thumbs`, body);
+        if (body.value) await api.put(`/api/messages/${id}/thumbs`, body);
         else await api.del(`/api/messages/${id}/thumbs`);
         status.textContent = what;
-        root.dataset.saved = state.value || "none";
+        root.dataset.saved = body.value || "none";
       } catch (err) {
         status.textContent = "";
-        toast(err.missing ? "Feedback isn't available on this server yet." : `Feedback not saved: ${err.message}`, "error");
+        toast(`Feedback not saved: ${err.message}`, "error");
       }
     });
     return queue;
   };
 
+  // A typed comment is kept whichever way the panel is closed.
+  const keepComment = () => {
+    const box = panel.querySelector("textarea");
+    if (!box || !state.value) return false;
+    const text = box.value.trim();
+    if (text === state.comment) return false;
+    state.comment = text;
+    return true;
+  };
+
   function vote(value) {
     if (state.value === value) {          // the selected thumb toggles the details panel
+      if (state.open && keepComment()) save("Comment saved");
       state.open = !state.open;
       paint();
       return;
     }
-    if (state.value !== value) state.reasons.clear();
+    // A new direction starts clean: "helpful" or a complaint does not carry across.
+    keepComment();
+    state.reasons.clear();
+    state.comment = "";
     state.value = value;
     state.open = true;
     paint();
@@ -111,6 +128,7 @@ export function feedbackBar(message) {
     up.setAttribute("aria-pressed", String(state.value === "up"));
     down.setAttribute("aria-pressed", String(state.value === "down"));
     root.dataset.value = state.value || "";
+    const wasHidden = panel.hidden;
     panel.hidden = !(state.value && state.open);
     panel.replaceChildren();
     if (panel.hidden) return;
@@ -122,6 +140,7 @@ export function feedbackBar(message) {
         onclick: (e) => {
           if (state.reasons.has(r)) state.reasons.delete(r); else state.reasons.add(r);
           e.currentTarget.setAttribute("aria-pressed", String(state.reasons.has(r)));
+          keepComment();
           save();
         },
       }, reasonLabel(r))));
@@ -133,13 +152,14 @@ export function feedbackBar(message) {
       chips,
       comment,
       el("div", { class: "feedback-actions" },
-        button({ label: "Save comment", text: "Save", cls: "btn btn-small btn-primary",
-          onclick: () => { state.comment = comment.value.trim(); save("Comment saved"); } }),
-        button({ label: "Clear my vote", text: "Clear vote", cls: "btn btn-small btn-ghost",
+        button({ label: "Save comment", text: "Save comment", cls: "btn btn-small btn-primary",
+          onclick: () => { keepComment(); save("Comment saved"); } }),
+        button({ label: "Clear vote", text: "Clear vote", cls: "btn btn-small btn-ghost",
           onclick: () => { state.value = null; state.reasons.clear(); state.comment = ""; paint(); save("Vote cleared"); } }),
-        button({ label: "Close feedback details", text: "Done", cls: "btn btn-small btn-ghost",
-          onclick: () => { state.open = false; paint(); } })),
+        button({ label: "Done", text: "Done", cls: "btn btn-small btn-ghost",
+          onclick: () => { if (keepComment()) save("Comment saved"); state.open = false; paint(); up.focus(); } })),
     );
+    if (wasHidden) requestAnimationFrame(() => panel.scrollIntoView({ block: "nearest", behavior: "smooth" }));
   }
 
   function apply(t) {

@@ -113,3 +113,43 @@ export function renderInto(element, source) {
   element.innerHTML = renderMarkdown(source);
   return element;
 }
+
+// ---- code blocks: syntax highlighting (highlight.js, vendored) and a copy button ----------
+
+let hljsLoad = null;
+const loadHljs = () => (hljsLoad ??= import("./vendor/highlight/highlight.min.js").then((m) => m.default));
+
+/** Highlight every code block in `root` and give each a copy button (idempotent). */
+export async function enhanceCode(root) {
+  const blocks = [...root.querySelectorAll("pre > code:not([data-enhanced])")];
+  if (!blocks.length) return;
+  for (const code of blocks) {
+    code.dataset.enhanced = "";
+    const copyBtn = document.createElement("button");
+    copyBtn.type = "button";
+    copyBtn.className = "code-copy";
+    copyBtn.textContent = "Copy";
+    copyBtn.setAttribute("aria-label", "Copy code");
+    copyBtn.addEventListener("click", async () => {
+      try {
+        await navigator.clipboard.writeText(code.textContent);
+        copyBtn.textContent = "Copied";
+      } catch {
+        copyBtn.textContent = "Select to copy";
+      }
+      setTimeout(() => { copyBtn.textContent = "Copy"; }, 1500);
+    });
+    code.parentElement.append(copyBtn);
+  }
+  let hljs;
+  try { hljs = await loadHljs(); } catch { return; }
+  for (const code of blocks) {
+    if (!code.isConnected) continue;
+    const lang = (code.className.match(/language-([\w+#.-]+)/) || [])[1];
+    const known = lang && hljs.getLanguage(lang);
+    const result = known ? hljs.highlight(code.textContent, { language: lang, ignoreIllegals: true })
+      : hljs.highlightAuto(code.textContent);
+    code.innerHTML = result.value;        // highlight.js escapes the text it wraps in spans
+    code.classList.add("hljs");
+  }
+}

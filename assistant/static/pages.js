@@ -1,43 +1,28 @@
-// "My assistant" (own stats, training history, export, delete) and the admin page.
+// "My assistant" (what was learned, training, settings, export, delete) and the admin page.
 
 import { api, download } from "./api.js";
-import { button, confirmDialog, el, fmtDate, statusPill, table, toast } from "./ui.js";
+import { LENGTHS, getLength, setLength } from "./prefs.js";
+import { runsTable, verdictWords } from "./runs.js";
+import { button, confirmDialog, el, fmtDate, progressDialog, statusPill, table, toast } from "./ui.js";
 
 const has = (v) => v !== undefined && v !== null && v !== "";
 const today = () => new Date().toISOString().slice(0, 10);
+const pct = (x) => `${Math.round(x * 100)}%`;
+const POLL_MS = 4000;      // a run's progress is written every 2 s; twice that is plenty
 
 function card(title, ...children) {
   return el("section", { class: "card", "aria-label": title }, el("h2", { class: "card-title", text: title }), ...children);
 }
 
 function loading(view, title) {
-  view.replaceChildren(el("div", { class: "page" }, el("h1", { class: "page-h", text: title }),
+  view.replaceChildren(el("div", { class: "page" }, el("p", { class: "page-h", "aria-hidden": "true", text: title }),
     el("p", { class: "muted", text: "Loading…" })));
 }
 
-function metricsText(metrics) {
-  if (!has(metrics)) return "";
-  let m = metrics;
-  if (typeof m === "string") { try { m = JSON.parse(m); } catch { return m; } }
-  if (typeof m !== "object") return String(m);
-  // The gate's verdict in words (e.g. why the safety floor rejected a run) says the most.
-  if (typeof m.decision === "string") return m.decision;
-  return Object.entries(m).slice(0, 4)
-    .map(([k, v]) => `${k.replace(/_/g, " ")} ${typeof v === "number" ? +v.toFixed(3) : v}`).join(" · ");
-}
-
-function runsTable(runs, { withUser = false } = {}) {
-  const cols = [
-    ["Run", (r) => `#${r.id ?? "?"}`],
-    ...(withUser ? [["User", (r) => r.user_name ?? r.user ?? r.name ?? (has(r.user_id) ? `user ${r.user_id}` : "—")]] : []),
-    ["Status", (r) => statusPill(r.status)],
-    ["Requested", (r) => fmtDate(r.created_at)],
-    ["Finished", (r) => fmtDate(r.finished_at)],
-    ["Version", (r) => has(r.adapter_version) ? `v${r.adapter_version}` : "—"],
-    ["Events", (r) => has(r.events_used) ? String(r.events_used) : "—"],
-    ["Notes", (r) => r.error ? el("span", { class: "error-text", text: r.error }) : metricsText(r.metrics) || "—"],
-  ];
-  return table(cols, runs, { caption: "Training runs" });
+/** New labels since the last run: a vote changed several times counts once when the server says so. */
+export function newLabels(counts) {
+  return Number.isInteger(counts?.effective_new_labels) ? counts.effective_new_labels
+    : counts?.events_since_last_training ?? 0;
 }
 
 // ---- my assistant -------------------------------------------------------------------------
@@ -48,65 +33,202 @@ export async function showMe(view, { onDeleted }) {
   try {
     me = await api.get("/api/me");
   } catch (err) {
-    view.replaceChildren(el("div", { class: "page" }, el("h1", { class: "page-h", text: "My assistant" }),
-      el("div", { class: "notice" }, err.missing
-        ? "Your assistant's profile isn't available on this server yet."
-        : `Could not load your profile: ${err.message}`)));
+    view.replaceChildren(el("div", { class: "page" }, el("p", { class: "page-h", "aria-hidden": "true", text: "My assistant" }),
+      el("div", { class: "notice" }, `Could not load your profile: ${err.message}`)));
     return;
   }
   const counts = me.counts || {};
-  const versionDate = me.current_version_created_at ?? me.adapter?.created_at;
-  const lastRun = me.last_run ?? me.last_training_run;
-  const stat = (label, key) => el("div", { class: "stat" },
-    el("span", { class: "stat-n", text: has(counts[key]) ? String(counts[key]) : "—" }),
+  const stat = (label, value) => el("div", { class: "stat" },
+    el("span", { class: "stat-n", text: has(value) ? String(value) : "—" }),
     el("span", { class: "stat-l", text: label }));
   const version = has(me.current_version)
     ? el("p", { class: "lead" }, "Answers come from ", el("strong", { text: `your personal version v${me.current_version}` }),
-      has(versionDate) ? ` (trained ${fmtDate(versionDate)}).` : ".")
+      has(me.adapter?.created_at) ? ` (trained ${fmtDate(me.adapter.created_at)}).` : ".")
     : el("p", { class: "lead" }, "Answers come from the ", el("strong", { text: "shared base model" }),
-      " — your personal version will appear after your first training run.");
-  const reward = me.reward_head && typeof me.reward_head === "object"
-    ? el("p", { class: "muted small" }, `Preference model: ${has(me.reward_head.version) ? `v${me.reward_head.version}` : "trained"}`,
-      has(me.reward_head.created_at) ? ` · ${fmtDate(me.reward_head.created_at)}` : "",
-      metricsText(me.reward_head.metrics) ? ` · ${metricsText(me.reward_head.metrics)}` : "")
-    : null;
+      " — your personal version will appear after your first successful training run.");
 
+  const learnBox = el("div", {}, el("p", { class: "muted", text: "Loading…" }));
+  const nextBox = el("div", {}, el("p", { class: "muted", text: "Loading…" }));
+  const likesBox = el("div", {}, el("p", { class: "muted", text: "Loading…" }));
+  const chartBox = el("div", {}, el("p", { class: "muted", text: "Loading…" }));
   const runsBox = el("div", {}, el("p", { class: "muted", text: "Loading…" }));
   const page = el("div", { class: "page" },
-    el("h1", { class: "page-h", text: "My assistant" }),
-    card(`${me.name ?? "You"}${me.role === "admin" ? " · admin" : ""}`, version, reward,
+    el("p", { class: "page-h", "aria-hidden": "true", text: "My assistant" }),
+    card(`${me.name ?? "You"}${me.role === "admin" ? " · admin" : ""}`, version,
       el("div", { class: "stats" },
-        stat("thumbs up", "thumbs_up"), stat("thumbs down", "thumbs_down"),
-        stat("comparisons", "comparisons"), stat("rankings", "rankings"),
-        stat("new since last training", "events_since_last_training"))),
+        stat("thumbs up", counts.thumbs_up), stat("thumbs down", counts.thumbs_down),
+        stat("comparisons", counts.comparisons), stat("rankings", counts.rankings),
+        stat("new labels since last training", newLabels(counts)))),
+    card("Next training", nextBox),
+    card("What changed in your version", learnBox),
+    card("What your preference model likes", likesBox),
+    card("Progress over versions", chartBox),
     card("Training history", runsBox),
-    card("Your data",
-      el("p", { class: "muted", text: "Download everything you have told your assistant, or delete it all, including your personal versions. Deleting also signs you out." }),
-      el("div", { class: "row" },
-        button({ label: "Export my data as JSON", text: "Export my data", cls: "btn",
-          onclick: () => download("/api/me/export", `my-assistant-${today()}.json`).catch((e) => toast(e.message, "error")) }),
-        button({ label: "Delete my data", text: "Delete my data…", cls: "btn btn-danger-outline",
-          onclick: async () => {
-            const ok = await confirmDialog({ title: "Delete all your data?",
-              body: "Your conversations, feedback and personal versions will be deleted for good, and you will be signed out.",
-              confirm: "Delete everything", danger: true });
-            if (!ok) return;
-            try { await api.del("/api/me"); toast("Your data was deleted"); onDeleted(); } catch (e) { toast(e.message, "error"); }
-          } }))),
-  );
+    card("Settings", settings()),
+    dataCard(onDeleted));
   view.replaceChildren(page);
 
-  let runs = null;
-  try { runs = await api.get("/api/me/runs"); } catch { runs = null; }
-  if (Array.isArray(runs?.runs)) runs = runs.runs;
-  if (!Array.isArray(runs)) runs = lastRun && typeof lastRun === "object" ? [lastRun] : [];
-  runsBox.replaceChildren(runs.length ? runsTable(runs)
+  const [insights, runs] = await Promise.all([
+    api.get("/api/me/insights").catch((e) => ({ error: e.message })),
+    api.get("/api/me/runs").catch(() => [])]);
+  const totalSteps = me.limits?.rl_steps;
+  let myRuns = runs;
+  const paintRuns = () => runsBox.replaceChildren(myRuns.length ? runsTable(myRuns, { totalSteps })
     : el("p", { class: "muted", text: "No training runs yet. Keep rating answers: training starts once you have given enough new feedback." }));
+  paintRuns();
+  pollWhileActive(runsBox, () => myRuns, async () => { myRuns = await api.get("/api/me/runs"); paintRuns(); });
+  if (insights.error) {
+    for (const box of [nextBox, learnBox, likesBox, chartBox]) box.replaceChildren(el("p", { class: "muted", text: insights.error }));
+    return;
+  }
+  const fill = (box, nodes) => box.replaceChildren(...nodes.filter(Boolean));
+  fill(nextBox, nextTraining(insights.training, runs, totalSteps));
+  fill(learnBox, whatChanged(me, insights.versions));
+  fill(likesBox, likes(insights.reward));
+  fill(chartBox, versionsChart(insights.versions));
+}
+
+function nextTraining(t, runs, totalSteps) {
+  const active = runs.find((r) => r.status === "running" || r.status === "queued");
+  const bar = el("progress", { max: String(t.needed), value: String(Math.min(t.new_labels, t.needed)),
+    class: "meter", "aria-label": "Feedback toward the next training" });
+  const words = active
+    ? `A training run is ${active.status === "running" ? "going now" : "queued"}.`
+    : t.remaining > 0
+      ? `${t.remaining} more label${t.remaining === 1 ? "" : "s"} (thumbs, comparisons or rankings) before the next training.`
+      : "Enough new feedback: your next training starts at the next scheduled check.";
+  return [el("p", {}, el("strong", { text: `${t.new_labels} of ${t.needed}` }), " new labels since your last training. ", words),
+    bar,
+    el("p", { class: "small muted", text: "Changing a vote on one answer counts as one label; ties, “both bad” and cleared votes teach nothing and are not counted." }),
+    active && totalSteps ? el("p", { class: "small muted", text: `Training learns in ${totalSteps} steps, then checks the new version against the current one.` }) : null];
+}
+
+function whatChanged(me, versions) {
+  const last = versions[versions.length - 1];
+  const out = [];
+  if (last) out.push(el("p", { text: verdictWords({ ...last, metrics: { gate: last.gate, decision: last.decision } }) || "" }));
+  if (!has(me.current_version)) {
+    out.push(el("p", { class: "muted", text: "No personal version yet, so there is nothing to compare with the base model." }));
+    return out;
+  }
+  const examples = el("div", { class: "examples" });
+  const go = button({ label: "Show examples", text: "Show examples", cls: "btn", onclick: async () => {
+    go.disabled = true;
+    examples.replaceChildren(el("p", { class: "muted", role: "status" }, el("span", { class: "spinner", "aria-hidden": "true" }),
+      " Asking the base model and your version the same prompts… (up to a minute when the server is busy)"));
+    try {
+      const r = await api.post("/api/me/examples");
+      examples.replaceChildren(...exampleRows(r));
+    } catch (e) {
+      examples.replaceChildren(el("p", { class: "error", text: `Could not make examples: ${e.message}` }));
+      go.disabled = false;
+    }
+  } });
+  out.push(el("p", { class: "muted small", text: `The same prompts from your own chats, answered by the shared base model and by your v${me.current_version} (no sampling, so the difference is what training changed).` }),
+    go, examples);
+  return out;
+}
+
+function exampleRows(r) {
+  if (!r.examples?.length) return [el("p", { class: "muted", text: r.reason || "No prompts of yours to use yet." })];
+  return r.examples.map((x) => el("div", { class: "example" },
+    el("p", { class: "example-prompt" }, el("span", { class: "muted small", text: "Prompt: " }), x.prompt),
+    el("div", { class: "cands cands-2" },
+      el("div", { class: "cand" }, el("div", { class: "cand-head" }, el("span", { class: "badge badge-base", text: "Base model" })),
+        el("p", { class: "example-text", text: x.base })),
+      el("div", { class: "cand" }, el("div", { class: "cand-head" }, el("span", { class: "badge badge-personal", text: `Your v${r.version}` })),
+        el("p", { class: "example-text", text: x.mine })))));
+}
+
+function likes(reward) {
+  if (!reward.head) return [el("p", { class: "muted", text: "Your preference model appears with your first training run." })];
+  const h = reward.head;
+  const out = [el("p", {}, has(h.cv_accuracy)
+    ? `It agrees with ${pct(h.cv_accuracy)} of your own choices that it did not train on (cross-validated on ${h.n_pairs ?? 0} pairs and ${h.n_thumbs ?? 0} thumbs).`
+    : `Fitted on ${h.n_pairs ?? 0} pairs and ${h.n_thumbs ?? 0} thumbs.`)];
+  if (!reward.likes.length) {
+    out.push(el("p", { class: "muted", text: "Not enough scored answers yet to show what it prefers." }));
+    return out;
+  }
+  const list = (title, items) => el("div", { class: "likes-col" }, el("h3", { class: "small-h", text: title }),
+    el("ol", { class: "likes" }, items.map((a) => el("li", {},
+      el("a", { href: `#/c/${a.conversation_id}`, class: "small muted", text: `“${a.prompt}”` }),
+      el("p", { class: "example-text", text: a.answer }),
+      el("span", { class: "small muted", text: `score ${a.score.toFixed(2)}` })))));
+  out.push(el("div", { class: "likes-grid" }, list("Likes most", reward.likes), list("Likes least", reward.dislikes)),
+    el("p", { class: "small muted", text: `Among ${reward.scored} of your answers it has seen${reward.unscored ? ` (${reward.unscored} newer ${reward.unscored === 1 ? "one is" : "ones are"} scored after the next training)` : ""}.` }));
+  return out;
+}
+
+function versionsChart(versions) {
+  if (!versions.length) return [el("p", { class: "muted", text: "No version has been checked yet." })];
+  const holder = el("div", { class: "chart", role: "img",
+    "aria-label": `Win rate of each trained version: ${versions.map((v) => `run ${v.run_id} ${pct(v.gate.win_rate ?? 0)}`).join(", ")}` });
+  const rows = table([
+    ["Run", (v) => `#${v.run_id}`],
+    ["Version", (v) => (has(v.version) ? `v${v.version}` : "not promoted")],
+    ["Against", (v) => (v.gate.baseline === "base" ? "base model" : "previous version")],
+    ["Win rate", (v) => (has(v.gate.win_rate) ? pct(v.gate.win_rate) : "—")],
+    ["Status", (v) => statusPill(v.status)],
+  ], versions, { caption: "Versions and their checks" });
+  requestAnimationFrame(() => drawChart(holder, versions));
+  return [el("p", { class: "small muted", text: "Each training run's new version against the one it would replace (the base model for your first), on your own prompts held out from training, judged by your preference model. 50% is no change." }),
+    holder, rows];
+}
+
+async function drawChart(holder, versions) {
+  if (!holder.isConnected) return;
+  let uPlot;
+  try { uPlot = (await import("./vendor/uplot/uPlot.esm.js")).default; } catch { return; }
+  const css = getComputedStyle(document.documentElement);
+  const ink = css.getPropertyValue("--muted").trim() || "#666";
+  const accent = css.getPropertyValue("--accent").trim() || "#3554c8";
+  const grid = css.getPropertyValue("--line").trim() || "#ddd";
+  const xs = versions.map((_, i) => i + 1);
+  const axis = { stroke: ink, grid: { stroke: grid }, ticks: { stroke: grid } };
+  const opts = {
+    width: Math.max(260, holder.clientWidth), height: 220,
+    scales: { x: { time: false }, y: { range: [0, 1] } },
+    axes: [{ ...axis, splits: () => xs, values: (u, vals) => vals.map((v) => (Number.isInteger(v) && versions[v - 1] ? `#${versions[v - 1].run_id}` : "")) },
+      { ...axis, values: (u, vals) => vals.map((v) => pct(v)) }],
+    series: [{ label: "run" },
+      { label: "win rate", stroke: accent, width: 2, points: { size: 7, fill: accent }, value: (u, v) => (v == null ? "—" : pct(v)) },
+      { label: "no change", stroke: ink, dash: [4, 4], width: 1, points: { show: false } }],
+    legend: { show: true },
+  };
+  holder.replaceChildren();
+  new uPlot(opts, [xs, versions.map((v) => v.gate.win_rate ?? null), xs.map(() => 0.5)], holder);
+}
+
+function settings() {
+  const select = el("select", { class: "input", id: "length-setting", onchange: (e) => { setLength(e.target.value); toast("Saved"); } },
+    LENGTHS.map(([v, text]) => el("option", { value: v, text, selected: v === getLength() })));
+  return el("div", { class: "row" }, el("label", { for: "length-setting", class: "label label-inline", text: "Answer length" }), select,
+    el("span", { class: "small muted", text: "Short answers come faster; you can also change it next to the message box." }));
+}
+
+function dataCard(onDeleted) {
+  return card("Your data",
+    el("p", { class: "muted", text: "Download everything you have told your assistant, or delete it all, including your personal versions. Deleting also signs you out." }),
+    el("div", { class: "row" },
+      button({ label: "Export my data as JSON", text: "Export my data", cls: "btn",
+        onclick: () => download("/api/me/export", `my-assistant-${today()}.json`).catch((e) => toast(e.message, "error")) }),
+      button({ label: "Delete my data", text: "Delete my data…", cls: "btn btn-danger-outline",
+        onclick: async () => {
+          const ok = await confirmDialog({ title: "Delete all your data?",
+            body: "Your conversations, feedback and personal versions will be deleted for good, and you will be signed out.",
+            confirm: "Delete everything", danger: true });
+          if (!ok) return;
+          try {
+            await progressDialog("Deleting your data", "Deleting your conversations, feedback and versions… This can take a minute while the assistant is busy; keep this page open.",
+              () => api.del("/api/me"));
+            toast("Your data was deleted. You are signed out.");
+            onDeleted();
+          } catch (e) { toast(`Your data was not deleted: ${e.message}`, "error"); }
+        } })));
 }
 
 // ---- admin --------------------------------------------------------------------------------
-
-const pendingTrain = [];   // retrain requests the server could not take yet (no endpoint)
 
 export async function showAdmin(view) {
   loading(view, "Admin");
@@ -114,69 +236,121 @@ export async function showAdmin(view) {
   try {
     users = await api.get("/admin/users");
   } catch (err) {
-    view.replaceChildren(el("div", { class: "page" }, el("h1", { class: "page-h", text: "Admin" }),
+    view.replaceChildren(el("div", { class: "page" }, el("p", { class: "page-h", "aria-hidden": "true", text: "Admin" }),
       el("div", { class: "notice notice-warn", role: "alert" },
         el("strong", { text: err.status === 403 ? "Admin role needed." : "Could not load the admin page." }),
         " ", err.status === 403 ? "Your key does not have the admin role; ask an administrator." : err.message)));
     return;
   }
+  let counts = {};
+  let runs = [];
+  let totalSteps = null;
+  api.get("/api/me").then((me) => { totalSteps = me.limits?.rl_steps ?? null; }).catch(() => {});
   const keyBox = el("div", { class: "key-reveal", hidden: true, role: "status" });
   const showKey = (who, key) => {
     keyBox.hidden = false;
     const code = el("code", { class: "key", text: key });
     keyBox.replaceChildren(el("p", {}, el("strong", { text: `API key for ${who}` }), " — shown once; copy it now."),
-      el("div", { class: "row" }, code, button({ label: "Copy key", text: "Copy", cls: "btn btn-small",
+      el("div", { class: "row" }, code, button({ label: "Copy key", text: "Copy key", cls: "btn btn-small",
         onclick: () => navigator.clipboard.writeText(key).then(() => toast("Copied"), () => toast("Select and copy the key", "error")) })));
   };
   const usersBox = el("div");
   const runsBox = el("div", {}, el("p", { class: "muted", text: "Loading…" }));
-  const pendingBox = el("ul", { class: "pending-list" });
-  const refreshUsers = async () => { users = await api.get("/admin/users"); paintUsers(); };
-  const paintUsers = () => usersBox.replaceChildren(table([
-    ["Name", (u) => el("span", { class: "strong", text: u.name })],
-    ["Role", (u) => el("span", { class: u.role === "admin" ? "pill pill-admin" : "pill", text: u.role })],
-    ["Version", (u) => has(u.current_version) ? `v${u.current_version}` : "base"],
-    ["Created", (u) => fmtDate(u.created_at)],
-    ["Actions", (u) => el("div", { class: "row row-tight" },
-      button({ label: `Retrain ${u.name} now`, text: "Retrain", cls: "btn btn-small", onclick: () => train(u.name) }),
-      button({ label: `Rotate API key of ${u.name}`, text: "Rotate key", cls: "btn btn-small", onclick: async () => {
-        const ok = await confirmDialog({ title: `Rotate ${u.name}'s key?`, body: "Their current key stops working immediately.", confirm: "Rotate key" });
+  const versionsBox = el("div", { class: "versions-box" });
+  const exportUser = el("select", { class: "input", "aria-label": "User to export" });
+  const activeRun = (u) => runs.find((r) => r.user_id === u.id && (r.status === "queued" || r.status === "running"));
+  const feedbackOf = (u) => {
+    const c = counts[String(u.id)];
+    if (!c) return "—";
+    return el("span", { title: "thumbs up / down, comparisons, rankings; new since last training" },
+      `${c.thumbs_up}↑ ${c.thumbs_down}↓ · ${c.comparisons} cmp · ${c.rankings} rank · `,
+      el("strong", { text: `${newLabels(c)} new` }));
+  };
+  const hasFeedback = (u) => {
+    const c = counts[String(u.id)];
+    return !c || c.thumbs_up + c.thumbs_down + c.comparisons + c.rankings + newLabels(c) > 0;
+  };
+  const refreshUsers = async () => {
+    [users, counts] = await Promise.all([api.get("/admin/users"), api.get("/admin/feedback-counts").catch(() => ({}))]);
+    paintUsers();
+  };
+  const paintUsers = () => {
+    const picked = exportUser.value;
+    exportUser.replaceChildren(...users.map((u) => el("option", { value: u.name, text: u.name, selected: u.name === picked })));
+    usersBox.replaceChildren(table([
+      ["Name", (u) => el("span", { class: "strong", text: u.name })],
+      ["Role", (u) => el("span", { class: u.role === "admin" ? "pill pill-admin" : "pill", text: u.role })],
+      ["Version", (u) => has(u.current_version) ? `v${u.current_version}` : "base"],
+      ["Feedback", feedbackOf],
+      ["Created", (u) => fmtDate(u.created_at)],
+      ["Actions", (u) => {
+        const active = activeRun(u);
+        const retrainTitle = active ? `A run is already ${active.status}` : !hasFeedback(u) ? "No feedback to train on yet" : `Retrain ${u.name} now`;
+        return el("div", { class: "row row-tight" },
+          button({ label: `Retrain ${u.name}`, text: "Retrain", cls: "btn btn-small", title: retrainTitle,
+            disabled: Boolean(active) || !hasFeedback(u), onclick: () => train(u.name) }),
+          button({ label: `Versions of ${u.name}`, text: "Versions", cls: "btn btn-small", onclick: () => showVersions(u) }),
+          button({ label: `Rotate key of ${u.name}`, text: "Rotate key", cls: "btn btn-small", onclick: async () => {
+            const ok = await confirmDialog({ title: `Rotate ${u.name}'s key?`, body: "Their current key stops working immediately.", confirm: "Rotate key" });
+            if (!ok) return;
+            try { const r = await api.post(`/admin/users/${u.id}/rotate-key`); showKey(u.name, r.api_key); } catch (e) { toast(e.message, "error"); }
+          } }),
+          button({ label: `Delete ${u.name}`, text: "Delete", cls: "btn btn-small btn-danger-outline", onclick: async () => {
+            const ok = await confirmDialog({ title: `Delete ${u.name}?`, body: "Their conversations, feedback and adapters are deleted for good.", confirm: "Delete user", danger: true });
+            if (!ok) return;
+            try {
+              await progressDialog(`Deleting ${u.name}`, "Deleting their conversations, feedback and versions…", () => api.del(`/admin/users/${u.id}`));
+              toast(`${u.name} deleted`);
+              await refreshUsers();
+            } catch (e) { toast(e.message, "error"); }
+          } }));
+      }],
+    ], users, { caption: "Users" }));
+  };
+
+  async function showVersions(u) {
+    versionsBox.replaceChildren(el("p", { class: "muted", text: `Loading versions of ${u.name}…` }));
+    let list;
+    try { list = await api.get(`/admin/users/${u.id}/versions`); } catch (e) { versionsBox.replaceChildren(el("p", { class: "error", text: e.message })); return; }
+    const head = el("div", { class: "row space" }, el("h3", { class: "small-h", text: `Versions of ${u.name}` }),
+      button({ label: "Close versions", iconName: "close", cls: "btn-icon", onclick: () => versionsBox.replaceChildren() }));
+    if (!list.length) { versionsBox.replaceChildren(head, el("p", { class: "muted", text: `${u.name} has no personal versions; the base model answers them.` })); return; }
+    versionsBox.replaceChildren(head, table([
+      ["Version", (v) => el("span", {}, `v${v.version} `, v.current ? el("span", { class: "pill pill-succeeded", text: "serving" }) : null)],
+      ["Created", (v) => fmtDate(v.created_at)],
+      ["Check", (v) => { const g = v.metrics?.gate; return g && typeof g.win_rate === "number" ? `won ${pct(g.win_rate)} vs ${g.baseline === "base" ? "base" : "previous"}` : "—"; }],
+      ["", (v) => (v.current ? "" : button({ label: `Serve v${v.version} to ${u.name}`, text: `Serve v${v.version}`, cls: "btn btn-small", onclick: async () => {
+        const ok = await confirmDialog({ title: `Serve v${v.version} to ${u.name}?`, body: "Their answers come from this version from their next message on. Newer versions are kept.", confirm: `Serve v${v.version}` });
         if (!ok) return;
-        try { const r = await api.post(`/admin/users/${u.id}/rotate-key`); showKey(u.name, r.api_key); } catch (e) { toast(e.message, "error"); }
-      } }),
-      button({ label: `Delete user ${u.name}`, text: "Delete", cls: "btn btn-small btn-danger-outline", onclick: async () => {
-        const ok = await confirmDialog({ title: `Delete ${u.name}?`, body: "Their conversations, feedback and adapters are deleted for good.", confirm: "Delete user", danger: true });
-        if (!ok) return;
-        try { await api.del(`/admin/users/${u.id}`); toast(`${u.name} deleted`); await refreshUsers(); } catch (e) { toast(e.missing ? "Deleting users isn't available on this server yet." : e.message, "error"); }
+        try { await api.post(`/admin/users/${u.id}/rollback`, { version: v.version }); toast(`${u.name} now uses v${v.version}`); await refreshUsers(); showVersions(u); } catch (e) { toast(e.message, "error"); }
       } }))],
-  ], users, { caption: "Users" }));
+    ], list, { caption: `Versions of ${u.name}` }));
+    versionsBox.scrollIntoView({ block: "nearest" });
+  }
 
   const refreshRuns = async () => {
     try {
-      let runs = await api.get("/admin/runs");
-      if (Array.isArray(runs?.runs)) runs = runs.runs;
-      runsBox.replaceChildren(runs.length ? runsTable(runs, { withUser: true }) : el("p", { class: "muted", text: "No training runs yet." }));
+      runs = await api.get("/admin/runs");
+      runsBox.replaceChildren(runs.length ? runsTable(runs, { withUser: true, totalSteps }) : el("p", { class: "muted", text: "No training runs yet." }));
+      paintUsers();
     } catch (e) {
-      runsBox.replaceChildren(el("p", { class: "muted", text: e.missing ? "Training runs aren't available on this server yet." : e.message }));
+      runsBox.replaceChildren(el("p", { class: "muted", text: e.message }));
     }
   };
-  const paintPending = () => pendingBox.replaceChildren(...pendingTrain.map((p) => el("li", {},
-    statusPill("pending"), ` Retrain ${p.user ?? "everyone"} · requested ${fmtDate(p.at)} — the training service isn't available yet`)));
   async function train(user) {
     const body = user ? { user, force: true } : { force: true };
     try {
       const r = await api.post("/admin/train", body);
-      const queued = r?.queued ?? r?.runs;
-      const n = Array.isArray(queued) ? queued.length : null;
-      toast(n === 0 ? "Nothing to train: no user has new feedback (or a run is already queued)."
-        : `Retrain ${user ?? "everyone"}: ${n != null ? `${n} run${n === 1 ? "" : "s"} queued` : "queued"}`);
-      refreshRuns();
+      const queued = Array.isArray(r?.queued) ? r.queued : [];
+      const before = new Set(runs.map((x) => x.id));
+      const fresh = queued.filter((x) => !before.has(x.id));
+      const already = queued.filter((x) => before.has(x.id));
+      if (!queued.length) toast("Nothing to train: no user has new feedback (or their runs are already queued).");
+      else if (user && !fresh.length) toast(`${user} already has a run ${already[0].status}.`);
+      else toast(`${fresh.length} run${fresh.length === 1 ? "" : "s"} queued${already.length ? `; ${already.length} already going` : ""}.`);
+      await refreshRuns();
     } catch (e) {
-      if (e.missing) {
-        pendingTrain.push({ user, at: new Date().toISOString() });
-        paintPending();
-        toast(`Retrain ${user ?? "everyone"} is pending`);
-      } else toast(e.message, "error");
+      toast(e.message, "error");
     }
   }
 
@@ -192,32 +366,46 @@ export async function showAdmin(view) {
       await refreshUsers();
     } catch (err) { toast(err.message, "error"); }
   } }, nameInput, el("label", { class: "check", for: "new-user-admin" }, adminBox, " admin"),
-  el("button", { type: "submit", class: "btn btn-primary", "aria-label": "Create user" }, "Create user"));
+  el("button", { type: "submit", class: "btn btn-primary" }, "Create user"));
 
-  const exportUser = el("select", { class: "input", "aria-label": "User to export" },
-    users.map((u) => el("option", { value: u.name, text: u.name })));
   const exportFormat = el("select", { class: "input", "aria-label": "Export format" },
     el("option", { value: "preference", text: "preference pairs" }), el("option", { value: "unpaired", text: "unpaired (thumbs)" }));
 
   view.replaceChildren(el("div", { class: "page" },
-    el("h1", { class: "page-h", text: "Admin" }),
-    card("Users", create, keyBox, usersBox),
+    el("p", { class: "page-h", "aria-hidden": "true", text: "Admin" }),
+    card("Users", create, keyBox, usersBox, versionsBox),
     card("Training",
       el("div", { class: "row space" },
-        el("p", { class: "muted", text: "Runs queue per user; “Retrain” forces a run even with little new feedback." }),
+        el("p", { class: "muted", text: "Runs queue per user; “Retrain” forces a run for one user even with little new feedback." }),
         el("div", { class: "row row-tight" },
           button({ label: "Refresh training runs", text: "Refresh", cls: "btn btn-ghost btn-small", onclick: refreshRuns }),
-          button({ label: "Retrain everyone now", text: "Retrain everyone", cls: "btn btn-primary btn-small", onclick: () => train(null) }))),
-      pendingBox, runsBox),
+          button({ label: "Retrain everyone…", text: "Retrain everyone…", cls: "btn btn-small", onclick: async () => {
+            const ok = await confirmDialog({ title: "Retrain every user with feedback?",
+              body: "A run is queued for each user with any new feedback. Runs take minutes each and share this machine with chat.",
+              confirm: "Retrain everyone" });
+            if (ok) train(null);
+          } }))),
+      runsBox),
     card("Export feedback",
       el("p", { class: "muted", text: "JSON Lines for training elsewhere." }),
       el("div", { class: "row" }, exportUser, exportFormat,
         button({ label: "Download export", text: "Download", cls: "btn", onclick: () => {
           const user = exportUser.value, fmt = exportFormat.value;
           download(`/admin/export?user=${encodeURIComponent(user)}&format=${fmt}`, `${user}-${fmt}-${today()}.jsonl`)
-            .catch((e) => toast(e.missing ? "Export isn't available on this server yet." : e.message, "error"));
+            .catch((e) => toast(e.message, "error"));
         } })))));
   paintUsers();
-  paintPending();
-  refreshRuns();
+  await refreshUsers().catch(() => {});
+  await refreshRuns();
+  pollWhileActive(runsBox, () => runs, refreshRuns);
+}
+
+/** Refresh every few seconds while a run is queued or running and `node` is on screen. */
+function pollWhileActive(node, current, refresh) {
+  const tick = async () => {
+    if (!node.isConnected) return;
+    if (current().some((r) => r.status === "queued" || r.status === "running")) await refresh().catch(() => {});
+    setTimeout(tick, POLL_MS);
+  };
+  setTimeout(tick, POLL_MS);
 }

@@ -35,6 +35,9 @@ const PATHS = {
   user: '<path d="M12 12a4 4 0 1 0 0-8 4 4 0 0 0 0 8zm0 2c-4 0-8 2-8 5v1h16v-1c0-3-4-5-8-5z"/>',
   shield: '<path d="M12 2 4 5v6c0 5 3.4 9.4 8 11 4.6-1.6 8-6 8-11V5l-8-3z"/>',
   out: '<path d="M10 3H4v18h6v-2H6V5h4V3zm6 4-1.4 1.4 2.6 2.6H9v2h8.2l-2.6 2.6L16 17l5-5-5-5z"/>',
+  edit: '<path d="M4 17.2V20h2.8l8.3-8.3-2.8-2.8L4 17.2zM19.7 7.1a1 1 0 0 0 0-1.4l-1.4-1.4a1 1 0 0 0-1.4 0l-1.5 1.5 2.8 2.8 1.5-1.5z"/>',
+  left: '<path d="M15.4 7.4 14 6l-6 6 6 6 1.4-1.4L10.8 12z"/>',
+  right: '<path d="M8.6 16.6 10 18l6-6-6-6-1.4 1.4 4.6 4.6z"/>',
   close: '<path d="m6.4 5 5.6 5.6L17.6 5 19 6.4 13.4 12l5.6 5.6-1.4 1.4-5.6-5.6L6.4 19 5 17.6l5.6-5.6L5 6.4z"/>',
 };
 
@@ -52,24 +55,62 @@ export function button({ label, text, iconName, cls = "btn", onclick, ...rest })
     iconName ? icon(iconName) : null, text ? el("span", { text }) : null);
 }
 
-/** Ask a yes/no question in a modal dialog; resolves true when confirmed. */
+/** Ask a yes/no question in a modal dialog; resolves true when confirmed. The safe choice
+ * (Cancel) has the focus, so Enter never destroys anything by accident. */
 export function confirmDialog({ title, body, confirm = "Confirm", danger = false }) {
   return new Promise((resolve) => {
     const dialog = el("dialog", { class: "dialog", "aria-labelledby": "confirm-title" });
     const finish = (value) => { dialog.close(); dialog.remove(); resolve(value); };
+    const cancel = button({ label: "Cancel", text: "Cancel", cls: "btn btn-ghost", onclick: () => finish(false) });
     dialog.append(
       el("h2", { id: "confirm-title", text: title }),
       el("p", { class: "muted", text: body }),
-      el("div", { class: "dialog-actions" },
-        button({ label: "Cancel", text: "Cancel", cls: "btn btn-ghost", onclick: () => finish(false) }),
+      el("div", { class: "dialog-actions" }, cancel,
         button({ label: confirm, text: confirm, cls: danger ? "btn btn-danger" : "btn btn-primary",
           onclick: () => finish(true), "data-confirm": "" })),
     );
     dialog.addEventListener("cancel", (e) => { e.preventDefault(); finish(false); });
     document.body.append(dialog);
     dialog.showModal();
-    dialog.querySelector("[data-confirm]").focus();
+    cancel.focus();
   });
+}
+
+/** Ask for one line of text; resolves with it, or null when cancelled. */
+export function promptDialog({ title, label, value = "", confirm = "Save" }) {
+  return new Promise((resolve) => {
+    const dialog = el("dialog", { class: "dialog", "aria-labelledby": "prompt-title" });
+    const input = el("input", { class: "input input-wide", id: "prompt-dialog-input", maxlength: "120" });
+    input.value = value;
+    const finish = (v) => { dialog.close(); dialog.remove(); resolve(v); };
+    dialog.append(el("form", { onsubmit: (e) => { e.preventDefault(); finish(input.value); } },
+      el("h2", { id: "prompt-title", text: title }),
+      el("label", { class: "label", for: "prompt-dialog-input", text: label }), input,
+      el("div", { class: "dialog-actions" },
+        button({ label: "Cancel", text: "Cancel", cls: "btn btn-ghost", onclick: () => finish(null) }),
+        el("button", { type: "submit", class: "btn btn-primary" }, confirm))));
+    dialog.addEventListener("cancel", (e) => { e.preventDefault(); finish(null); });
+    document.body.append(dialog);
+    dialog.showModal();
+    input.select();
+  });
+}
+
+/** A modal that shows progress while `work` runs; it cannot be dismissed meanwhile. */
+export async function progressDialog(title, message, work) {
+  const dialog = el("dialog", { class: "dialog", "aria-labelledby": "progress-title", "aria-busy": "true" });
+  dialog.append(el("h2", { id: "progress-title", text: title }),
+    el("div", { class: "progress-line" }, el("span", { class: "spinner", "aria-hidden": "true" }),
+      el("p", { class: "muted", role: "status", text: message })));
+  dialog.addEventListener("cancel", (e) => e.preventDefault());
+  document.body.append(dialog);
+  dialog.showModal();
+  try {
+    return await work();
+  } finally {
+    dialog.close();
+    dialog.remove();
+  }
 }
 
 /** A modal with arbitrary content and a close button. */
@@ -82,7 +123,7 @@ export function infoDialog(title, content) {
       button({ label: "Close", iconName: "close", cls: "btn-icon", onclick: close })),
     content,
     el("div", { class: "dialog-actions" },
-      button({ label: "Close", text: "Got it", cls: "btn btn-primary", onclick: close })),
+      button({ label: "Got it", text: "Got it", cls: "btn btn-primary", onclick: close })),
   );
   dialog.addEventListener("close", () => dialog.remove());
   document.body.append(dialog);
@@ -99,6 +140,7 @@ export function toast(message, kind = "info") {
   region.classList.add("show");
   clearTimeout(toastTimer);
   toastTimer = setTimeout(() => region.classList.remove("show"), kind === "error" ? 6000 : 3000);
+  region.onclick = () => region.classList.remove("show");
 }
 
 export function fmtDate(value) {
