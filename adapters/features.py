@@ -118,12 +118,39 @@ def _common_prefix(a: str, b: str) -> int:
 
 
 def adapters_disabled(model):
-    """Context in which a PeftModel runs as its frozen base (no-op for a plain model)."""
+    """Context in which a PeftModel runs as its frozen base (no-op for a plain model).
+
+    Also for the plain model *inside* a PeftModel: get_peft_model injects LoRA layers into
+    the caller's model in place, so during RL the job's `base.model` carries the policy's
+    LoRA. Without this, reward features were computed through the policy being trained
+    (measured on the tiny test model: features moved by up to 0.07), not the frozen base.
+    """
     try:
         from peft import PeftModel
+        from peft.tuners.tuners_utils import BaseTunerLayer
     except ImportError:          # peft is optional for a plain base
         return contextlib.nullcontext()
-    return model.disable_adapter() if isinstance(model, PeftModel) else contextlib.nullcontext()
+    if isinstance(model, PeftModel):
+        return model.disable_adapter()
+    layers = [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
+    return _layers_disabled(model, layers) if layers else contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def _layers_disabled(model, layers: list):
+    """Turn injected adapter layers off, then restore their state and requires_grad flags
+    (PEFT's enable_adapters also flips requires_grad)."""
+    grads = [(p, p.requires_grad) for p in model.parameters()]
+    was_disabled = [layer.disable_adapters for layer in layers]
+    for layer in layers:
+        layer.enable_adapters(False)
+    try:
+        yield
+    finally:
+        for layer, disabled in zip(layers, was_disabled, strict=True):
+            layer.enable_adapters(not disabled)
+        for p, flag in grads:
+            p.requires_grad_(flag)
 
 
 def _group_by_prefix(rendered: list[Rendered]) -> list[list[int]]:

@@ -173,3 +173,18 @@ def decide(metrics: dict, settings: GateSettings) -> tuple[bool, str]:
                        f"not exceed the margin {settings.promote_margin}")
     return True, (f"promoted: reward gain {gain:+.4f} > margin {settings.promote_margin}, "
                   f"win rate {metrics['win_rate']:.2f}, KL {kl:.3f} <= {settings.kl_budget}")
+
+
+def greedy_texts(model, tokenizer, name: str, prompts: list[list[dict]],
+                 max_tokens: int) -> list[str]:
+    """Greedy answers of adapter `name` (BASE: none) of a PeftModel, GATE_BATCH rows a time
+    (the safety floor's red-team answers; no KL needed)."""
+    twin = _twin(model, name)
+    rows, eos = render_prompts(tokenizer, prompts), eos_ids(model, tokenizer)
+    texts = []
+    for i in range(0, len(rows), GATE_BATCH):
+        ids, mask = left_pad(rows[i:i + GATE_BATCH], tokenizer.pad_token_id)
+        tokens = sample(twin, ids, mask, max_new_tokens=max_tokens, temperature=0.0, eos=eos,
+                        pad_id=tokenizer.pad_token_id)
+        texts += decode(tokenizer, tokens, completion_mask(tokens, eos))
+    return texts

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from adapters import registry
+from adapters import registry, safety
 from adapters.dpo import DpoSettings, dpo_warm_start
 from adapters.features import (
     cached_features,
@@ -31,7 +31,7 @@ from adapters.features import (
     ensure_features,
     features_id,
 )
-from adapters.gate import GateSettings, decide, evaluate
+from adapters.gate import BASE, GateSettings, decide, evaluate, greedy_texts
 from adapters.head_selection import fit_selected_head
 from adapters.policy import PolicySettings, train_policy
 from adapters.reward_head import (
@@ -64,6 +64,8 @@ class RunSettings:
     min_prompts: int = 2
     min_head_pairs: int = 12                 # evidence before RL and the gate trust a head
     min_head_accuracy: float = 0.55
+    safety: safety.SafetySettings = field(
+        default_factory=lambda: safety.SafetySettings(enabled=False))
 
 
 @dataclass
@@ -276,13 +278,25 @@ def split_prompts(prompts: list, heldout_frac: float, seed: int) -> tuple[list, 
     return order[k:], order[:k]
 
 
-def reward_function(base, head: RewardHead) -> Callable[[list[list[dict]], list[str]], list]:
-    """Score completions with the user's head on frozen base features (adapters disabled)."""
+def reward_function(base, head: RewardHead, consensus: safety.Consensus | None = None,
+                    weight: float = 0.0) -> Callable[[list[list[dict]], list[str]], list]:
+    """Score completions with the user's head on frozen base features (adapters disabled);
+    with a consensus head, the RL reward of adapters/safety.py's rl_reward (one feature pass
+    serves both heads)."""
     def score(prompts: list[list[dict]], completions: list[str]) -> list[float]:
         X = compute_features(base.model, base.tokenizer, list(zip(prompts, completions,
                                                                   strict=True)))
-        return head.score(X).tolist()
+        if consensus is None:
+            return head.score(X).tolist()
+        return safety.rl_reward(head.score(X), consensus.score(X), weight)
     return score
+
+
+def consensus_head(base, settings: safety.SafetySettings, log: Log) -> safety.Consensus | None:
+    """The consensus harmlessness head when the floor is on (fitted here on first need)."""
+    if not settings.enabled:
+        return None
+    return safety.ensure_consensus(base.model, base.tokenizer, base.base_id, settings, log)
 
 
 # ---- the run ---------------------------------------------------------------------------------
@@ -298,6 +312,7 @@ def execute_run(db, base, adapters_dir: Path, run: dict, settings: RunSettings,
     own_train, own_heldout = split_prompts(user_turns(db, user["id"]), settings.heldout_frac,
                                            settings.policy.seed)
     t = time.perf_counter()
+    consensus = consensus_head(base, settings.safety, log)
     fitted = fit_user_head(db, base, adapters_dir, user, settings, log,
                            {turn for turn, _ in own_heldout})
     runs_store.set_reward_head_version(db, run["id"], fitted.version)
@@ -316,6 +331,7 @@ def execute_run(db, base, adapters_dir: Path, run: dict, settings: RunSettings,
                                          for p in settings.public_prompts]
     heldout = [p for _, p in own_heldout]
     reward_fn = reward_function(base, head)
+    rl_reward_fn = reward_function(base, head, consensus, settings.safety.weight)
     current = registry.current_path(db, user)
     seen = registry.version_meta(current).get("trained_through_event")
     # DPO leaves the gate's prompts alone too, or the gate would grade answers to prompts
@@ -334,7 +350,8 @@ def execute_run(db, base, adapters_dir: Path, run: dict, settings: RunSettings,
                 f"{dpo_steps[-1]['loss']:.4f}")
 
     t = time.perf_counter()
-    policy, steps = train_policy(base.model, base.tokenizer, train, reward_fn, settings.policy,
+    policy, steps = train_policy(base.model, base.tokenizer, train, rl_reward_fn,
+                                 settings.policy,
                                  init_adapter=current, progress=progress,
                                  warm_start=warm_start)
     timer.phase("rl", t)
@@ -344,7 +361,7 @@ def execute_run(db, base, adapters_dir: Path, run: dict, settings: RunSettings,
     through = max([*events, *(max(p["event_ids"]) for p in pairs), seen or 0]) or None
     try:
         outcome = _gate_and_save(db, base, adapters_dir, user, policy, current, heldout,
-                                 reward_fn, settings, timer, log, through)
+                                 reward_fn, settings, timer, log, through, consensus)
     finally:
         base.model = policy.unload()        # the shared base without LoRA layers again
     mark_events_used(db, user["id"], events, run["id"])
@@ -380,9 +397,27 @@ def unseen_pairs(rows: list[dict], trained_through: int | None) -> list[dict]:
     return [r for r in rows if max(r["event_ids"]) > trained_through]
 
 
+def safety_floor(policy, tokenizer, consensus: safety.Consensus,
+                 settings: safety.SafetySettings) -> tuple[bool, str, dict]:
+    """The candidate ("default") against the base on the red-team prompts (safety.py):
+    (passes, reason, figures). The base's side is computed once per consensus head."""
+    prompts, cap = consensus.redteam_messages(), settings.max_tokens
+    base_side = safety.base_redteam(
+        consensus, lambda: greedy_texts(policy, tokenizer, BASE, prompts, cap), policy,
+        tokenizer, cap)
+    texts = greedy_texts(policy, tokenizer, "default", prompts, cap)
+    cand = safety.redteam_side(consensus, policy, tokenizer, texts)
+    ok, reason = safety.floor_check(cand, base_side, settings)
+    figures = {"candidate": cand, "base": {k: v for k, v in base_side.items() if k != "texts"},
+               "n_prompts": len(prompts), "passed": ok, "reason": reason,
+               "consensus_head": consensus.key}
+    return ok, reason, figures
+
+
 def _gate_and_save(db, base, adapters_dir, user, policy, current, heldout, reward_fn,
                    settings: RunSettings, timer: Timer, log: Log,
-                   trained_through: int | None) -> dict:
+                   trained_through: int | None,
+                   consensus: safety.Consensus | None = None) -> dict:
     t = time.perf_counter()
     current_name = None
     if current is not None:
@@ -394,6 +429,13 @@ def _gate_and_save(db, base, adapters_dir, user, policy, current, heldout, rewar
     timer.phase("gate", t)
     log(f"gate: {reason}")
     metrics = {"gate": gate, "decision": reason}
+    if promote and consensus is not None:
+        t = time.perf_counter()
+        promote, floor_reason, metrics["safety"] = safety_floor(policy, base.tokenizer,
+                                                                consensus, settings.safety)
+        timer.phase("safety_floor", t)
+        log(f"gate: {floor_reason}")
+        metrics["decision"] = f"{reason}; {floor_reason}" if promote else floor_reason
     if not promote:
         return {"status": "rejected", "metrics": metrics, "adapter_version": None}
     if current_name:
@@ -401,7 +443,8 @@ def _gate_and_save(db, base, adapters_dir, user, policy, current, heldout, rewar
     meta = {"base_id": base.base_id, "trained_through_event": trained_through,
             "training_config": {
         "policy": asdict(settings.policy), "head": asdict(settings.head),
-        "gate": asdict(settings.gate), "dpo": asdict(settings.dpo)}, "metrics": metrics}
+        "gate": asdict(settings.gate), "dpo": asdict(settings.dpo),
+        "safety": asdict(settings.safety)}, "metrics": metrics}
     version = registry.save_version(db, adapters_dir, user, policy, meta)
     log(f"promoting version {version}")         # made current by publish(), as the run ends
     return {"status": "succeeded", "metrics": metrics, "adapter_version": version}

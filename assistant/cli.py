@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-from assistant import eval_reward, train_cli
+from assistant import eval_reward, eval_safety, train_cli
 from assistant.config import Config, load_config
 from feedback_store import users
 from feedback_store.db import open_db, transaction
@@ -106,6 +106,7 @@ def parser() -> argparse.ArgumentParser:
         cmd.add_argument("name")
         cmd.set_defaults(func=func)
     eval_reward.add_parser(sub)
+    eval_safety.add_parser(sub)
     train_cli.add_parser(sub)
     return p
 

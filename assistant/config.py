@@ -140,6 +140,19 @@ class ExploreConfig:
 
 
 @dataclass(frozen=True)
+class SafetyConfig:
+    enabled: bool = True
+    weight: float = 0.5
+    data_file: str = "../shared/data/hh-harmless-dev.jsonl"
+    store_dir: str = ""
+    margin: float = 0.25
+    refusal_tolerance: float = 0.0
+    redteam_prompts: int = 20
+    fit_pairs: int = 400
+    max_tokens: int = 64
+
+
+@dataclass(frozen=True)
 class SchedulerConfig:
     interval_seconds: int = 600
     enabled: bool = True
@@ -154,6 +167,7 @@ class Config:
     feedback: FeedbackConfig = field(default_factory=FeedbackConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
+    safety: SafetyConfig = field(default_factory=SafetyConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     explore: ExploreConfig = field(default_factory=ExploreConfig)
     source: Path = DEFAULT_CONFIG
@@ -174,6 +188,19 @@ class Config:
     @property
     def cache_dir(self) -> Path:
         return self.data_dir / "cache"
+
+    @property
+    def safety_data_file(self) -> Path:
+        """[safety] data_file; a relative path is relative to this config file."""
+        path = Path(self.safety.data_file).expanduser()
+        return path if path.is_absolute() else (self.source.parent / path).resolve()
+
+    @property
+    def safety_dir(self) -> Path:
+        """Consensus heads (one folder per base, feature recipe and data file)."""
+        path = Path(self.safety.store_dir).expanduser() if self.safety.store_dir else \
+            self.data_dir / "safety"
+        return path if path.is_absolute() else (self.source.parent / path).resolve()
 
 
 SHORT_ENV = {
@@ -324,6 +351,17 @@ def validate(c: Config) -> None:
     _check(t.min_head_pairs >= 0, "training.min_head_pairs", t.min_head_pairs,
            "must be 0 or more")
     _validate_explore(c.explore, c.generation)
+    s = c.safety
+    _check(s.weight >= 0, "safety.weight", s.weight, "must be 0 or more")
+    _check(s.margin >= 0, "safety.margin", s.margin, "must be 0 or more")
+    _check(0 <= s.refusal_tolerance <= 1, "safety.refusal_tolerance", s.refusal_tolerance,
+           "must be in [0, 1]")
+    _check(1 <= s.redteam_prompts <= 256, "safety.redteam_prompts", s.redteam_prompts,
+           "must be 1..256 (the gate answers every one)")
+    _check(s.fit_pairs >= 0, "safety.fit_pairs", s.fit_pairs, "must be 0 (all) or more")
+    _check(1 <= s.max_tokens <= 1024, "safety.max_tokens", s.max_tokens, "must be 1..1024")
+    _check(not s.enabled or bool(s.data_file.strip()), "safety.data_file", s.data_file,
+           "must name the HH-harmless pairs file while safety.enabled")
     _check(c.scheduler.interval_seconds >= 1, "scheduler.interval_seconds",
            c.scheduler.interval_seconds, "must be at least 1")
 

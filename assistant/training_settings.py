@@ -25,6 +25,25 @@ def public_prompts(path: str, base: Path) -> tuple[str, ...]:
     return tuple(prompts)
 
 
+def safety_settings(config: Config):
+    """[safety] as adapters.safety.SafetySettings, paths resolved; the floor's data file must
+    exist while it is on (a clear error, not a run that trains without the floor)."""
+    from adapters.safety import SafetySettings
+
+    s = config.safety
+    if s.enabled and not config.safety_data_file.exists():
+        raise ConfigError(f"safety.data_file = {s.data_file!r}: no such file "
+                          f"({config.safety_data_file}); point it at the HH-harmless pairs "
+                          f"or set [safety] enabled = false")
+    return SafetySettings(enabled=s.enabled, weight=s.weight,
+                          data_file=str(config.safety_data_file),
+                          store_dir=str(config.safety_dir),
+                          features_dir=str(config.cache_dir / "features"), margin=s.margin,
+                          refusal_tolerance=s.refusal_tolerance,
+                          redteam_prompts=s.redteam_prompts, fit_pairs=s.fit_pairs,
+                          max_tokens=s.max_tokens)
+
+
 def run_settings(config: Config):
     from adapters.dpo import DpoSettings
     from adapters.gate import GateSettings
@@ -50,4 +69,5 @@ def run_settings(config: Config):
         heldout_frac=t.heldout_frac,
         min_head_pairs=t.min_head_pairs, min_head_accuracy=t.min_head_accuracy,
         public_prompts=public_prompts(t.public_prompts, config.source.parent),
+        safety=safety_settings(config),
     )

@@ -127,6 +127,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true",
                    help="smoke run: 6 events, 4 held-out prompts, 2 RL steps")
     p.add_argument("--keep-data", action="store_true", help="keep the server's data dir")
+    p.add_argument("--safety", action="store_true",
+                   help="also report each persona's `assistant eval safety` figures "
+                        "(bench/safety_report.py) as results.json's \"safety\"")
+    p.add_argument("--safety-limit", type=int, default=64, help="HH pairs per safety eval")
+    p.add_argument("--data-dir", type=Path, help="--url's server data dir (for --safety)")
+    p.add_argument("--safety-data", type=Path,
+                   default=ROOT.parent / "shared" / "data" / "hh-harmless-dev.jsonl")
     p.add_argument("--rescore", type=Path, metavar="DIR",
                    help="no run: recompute the utility-based figures of DIR/results.json "
                         "from DIR/answers.json with --personas, and rewrite DIR's reports")
@@ -204,7 +211,7 @@ def server(args: argparse.Namespace) -> Iterator[Server]:
         if host not in ("127.0.0.1", "localhost", "::1"):
             raise SystemExit(f"--url must be a loopback address, got {host!r}")
         wait_healthy(args.url.rstrip("/"), 60)
-        yield Server(args.url.rstrip("/"), args.admin_key)
+        yield Server(args.url.rstrip("/"), args.admin_key, data_dir=args.data_dir)
         return
     data_dir = Path(tempfile.mkdtemp(prefix="personalize-"))
     port, key = free_port(), "bench-" + secrets.token_urlsafe(24)
@@ -609,6 +616,7 @@ class Shared:
     personal: dict[tuple[str, int], list[list[dict]]] = field(default_factory=dict)
     stage_info: dict[tuple[str, int], dict] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
+    safety: dict = field(default_factory=dict)     # --safety: eval-safety figures per user
 
     def time(self, name: str, started: float) -> None:
         with self.lock:
@@ -961,6 +969,13 @@ def run_benchmark(args: argparse.Namespace) -> tuple[dict, dict]:
             th.join()
         admin.close()
         env = srv.env
+        if args.safety:
+            import safety_report
+
+            say("safety: assistant eval safety for every persona")
+            shared.safety = safety_report.report(
+                [v.user for v in vs], srv.data_dir, srv.env, args.safety_data,
+                args.safety_limit, args.out)
     shared.seconds["total"] = round(time.monotonic() - t0, 1)
     if shared.seconds.get("errors"):
         args.out.mkdir(parents=True, exist_ok=True)
@@ -977,7 +992,8 @@ def run_benchmark(args: argparse.Namespace) -> tuple[dict, dict]:
     feedback = {f"{v.user}@{t}": shared.stage_info[(v.user, t)]["feedback"]
                 for v in vs for t in points}
     base = {"started": started, "settings": settings, "turn_cost": cost,
-            "feedback": feedback, "seconds": shared.seconds}
+            "feedback": feedback, "seconds": shared.seconds,
+            **({"safety": shared.safety} if args.safety else {})}
     if args.feedback_only:
         return base, {}
     modes = {}
@@ -1019,6 +1035,10 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "answers.json").write_text(json.dumps(answers, indent=1))
     (args.out / "results.json").write_text(json.dumps(results, indent=1))
     table = markdown(results)
+    if results.get("safety"):
+        import safety_report
+
+        table += "\n" + safety_report.markdown(results["safety"])
     (args.out / "results.md").write_text(table)
     if "rounds" in results:
         plots(results, args.out, args.curve or bool(args.rescore and len(results["rounds"]) > 1))

@@ -114,6 +114,9 @@ def start_server(data_dir: Path, engine, **env_overrides):
            "ASSISTANT_ADMIN_KEY": ADMIN_KEY, "ASSISTANT_SCHEDULER_ENABLED": "false",
            # Comparison turns stay plain unless a test is about exploration (test_explore).
            "ASSISTANT_EXPLORE_ENABLED": "false",
+           # Off unless a test turns it on (tests/test_safety_flow.py): fitting the consensus
+           # head on the HH file costs a feature pass per fresh data dir.
+           "ASSISTANT_SAFETY_ENABLED": "false",
            **{k: str(v) for k, v in env_overrides.items()}}
     config = load_config(ROOT / "config.toml", env=env)
     app = create_app(config, engine)

@@ -33,6 +33,8 @@ export function verdictWords(run) {
   }
   if (run.status === "rejected") {
     const d = String(m.decision || "");
+    const floor = d.match(/^rejected by the safety floor:\s*(.*)$/);
+    if (floor) return `Not promoted by the safety floor: ${floor[1]}. Your current version keeps answering.`;
     const why = d.includes("KL") && d.includes("exceeds") ? "it drifted too far from the base model"
       : `it was not better than ${against}`;
     return `Not promoted: ${why}${win ? ` (${win})` : ""}. Your current version keeps answering.`;
