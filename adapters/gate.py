@@ -5,7 +5,8 @@ the bare base when they have none) each answer every prompt by greedy decoding, 
 comparison is reproducible and free of sampling noise. Measured:
 
 - mean reward-head score of each side, and their difference (the gain);
-- win rate: share of prompts where the candidate's answer scores higher (ties count half);
+- win rate: share of prompts where the candidate's answer scores higher (ties count half),
+  against the baseline and, for the user's page, against the bare base;
 - KL to the base, nats per token, on the candidate's own completions. It is computed exactly
   over the vocabulary at each position, sum_v pi(v|s) log(pi(v|s) / base(v|s)), instead of
   a one-sample estimate, since greedy completions are not samples from pi;
@@ -129,13 +130,22 @@ def _score(reward_fn: RewardFn, prompts: list[list[dict]], texts: list[str]) -> 
     return rewards
 
 
+def _win_rate(ours: list[float], theirs: list[float]) -> float:
+    """Share of prompts where `ours` scores higher; ties count half."""
+    wins = sum(1.0 if a > b else 0.5 if a == b else 0.0
+               for a, b in zip(ours, theirs, strict=True))
+    return wins / len(ours)
+
+
 def evaluate(model, tokenizer, candidate: str, current: str | None,
              prompts: list[list[dict]], reward_fn: RewardFn, settings: GateSettings) -> dict:
     """Compare adapter `candidate` with adapter `current` (None = the base) on prompts.
 
     model is a PeftModel holding both adapters. Returns a flat dict of metrics:
     n_prompts, baseline ("current" | "base"), candidate_/baseline_ reward, kl, len,
-    reward_gain, win_rate, seconds.
+    reward_gain, win_rate (against the baseline), win_rate_vs_base (against the bare base,
+    the same figure as win_rate when the base is the baseline), seconds. Promotion
+    (`decide`) reads only the comparison with the baseline.
     """
     if not prompts:
         raise TrainingError("the gate needs at least one held-out prompt")
@@ -144,17 +154,22 @@ def evaluate(model, tokenizer, candidate: str, current: str | None,
     rows = render_prompts(tokenizer, prompts)
     twins = {name: _twin(model, name) for name in {candidate, baseline, BASE}}
     head = model.get_base_model().get_output_embeddings()       # float32, shared
-    answers = [a for name in (candidate, baseline)
+    # The bare base answers too when it is not the baseline already, so "My assistant" can
+    # show every version against the same yardstick; when it is, that is no extra work.
+    sides = (candidate, baseline) if baseline == BASE else (candidate, baseline, BASE)
+    answers = [a for name in sides
                for a in _answers(twins[name], twins[BASE], head, tokenizer, rows,
                                  settings.max_completion_tokens)]
     r_cand = _score(reward_fn, prompts, [a["text"] for a in answers[:n]])
-    r_base = _score(reward_fn, prompts, [a["text"] for a in answers[n:]])
-    cand, base = _side(answers[:n], r_cand), _side(answers[n:], r_base)
-    wins = sum(1.0 if a > b else 0.5 if a == b else 0.0
-               for a, b in zip(r_cand, r_base, strict=True))
+    r_base = _score(reward_fn, prompts, [a["text"] for a in answers[n:2 * n]])
+    r_bare = r_base if baseline == BASE else _score(
+        reward_fn, prompts, [a["text"] for a in answers[2 * n:]])
+    cand, base = _side(answers[:n], r_cand), _side(answers[n:2 * n], r_base)
     return {"n_prompts": n, "baseline": "current" if current else "base",
             "candidate_reward": cand["reward"], "baseline_reward": base["reward"],
-            "reward_gain": cand["reward"] - base["reward"], "win_rate": wins / n,
+            "reward_gain": cand["reward"] - base["reward"],
+            "win_rate": _win_rate(r_cand, r_base),
+            "win_rate_vs_base": _win_rate(r_cand, r_bare),
             "candidate_kl": cand["kl"], "baseline_kl": base["kl"],
             "candidate_len": cand["len"], "baseline_len": base["len"],
             "seconds": time.perf_counter() - started}

@@ -49,7 +49,17 @@ def _gate_of(metrics: dict | None) -> dict | None:
     gate = (metrics or {}).get("gate")
     if not isinstance(gate, dict):
         return None
-    return {k: gate.get(k) for k in GATE_FIELDS}
+    return {**{k: gate.get(k) for k in GATE_FIELDS}, "win_rate_vs_base": _vs_base(gate)}
+
+
+def _vs_base(gate: dict) -> float | None:
+    """The version's win rate against the bare base on the held-out prompts. Runs gated
+    before the gate recorded it have it only where the base was the baseline (the same
+    figure); otherwise None, and the page shows the gate's own figure against the previous
+    version instead."""
+    if isinstance(gate.get("win_rate_vs_base"), int | float):
+        return gate["win_rate_vs_base"]
+    return gate.get("win_rate") if gate.get("baseline") == "base" else None
 
 
 def version_history(db: Database, user_id: int) -> list[dict]:

@@ -81,3 +81,18 @@ def feature_dim(engine) -> int:
 
     prompt = [{"role": "user", "content": "hi"}]
     return int(compute_features(engine.model, engine.tokenizer, [(prompt, "hello")]).shape[1])
+
+
+def add_run(db_path: Path, user_id: int, gate_metrics: dict, status: str = "rejected") -> None:
+    """One more finished run with these gate metrics (no adapter version)."""
+    def write(db) -> None:
+        db["training_runs"].insert({
+            "user_id": user_id, "status": status, "force": 0, "requested_by": "scheduler",
+            "created_at": now(), "finished_at": now(), "events_used": 5,
+            "metrics": json.dumps({"gate": gate_metrics, "decision": "rejected: ..."})})
+
+    db = open_db(db_path)
+    try:
+        transaction(db, write)
+    finally:
+        db.close()

@@ -250,6 +250,10 @@ def test_gate_evaluate(tokenizer, tiny_model, tmp_path):
     vs_current = gate.evaluate(model, tokenizer, "default", "zero", PROMPTS, count_e, settings)
     assert vs_current["baseline"] == "current"
     assert vs_current["candidate_reward"] == vs_base["candidate_reward"]
+    # Against the base as well, on the same prompts: the same figure as the base-gated run's.
+    assert vs_base["win_rate_vs_base"] == vs_base["win_rate"]
+    assert vs_current["win_rate_vs_base"] == vs_base["win_rate"]
+    assert same["win_rate_vs_base"] == 0.5
 
 
 def test_rl_stops_at_target_kl_and_keeps_the_weights_under_it(tokenizer):
