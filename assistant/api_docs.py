@@ -65,3 +65,6 @@ RankingBody = body("Three or more answers to one turn, best first.",
 TrainBody = body("Queue training for one user (by name) or every user due.",
                  {"user": TEXT, "force": {"type": "boolean"}})
 RollbackBody = body("Serve this adapter version of the user's.", {"version": ID}, ["version"])
+SettingsBody = body("The caller's settings to change (others stay as they are). answer_length: "
+                    "how long answers are when a chat request gives no max_tokens.",
+                    {"answer_length": {"enum": ["short", "normal", "long"]}}, closed=True)

@@ -23,6 +23,7 @@ from assistant.chat import (
 )
 from assistant.engine import Delta
 from assistant.state import AppState
+from assistant.user_settings import answer_tokens, read_settings
 from feedback_store import conversations as conv
 from feedback_store.errors import AssistantError, public_message
 
@@ -36,6 +37,9 @@ def sse(event: str, payload: dict) -> bytes:
 @post("/chat", status_code=200)
 async def chat(data: ChatBody, user: dict, ctx: AppState) -> Response:
     req = check_turn(ctx, data)
+    if data.get("max_tokens") is None:         # the user's answer length, unless asked
+        length = (await ctx.store.read(read_settings, user["id"]))["answer_length"]
+        req.max_tokens = answer_tokens(length, ctx.config.generation)
     if check_flag(data, "stream"):
         prep = await prepare_turn(ctx, user, req)
         return Stream(_chat_events(ctx, prep, req.regenerate is not None),

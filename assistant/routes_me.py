@@ -5,14 +5,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from litestar import Router, delete, get, post
+from litestar import Router, delete, get, post, put
 from litestar.di import Provide
 from sqlite_utils import Database
 
+from assistant.api_docs import SettingsBody
 from assistant.auth import current_user
 from assistant.erase import erase_user
 from assistant.rewards import head_summary
 from assistant.state import AppState
+from assistant.user_settings import check_settings, read_settings, save_settings
 from feedback_store import conversations as conv
 from feedback_store import feedback as fb
 from feedback_store import users
@@ -70,6 +72,7 @@ def export_user(db: Database, user_id: int) -> dict:
         "source_preferences": source_preferences(db, user_id),
         "adapter_versions": list(db["adapter_versions"].rows_where(mine, [user_id])),
         "training_runs": list(db["training_runs"].rows_where(mine, [user_id])),
+        "settings": read_settings(db, user_id),
     }
 
 
@@ -98,6 +101,16 @@ async def export(user: dict, ctx: AppState) -> dict:
     return await ctx.store.read(_snapshot, export_user, user["id"])
 
 
+@get("/me/settings")
+async def get_settings(user: dict, ctx: AppState) -> dict:
+    return await ctx.store.read(read_settings, user["id"])
+
+
+@put("/me/settings")
+async def put_settings(data: SettingsBody, user: dict, ctx: AppState) -> dict:
+    return await ctx.store.write(save_settings, user["id"], check_settings(data))
+
+
 @delete("/me", status_code=200)
 async def erase_me(user: dict, ctx: AppState) -> dict:
     return await erase_user(ctx, user["id"])
@@ -105,6 +118,6 @@ async def erase_me(user: dict, ctx: AppState) -> dict:
 
 me_router = Router(
     path="/api",
-    route_handlers=[me, rotate_key, export, erase_me],
+    route_handlers=[me, rotate_key, export, get_settings, put_settings, erase_me],
     dependencies={"user": Provide(current_user)},
 )

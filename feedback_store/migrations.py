@@ -178,10 +178,18 @@ def m006_candidate_provenance(db: Database) -> None:
         db["messages"].add_column(column, str)
 
 
+def m007_user_settings(db: Database) -> None:
+    """Per-user settings the server applies (the answer length), owned by
+    feedback_store/user_settings.py; one row per (user, name), the value as JSON."""
+    db.execute("create table if not exists user_settings (user_id integer not null "
+               "references users(id), name text not null, value text not null, "
+               "updated_at text not null, primary key (user_id, name))")
+
+
 MIGRATIONS: list[Callable[[Database], None]] = [
     m001_initial, m002_sampling_settings, m003_ids_never_reused,
     m004_reward_heads_published_by_finished_runs, m005_adapter_fallback_from,
-    m006_candidate_provenance]
+    m006_candidate_provenance, m007_user_settings]
 
 
 def key(name: str) -> str:

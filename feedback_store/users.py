@@ -101,7 +101,8 @@ def set_current_version(db: Database, user_id: int, version: int | None) -> None
 
 # Tables with a user_id column (features are keyed by message, deleted through messages).
 USER_TABLES = ("thumbs", "comparisons", "rankings", "feedback_events",
-               "reward_heads", "adapter_versions", "training_runs", "api_keys")
+               "reward_heads", "adapter_versions", "training_runs", "api_keys",
+               "user_settings")
 
 
 def delete_user(db: Database, user_id: int) -> None:

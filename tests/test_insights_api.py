@@ -7,7 +7,7 @@ import asyncio
 
 import httpx
 import pytest
-from seed_learning import seed
+from seed_learning import add_run, gate, seed
 
 from assistant.engine import Candidate, GenResult
 
@@ -62,6 +62,23 @@ def test_insights_after_training(live_server, user):
     assert [a["message_id"] for a in reward["dislikes"]] == [ids[2], ids[0]]
     assert reward["likes"][0]["prompt"] == "Question 1"
     assert reward["likes"][0]["score"] == pytest.approx(2.0)
+
+
+def test_insights_give_each_version_against_the_base(live_server, user):
+    """The gate's win rate is against the version it would replace; the page plots every
+    version against the base, which the gate now records (win_rate_vs_base). A run recorded
+    before that has it only when the base was its baseline."""
+    key, user_id = user
+    seed(live_server.config.db_path, live_server.config.adapters_dir, user_id,
+         live_server.state.engine.base_id, {})
+    add_run(live_server.config.db_path, user_id, gate(0.4, "current"))          # older run
+    add_run(live_server.config.db_path, user_id,
+            {**gate(0.45, "current"), "win_rate_vs_base": 0.8})
+    body = api(live_server, key, "GET", "/api/me/insights").json()
+    assert [(v["gate"]["baseline"], v["gate"]["win_rate"], v["gate"]["win_rate_vs_base"])
+            for v in body["versions"]] == [
+        ("base", 0.25, 0.25), ("base", 0.75, 0.75), ("current", 0.4, None),
+        ("current", 0.45, 0.8)]
 
 
 def test_insights_are_private(live_server, user):
@@ -212,3 +229,39 @@ def test_me_gives_the_limits_the_ui_checks(live_server, user):
 def test_favicon(live_server):
     r = httpx.get(live_server.url + "/favicon.ico")
     assert r.status_code == 200 and r.headers["content-type"].startswith("image/svg+xml")
+
+
+def test_answer_length_setting(live_server, user):
+    """The answer length lives on the server per user: validated, private, erased and
+    exported with the user's data, and the default max_tokens of their chats."""
+    key, _ = user
+    assert api(live_server, key, "GET", "/api/me/settings").json() == {"answer_length": "normal"}
+    for bad, field in (({"answer_length": "huge"}, "answer_length"),
+                       ({"answer_length": 3}, "answer_length"),
+                       ({"answer_length": []}, "answer_length"),
+                       ({"colour": "blue"}, "colour"), ({}, "body")):
+        r = api(live_server, key, "PUT", "/api/me/settings", json=bad)
+        assert r.status_code == 400 and field in r.json()["detail"], (bad, r.text)
+    r = api(live_server, key, "PUT", "/api/me/settings", json={"answer_length": "short"})
+    assert r.status_code == 200 and r.json() == {"answer_length": "short"}
+    assert api(live_server, key, "GET", "/api/me/settings").json() == {"answer_length": "short"}
+    assert api(live_server, key, "GET", "/api/me/export").json()["settings"] == {
+        "answer_length": "short"}
+    other = live_server.add_user("olga")
+    assert api(live_server, other, "GET", "/api/me/settings").json() == {
+        "answer_length": "normal"}
+
+    asked = []
+
+    async def fake_generate(req):
+        asked.append(req.max_tokens)
+        await asyncio.sleep(0)
+        return GenResult([Candidate(index=0, text="ok", finish_reason="stop")], 3, req.adapter)
+
+    live_server.state.engine.generate = fake_generate
+    g = live_server.config.generation
+    for who, body in ((key, {}), (key, {"max_tokens": 7}), (other, {})):
+        r = api(live_server, who, "POST", "/api/chat", json={"content": "Hi", **body})
+        assert r.status_code == 200, r.text
+    assert asked == [max(min(16, g.max_tokens_default), round(g.max_tokens_default / 2)), 7,
+                     g.max_tokens_default]

@@ -737,6 +737,7 @@ def test_my_assistant_shows_what_was_learned(live_server, new_page):
     likes = page.locator(".likes-col").first
     assert "Write a haiku" in likes.locator("li").first.inner_text()
     page.wait_for_selector(".chart canvas")                 # uPlot drew the win-rate plot
+    assert "win rate vs base" in page.inner_text(".card:has(.chart)").lower()
     no_object_object(page)
     shot(page, "my-assistant-learned-1280", full_page=True)
 
@@ -805,15 +806,17 @@ def test_thumbs_comment_kept_and_answer_length(live_server, new_page):
     scripted_answers(live, ["A short answer."])
     page = new_page(NARROW)
     sign_in(page, live, key)
-    # Answer length: "Short" halves the default max_tokens, and is remembered.
+    # Answer length: "Short" is saved on the server, which halves the default max_tokens.
     page.select_option("#answer-length", "short")
     bodies = []
     page.on("request", lambda r: bodies.append(json.loads(r.post_data))
             if r.url.endswith("/api/chat") else None)
     send(page, "Hi")
     page.wait_for_selector(".msg-assistant[data-message-id]")
-    assert bodies[0]["max_tokens"] == live.config.generation.max_tokens_default // 2
+    assert "max_tokens" not in bodies[0]
     mid = int(page.get_attribute(".msg-assistant[data-message-id]", "data-message-id"))
+    assert db_rows(live, "select max_tokens from messages where id = ?", [mid]) == [
+        {"max_tokens": live.config.generation.max_tokens_default // 2}]
 
     # A comment typed under a thumbs down and closed with Done is saved...
     page.get_by_role("button", name="Bad answer (thumbs down)").click()
@@ -831,6 +834,9 @@ def test_thumbs_comment_kept_and_answer_length(live_server, new_page):
     assert page.input_value(".feedback-panel textarea") == ""
     rows = db_rows(live, "select value, comment from thumbs where message_id = ?", [mid])
     assert rows == [{"value": "up", "comment": None}]
+    # Remembered by the server, not only by this browser.
+    page.evaluate("""() => { for (const k of Object.keys(localStorage))
+                   if (k.startsWith('assistant.length.')) localStorage.removeItem(k); }""")
     page.reload()
     page.wait_for_selector("#answer-length")
     assert page.input_value("#answer-length") == "short"

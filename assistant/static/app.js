@@ -6,6 +6,7 @@ import { ApiError, api, auth } from "./api.js";
 import { isStreaming, setChatUser, showChat, stopGeneration } from "./chat.js";
 import { loadGuidelines } from "./feedback.js";
 import { showAdmin, showMe } from "./pages.js";
+import { loadSettings } from "./prefs.js";
 import { paintConversations, refreshConversations } from "./sidebar.js";
 import { button, el, icon } from "./ui.js";
 
@@ -148,7 +149,7 @@ async function route() {
 async function start() {
   user = await whoAmI();
   setChatUser(user);
-  await loadGuidelines();
+  await Promise.all([loadGuidelines(), loadSettings()]);
   shell();
   await route();
 }

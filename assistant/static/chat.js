@@ -7,7 +7,7 @@
 import { api, streamChat } from "./api.js";
 import { feedbackBar, getGuidelines, guidelinesButton } from "./feedback.js";
 import { enhanceCode, renderMarkdown } from "./markdown.js";
-import { LENGTHS, deletedIds, getLength, markDeleted, setLength, setPrefsUser, userKey } from "./prefs.js";
+import { LENGTHS, deletedIds, getLength, markDeleted, setLength, setPrefsUser, settled, userKey } from "./prefs.js";
 import { refreshConversations, setActiveConversation } from "./sidebar.js";
 import { threadPath, verdictText } from "./thread.js";
 import { button, el, toast } from "./ui.js";
@@ -45,11 +45,6 @@ export function stopGeneration() { S.streaming?.controller.abort(); }
 
 const pendingKey = () => userKey("pending");
 function savePending() { localStorage.setItem(pendingKey(), JSON.stringify([...S.pending].slice(-50))); }
-
-function maxTokens() {
-  const factor = (LENGTHS.find(([v]) => v === getLength()) || LENGTHS[1])[2];
-  return Math.max(16, Math.min(S.limits.max_tokens_limit, Math.round(S.limits.max_tokens_default * factor)));
-}
 
 // ---- the view -----------------------------------------------------------------------------
 
@@ -112,7 +107,7 @@ function composer() {
       "aria-pressed": String(S.mode === value), "aria-label": `${text}: ${label}`, title: label,
       dataset: { mode: value }, onclick: (e) => setMode(value, e.currentTarget.parentElement) }, text)));
   const length = el("select", { class: "input input-small", id: "answer-length", "aria-label": "Answer length",
-    title: "How long answers may be", onchange: (e) => setLength(e.target.value) },
+    title: "How long answers may be", onchange: (e) => setLength(e.target.value).catch((err) => toast(`Answer length not saved: ${err.message}`, "error")) },
   LENGTHS.map(([v, text]) => el("option", { value: v, text: `${text} answers`, selected: v === getLength() })));
   S.note = el("span", { class: "composer-note small muted", role: "status" });
   S.counter = el("span", { class: "char-count small", id: "char-count", "aria-live": "polite" });
@@ -265,7 +260,7 @@ function startEdit(wrap, turn) {
     const article = wrap.closest(".turn");
     for (let next = article.nextElementSibling; next; next = article.nextElementSibling) next.remove();
     article.replaceChildren(userBubble({ ...turn, content }));
-    runStream({ edit: turn.id, content, n: 1, max_tokens: maxTokens() }, article, 1);
+    runStream({ edit: turn.id, content, n: 1 }, article, 1);
   };
   box.addEventListener("keydown", (e) => {
     if (e.key === "Enter" && !e.shiftKey && !e.isComposing) { e.preventDefault(); save(); }
@@ -503,7 +498,7 @@ async function send() {
   if (!S.convId) S.thread.replaceChildren();
   const article = el("article", { class: "turn" }, userBubble({ content }));
   S.thread.append(article);
-  const body = { content, n, max_tokens: maxTokens() };
+  const body = { content, n };         // max_tokens: the server applies the answer length
   if (S.convId) body.conversation_id = S.convId;
   const tip = shownTip();
   if (tip != null) body.follow = tip;          // continue the branch on screen
@@ -516,7 +511,7 @@ async function regenerate(turn) {
   const article = S.thread.querySelector(`.turn[data-turn-id="${turn.id}"]`);
   for (let next = article.nextElementSibling; next; next = article.nextElementSibling) next.remove();
   article.replaceChildren(userBubble(turn));
-  await runStream({ regenerate: turn.id, n: 1, max_tokens: maxTokens() }, article, 1, before);
+  await runStream({ regenerate: turn.id, n: 1 }, article, 1, before);
 }
 
 function liveBlock(article, n) {
@@ -563,6 +558,7 @@ async function runStream(body, article, n, before = null) {
   let accepted = false;
   const draft = body.content;
   try {
+    await settled();              // a just-changed answer length is saved before it is used
     const done = await streamChat(body, {
       start: (d) => {
         accepted = true;
@@ -633,7 +629,7 @@ function retrySend(body, article, n, accepted, turnId) {
   if (S.streaming) return;
   if (accepted && turnId != null) {
     article.querySelector(".error")?.remove();
-    runStream({ regenerate: turnId, n, max_tokens: body.max_tokens }, article, n);
+    runStream({ regenerate: turnId, n }, article, n);
     return;
   }
   if (body.regenerate != null || body.edit != null) {

@@ -163,16 +163,17 @@ function likes(reward) {
 function versionsChart(versions) {
   if (!versions.length) return [el("p", { class: "muted", text: "No version has been checked yet." })];
   const holder = el("div", { class: "chart", role: "img",
-    "aria-label": `Win rate of each trained version: ${versions.map((v) => `run ${v.run_id} ${pct(v.gate.win_rate ?? 0)}`).join(", ")}` });
+    "aria-label": `Win rate of each trained version vs base: ${versions.map((v) => `run ${v.run_id} ${pct(vsBase(v) ?? 0)}`).join(", ")}` });
   const rows = table([
     ["Run", (v) => `#${v.run_id}`],
     ["Version", (v) => (has(v.version) ? `v${v.version}` : "not promoted")],
-    ["Against", (v) => (v.gate.baseline === "base" ? "base model" : "previous version")],
-    ["Win rate", (v) => (has(v.gate.win_rate) ? pct(v.gate.win_rate) : "—")],
+    ["Win rate vs base", (v) => (has(v.gate.win_rate_vs_base) ? pct(v.gate.win_rate_vs_base)
+      : has(v.gate.win_rate) ? `${pct(v.gate.win_rate)} vs previous version` : "—")],
+    ["Gate check", (v) => (has(v.gate.win_rate) ? `${pct(v.gate.win_rate)} vs ${v.gate.baseline === "base" ? "base model" : "previous version"}` : "—")],
     ["Status", (v) => statusPill(v.status)],
   ], versions, { caption: "Versions and their checks" });
   requestAnimationFrame(() => drawChart(holder, versions));
-  return [el("p", { class: "small muted", text: "Each training run's new version against the one it would replace (the base model for your first), on your own prompts held out from training, judged by your preference model. 50% is no change." }),
+  return [el("p", { class: "small muted", text: "Each training run's new version against the base model, on your own prompts held out from training, judged by your preference model. 50% is no change. The gate check is against the version it would replace, which decides promotion." }),
     holder, rows];
 }
 
@@ -192,16 +193,20 @@ async function drawChart(holder, versions) {
     axes: [{ ...axis, splits: () => xs, values: (u, vals) => vals.map((v) => (Number.isInteger(v) && versions[v - 1] ? `#${versions[v - 1].run_id}` : "")) },
       { ...axis, values: (u, vals) => vals.map((v) => pct(v)) }],
     series: [{ label: "run" },
-      { label: "win rate", stroke: accent, width: 2, points: { size: 7, fill: accent }, value: (u, v) => (v == null ? "—" : pct(v)) },
+      { label: "win rate vs base", stroke: accent, width: 2, points: { size: 7, fill: accent }, value: (u, v) => (v == null ? "—" : pct(v)) },
       { label: "no change", stroke: ink, dash: [4, 4], width: 1, points: { show: false } }],
     legend: { show: true },
   };
   holder.replaceChildren();
-  new uPlot(opts, [xs, versions.map((v) => v.gate.win_rate ?? null), xs.map(() => 0.5)], holder);
+  new uPlot(opts, [xs, versions.map((v) => vsBase(v) ?? null), xs.map(() => 0.5)], holder);
 }
 
+// Runs recorded before the gate measured every version against the base fall back to the
+// gate's own figure (against the version they would have replaced).
+const vsBase = (v) => v.gate.win_rate_vs_base ?? v.gate.win_rate;
+
 function settings() {
-  const select = el("select", { class: "input", id: "length-setting", onchange: (e) => { setLength(e.target.value); toast("Saved"); } },
+  const select = el("select", { class: "input", id: "length-setting", onchange: (e) => setLength(e.target.value).then(() => toast("Saved"), (err) => toast(`Not saved: ${err.message}`, "error")) },
     LENGTHS.map(([v, text]) => el("option", { value: v, text, selected: v === getLength() })));
   return el("div", { class: "row" }, el("label", { for: "length-setting", class: "label label-inline", text: "Answer length" }), select,
     el("span", { class: "small muted", text: "Short answers come faster; you can also change it next to the message box." }));
