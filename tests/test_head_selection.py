@@ -93,16 +93,18 @@ def test_training_fits_the_selected_head_when_enabled(monkeypatch, tmp_path):
     from adapters import jobs
 
     rng = np.random.default_rng(5)
-    data = jobs.HeadData(*_bt_pairs(rng, rng.normal(size=DIM), 40), *NO_THUMBS)
+    data = jobs.HeadData(*_bt_pairs(rng, rng.normal(size=DIM), 40), *NO_THUMBS,
+                         pair_turns=np.arange(40))
     saved = []
     monkeypatch.setattr(jobs, "backfill_features", lambda db, base, uid: 0)
     monkeypatch.setattr(jobs, "head_data", lambda db, base, uid: data)
     monkeypatch.setattr(jobs, "fit_prior", lambda db, base, uid, settings: None)
+    monkeypatch.setattr(jobs, "_save_ensemble", lambda *a: None)    # no head folder here
     monkeypatch.setattr(jobs, "save_head_version",
                         lambda db, folder, uid, head, metrics, fid, **kw: saved.append(head) or 1)
     base = SimpleNamespace(base_id="base@a")
     user = {"id": 1, "name": "u"}
     for select in (True, False):
-        jobs.fit_user_head(None, base, tmp_path, user, HeadSettings(select_prior=select),
-                           lambda msg: None)
+        settings = jobs.RunSettings(head=HeadSettings(select_prior=select))
+        jobs.fit_user_head(None, base, tmp_path, user, settings, lambda msg: None)
     assert "temperature" in saved[0].metrics and "temperature" not in saved[1].metrics
