@@ -91,6 +91,21 @@ class LiveServer:
         return r.json()["api_key"]
 
 
+def rated_turn(live: LiveServer, headers: dict, content: str, max_tokens: int) -> dict:
+    """One n=3 chat turn, its first answer thumbed up and all three ranked; the chat reply."""
+    import httpx
+
+    r = httpx.post(f"{live.url}/api/chat", headers=headers, timeout=60,
+                   json={"content": content, "n": 3, "max_tokens": max_tokens})
+    r.raise_for_status()
+    ids = [c["id"] for c in r.json()["candidates"]]
+    httpx.put(f"{live.url}/api/messages/{ids[0]}/thumbs", headers=headers,
+              json={"value": "up"}).raise_for_status()
+    httpx.post(f"{live.url}/api/rankings", headers=headers,
+               json={"message_ids": ids}).raise_for_status()
+    return r.json()
+
+
 def _free_port() -> int:
     import socket
 

@@ -24,7 +24,7 @@ schemathesis = pytest.importorskip("schemathesis")
 from hypothesis import HealthCheck, settings  # noqa: E402  (after the importorskip)
 
 from assistant.app import openapi_document  # noqa: E402
-from tests.conftest import start_server, tiny_engine  # noqa: E402
+from tests.conftest import rated_turn, start_server, tiny_engine  # noqa: E402
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "25"))
 SEED = os.environ.get("FUZZ_SEED", "")
@@ -50,14 +50,7 @@ def seed_data(live) -> None:
     for name in ("ann", "ben"):
         headers = live.headers(live.add_user(name))
         for _ in range(2):
-            r = httpx.post(f"{live.url}/api/chat", headers=headers, timeout=60,
-                           json={"content": "hello", "n": 3, "max_tokens": 2})
-            r.raise_for_status()
-            ids = [c["id"] for c in r.json()["candidates"]]
-            httpx.put(f"{live.url}/api/messages/{ids[0]}/thumbs", headers=headers,
-                      json={"value": "up"}).raise_for_status()
-            httpx.post(f"{live.url}/api/rankings", headers=headers,
-                       json={"message_ids": ids}).raise_for_status()
+            rated_turn(live, headers, "hello", max_tokens=2)
 
 
 # The schema of the app's own routes, built at collection time (no server needed): every

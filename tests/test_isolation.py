@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from assistant.app import openapi_document
+from tests.conftest import rated_turn
 
 MARKER = "alice-private-marker-7f3a"
 QUERY_SAMPLES = {"user": "alice", "format": "preference"}
@@ -30,14 +31,8 @@ def alice(live_server):
     live = live_server
     key = live.add_user("alice")
     headers = live.headers(key)
-    r = httpx.post(f"{live.url}/api/chat", headers=headers, timeout=60,
-                   json={"content": MARKER, "n": 3, "max_tokens": 4})
-    r.raise_for_status()
-    answers = [c["id"] for c in r.json()["candidates"]]
-    httpx.put(f"{live.url}/api/messages/{answers[0]}/thumbs", headers=headers,
-              json={"value": "up"}).raise_for_status()
-    httpx.post(f"{live.url}/api/rankings", headers=headers,
-               json={"message_ids": answers}).raise_for_status()
+    turn = rated_turn(live, headers, MARKER, max_tokens=4)
+    answers = [c["id"] for c in turn["candidates"]]
     me = httpx.get(f"{live.url}/api/me", headers=headers).json()
 
     def run_and_version(db) -> int:
@@ -47,8 +42,8 @@ def alice(live_server):
                                            "created_at": "now"}).last_pk
 
     run_id = live.state.store.write_sync(run_and_version)
-    ids = {"conversation_id": r.json()["conversation_id"], "message_id": answers[0],
-           "user_id": me["id"], "run_id": run_id, "regenerate": r.json()["message"]["id"],
+    ids = {"conversation_id": turn["conversation_id"], "message_id": answers[0],
+           "user_id": me["id"], "run_id": run_id, "regenerate": turn["message"]["id"],
            "message_ids": answers, "version": 1}
     return key, ids
 
