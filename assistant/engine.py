@@ -636,11 +636,7 @@ class Engine:
         sub = [rows[i] for i in live]
         sampler = RowSampling([r.settings for r in sub], 0,
                               generators=[r.generator for r in sub])
-        scores = sampler.process([r.cand.tokens for r in sub], logits[live])
-        if all(r.settings.temperature <= 0 for r in sub):
-            tokens = scores.argmax(-1).tolist()
-        else:
-            tokens = torch.multinomial(scores.softmax(-1), 1)[:, 0].tolist()
+        tokens = sampler.choose([r.cand.tokens for r in sub], logits[live])
         for r, token in zip(sub, tokens, strict=True):
             r.token = token
             r.job.tracker.step(r.cand, token)
