@@ -114,6 +114,12 @@ class GenResult:
     candidates: list[Candidate]
     prompt_tokens: int
     adapter: AdapterRef | None
+    # Where the first token's wait went: ms from submission until the request joined the
+    # batch (its prompt rendered, then queued for free rows), and how many decode steps of
+    # the running batch went by meanwhile (a measure of queueing that does not depend on
+    # how fast this machine is). Its prefill came after; None for results made elsewhere.
+    queued_ms: float | None = None
+    queued_steps: int | None = None
 
 
 @dataclass(frozen=True)
@@ -182,6 +188,9 @@ class _Job:
     tracker: _Tracker | None = None
     open_rows: int = 0
     prepared: Prepared | None = None     # its adapter, read from disk at submit if not loaded
+    submitted_step: int = 0              # the engine's decode steps so far, at submission
+    admitted: float | None = None        # when it joined the batch (perf_counter)
+    admitted_step: int = 0
 
 
 @dataclass(eq=False)
@@ -250,7 +259,7 @@ class Engine:
         self.lora = MultiLora(model, capacity=cache_size)
         self.loaded: OrderedDict[str, AdapterRef] = OrderedDict()
         self.stats = {"hits": 0, "misses": 0, "evictions": 0, "batches": 0, "rows": 0,
-                      "prefix_hits": 0, "prefix_tokens": 0}
+                      "prefix_hits": 0, "prefix_tokens": 0, "steps": 0}
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="generate")
         self._render = ThreadPoolExecutor(render_threads, thread_name_prefix="render")
         self._pending: deque[_Job] = deque()
@@ -402,7 +411,7 @@ class Engine:
         """Render the prompt (and read the adapter from disk if it is not loaded) on the
         calling thread and queue the request for the running batch; the Future resolves to
         its GenResult, or fails with ModelError if the adapter cannot be served."""
-        job = _Job(req, emit, cancel or threading.Event())
+        job = _Job(req, emit, cancel or threading.Event(), submitted_step=self.stats["steps"])
         try:
             job.prompt = self.render(req.messages, req.max_tokens)
             if req.adapter is not None and req.adapter.name not in self.loaded:
@@ -467,6 +476,7 @@ class Engine:
                 continue
             job.tracker = _Tracker(self, job.req, job.submitted, job.emit)
             job.open_rows = job.req.n
+            job.admitted, job.admitted_step = time.perf_counter(), self.stats["steps"]
             name = job.req.adapter.name if job.req.adapter else BASE
             self._pinned.add(name)
             for k, cand in enumerate(job.tracker.cands):
@@ -625,6 +635,7 @@ class Engine:
                                   use_cache=True)
         for r in rows:
             r.length += 1
+        self.stats["steps"] += 1
         self._sample(rows, out.logits[:, -1].float())
         self._retire()
 
@@ -691,7 +702,10 @@ class Engine:
             if cand.finish_reason is None:
                 job.tracker.finish(cand, "length")
         if not job.future.done():
-            job.future.set_result(GenResult(job.tracker.cands, len(job.prompt), job.req.adapter))
+            queued = None if job.admitted is None else (job.admitted - job.submitted) * 1000
+            steps = None if job.admitted is None else job.admitted_step - job.submitted_step
+            job.future.set_result(GenResult(job.tracker.cands, len(job.prompt), job.req.adapter,
+                                            queued, steps))
 
     def _fail_all(self, exc: Exception) -> None:
         error = ModelError(f"generation failed: {exc}")

@@ -198,12 +198,23 @@ def load_phase(engine, refs: list, args: argparse.Namespace) -> dict:
     results = [f.result() for f in futures]
     elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
     firsts = [r.candidates[0].first_token_ms for r in results]
+    queued = [r.queued_ms for r in results]
+    steps = [r.queued_steps for r in results]
     tokens = sum(len(c.tokens) for r in results for c in r.candidates)
     return {"requests": len(results), "tokens": tokens, "seconds": elapsed,
             "cpu_seconds": cpu, "tokens_per_s": tokens / elapsed,
             "tokens_per_cpu_s": tokens / cpu,
             "ttft_p50_ms": statistics.median(firsts),
-            "ttft_p95_ms": statistics.quantiles(firsts, n=20)[-1]}
+            "ttft_p95_ms": statistics.quantiles(firsts, n=20)[-1],
+            # Where the first token waited: queued for rows (ms, and decode steps of the
+            # running batch, which do not depend on the machine's speed), then its prefill.
+            "queued_p50_ms": statistics.median(queued),
+            "queued_p95_ms": statistics.quantiles(queued, n=20)[-1],
+            "queued_steps_p50": statistics.median(steps),
+            "queued_steps_p95": statistics.quantiles(steps, n=20)[-1],
+            "prefill_p50_ms": statistics.median(f - q for f, q in zip(firsts, queued,
+                                                                     strict=True)),
+            "decode_steps": engine.stats["steps"]}
 
 
 def prefix_phase(engine, refs: list, args: argparse.Namespace, reuse: bool) -> dict:
@@ -249,6 +260,12 @@ def table(result: dict) -> str:
         lines.append(f"| load {mode}: tokens/s (per CPU s), TTFT p50 / p95 ms | "
                      f"{m['tokens_per_s']:.1f} ({m['tokens_per_cpu_s']:.1f}), "
                      f"{m['ttft_p50_ms']:.0f} / {m['ttft_p95_ms']:.0f} |")
+    for mode in ("continuous", "static"):
+        m = load[mode]
+        lines.append(f"| load {mode}: queued for rows p50 / p95 ms (decode steps); "
+                     f"prefill p50 ms | {m['queued_p50_ms']:.0f} / {m['queued_p95_ms']:.0f} "
+                     f"({m['queued_steps_p50']:.0f} / {m['queued_steps_p95']:.0f}); "
+                     f"{m['prefill_p50_ms']:.0f} |")
     lines += [f"| continuous / static throughput | {result['continuous_over_static']:.2f} |",
               f"| p95 TTFT continuous / static | {result['p95_ttft_continuous_over_static']:.2f} |",
               f"| prefix reuse: TTFT of turns 2-{len(pre['reuse']['ttft_ms']) + 1} ms "

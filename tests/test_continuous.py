@@ -99,6 +99,20 @@ def test_cancel_before_the_request_starts(eng):
     long.result(timeout=120)
 
 
+
+def test_results_say_how_long_the_request_queued_for_rows(eng):
+    long, _ = start_long(eng, max_tokens=20)
+    joined = eng.submit(request(PROMPTS[2], max_tokens=3)).result(timeout=120)
+    assert joined.queued_steps <= 1                  # rows were free: the next boundary
+    eng.max_batch_rows = 1                           # now it waits for the long row to end
+    waited = eng.submit(request(PROMPTS[0], max_tokens=3)).result(timeout=120)
+    first = long.result(timeout=120)
+    assert first.queued_steps == 0
+    assert 1 <= waited.queued_steps <= 20 and long.done()
+    assert waited.queued_ms <= waited.candidates[0].first_token_ms
+    assert eng.stats["steps"] >= 20
+
+
 # ---- prefix reuse -----------------------------------------------------------------------
 
 def chat(eng: Engine, n_turns: int, owner: int | None = 1) -> list[list[int]]:
