@@ -259,7 +259,7 @@ class Engine:
         self.lora = MultiLora(model, capacity=cache_size)
         self.loaded: OrderedDict[str, AdapterRef] = OrderedDict()
         self.stats = {"hits": 0, "misses": 0, "evictions": 0, "batches": 0, "rows": 0,
-                      "prefix_hits": 0, "prefix_tokens": 0, "steps": 0}
+                      "prefix_hits": 0, "prefix_tokens": 0, "head_hits": 0, "steps": 0}
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="generate")
         self._render = ThreadPoolExecutor(render_threads, thread_name_prefix="render")
         self._pending: deque[_Job] = deque()
@@ -270,6 +270,8 @@ class Engine:
         self._mask: torch.Tensor | None = None        # (rows, cache length) 1 = real token
         self._prefixes: OrderedDict[tuple[str, int], _Prefix] = OrderedDict()
         self._prefix_ids = 0
+        self._head = self._template_head()
+        self._heads: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}   # adapter -> KV
         self._pinned: set[str] = set()
         self.device = next(model.parameters()).device
         self.eos_ids = eos_ids(model, tokenizer)
@@ -366,6 +368,7 @@ class Engine:
         self.lora.unload(name)
         del self.loaded[name]
         self._drop_prefixes(name)
+        self._heads.pop(name, None)
         self.stats["evictions"] += 1
 
     def _evict_older_versions(self, ref: AdapterRef, in_use: set[str]) -> None:
@@ -539,18 +542,19 @@ class Engine:
         """
         jobs = list({id(r.job): r.job for r in rows}.values())
         keys, values, masks, logits = [], [], [], []
-        fresh = []
+        fresh, headed = [], []
         for job in jobs:
             hit = self._prefix_lookup(job)
             if hit is None:
-                fresh.append(job)
+                (headed if self._starts_with_head(job) else fresh).append(job)
                 continue
             k, v, m, lg = self._prefill_from_prefix(job, *hit)
             keys.append(k), values.append(v), masks.append(m), logits.append(lg)
-        if fresh:
-            k, v, m, lg = self._prefill_fresh(fresh)
-            keys.append(k), values.append(v), masks.append(m), logits.append(lg)
-        order = [j for j in jobs if j not in fresh] + fresh
+        for group, prefill in ((headed, self._prefill_on_head), (fresh, self._prefill_fresh)):
+            if group:
+                k, v, m, lg = prefill(group)
+                keys.append(k), values.append(v), masks.append(m), logits.append(lg)
+        order = [j for j in jobs if j not in fresh and j not in headed] + headed + fresh
         kv = _cat_padded(list(zip(keys, values, strict=True)), masks)
         k_all, v_all, mask = kv
         last = torch.cat(logits)                                # (jobs, V)
@@ -583,6 +587,34 @@ class Engine:
         keys = [layer.keys for layer in cache.layers]
         values = [layer.values for layer in cache.layers]
         return keys, values, mask.to(self.device), out.logits[:, -1].float()
+
+    def _prefill_on_head(self, jobs: list[_Job]) -> tuple:
+        """Prefill prompts that open with the template's head on top of the head's KV under
+        each job's adapter (computed once per adapter): only the rest of each prompt is new.
+        Each row is [head][padding][rest]: the padding sits between the two and is masked."""
+        h = len(self._head)
+        heads = [self._head_kv(job.req.adapter) for job in jobs]
+        cache = DynamicCache()
+        for i in range(len(heads[0])):
+            cache.update(torch.cat([kv[i][0] for kv in heads]),
+                         torch.cat([kv[i][1] for kv in heads]), i)
+        rests = [job.prompt[h:] for job in jobs]
+        width = max(len(r) for r in rests)
+        ids = torch.full((len(jobs), width), self.pad_id, dtype=torch.long)
+        new = torch.zeros((len(jobs), width), dtype=torch.long)
+        for i, rest in enumerate(rests):
+            ids[i, width - len(rest):] = torch.tensor(rest)
+            new[i, width - len(rest):] = 1
+        positions = h + (new.cumsum(-1) - 1).clamp(min=0)
+        mask = torch.cat([torch.ones(len(jobs), h, dtype=torch.long), new], 1).to(self.device)
+        with torch.inference_mode(), self.lora.route([self._slot(j.req.adapter) for j in jobs]):
+            out = self.base_model(input_ids=ids.to(self.device), attention_mask=mask,
+                                  position_ids=positions.to(self.device), past_key_values=cache,
+                                  use_cache=True, logits_to_keep=1)
+        self.stats["head_hits"] += len(jobs)
+        keys = [layer.keys for layer in cache.layers]
+        values = [layer.values for layer in cache.layers]
+        return keys, values, mask, out.logits[:, -1].float()
 
     def _prefill_from_prefix(self, job: _Job, prefix: _Prefix, reuse: int) -> tuple:
         """Prefill only prompt[reuse:] on top of a kept prefix's first `reuse` tokens."""
@@ -753,6 +785,39 @@ class Engine:
             return None
         self._prefixes.move_to_end(best_key)
         return best, best_len
+
+    # ---- the template's head ------------------------------------------------------------
+    def _template_head(self) -> list[int]:
+        """The tokens every prompt without a system message of its own starts with (the
+        chat template's default system prompt and the user turn's opening: 27 of the 38
+        tokens of a one-line question for SmolLM2), or [] if that is too short to matter.
+        They are public template text, never a user's, so their KV may be shared by every
+        request on the same adapter whoever sends it."""
+        try:
+            one, two = (self._template([{"role": "user", "content": c}]) for c in ("a", "b"))
+        except Exception:          # a tokenizer without a chat template: nothing to share
+            return []
+        head = one[:_common_prefix(one, two) - 1]      # the last may merge with the content
+        return head if len(head) >= MIN_PREFIX else []
+
+    def _starts_with_head(self, job: _Job) -> bool:
+        h = len(self._head)
+        return h > 0 and len(job.prompt) > h and job.prompt[:h] == self._head
+
+    def _slot(self, ref: AdapterRef | None) -> int:
+        return self.lora.slots.get(ref.name, 0) if ref else 0
+
+    def _head_kv(self, ref: AdapterRef | None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The head's KV under an adapter (per layer (1, heads, len, dim)), computed on
+        first use and kept until the adapter is unloaded (the base's for ever)."""
+        name = ref.name if ref else BASE
+        if name not in self._heads:
+            cache = DynamicCache()
+            with torch.inference_mode(), self.lora.route([self._slot(ref)]):
+                self.base_model(input_ids=torch.tensor([self._head], device=self.device),
+                                past_key_values=cache, use_cache=True, logits_to_keep=1)
+            self._heads[name] = [(layer.keys, layer.values) for layer in cache.layers]
+        return self._heads[name]
 
     def _drop_prefixes(self, name: str) -> None:
         for key in [k for k in self._prefixes if k[0] == name]:

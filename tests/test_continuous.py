@@ -6,9 +6,10 @@ import threading
 
 import pytest
 
-from assistant.engine import Engine, GenRequest
-from tests.test_batching import PROMPTS, hold, request, sharp_tiny_model
+from assistant.engine import BASE, AdapterRef, Engine, GenRequest
+from tests.test_batching import PROMPTS, hold, request, sharp_tiny_model, together
 from tests.test_engine import turns
+from tests.test_routing import save_random_adapter
 
 
 def make(tokenizer, **kw) -> Engine:
@@ -153,6 +154,34 @@ def test_the_prefix_cache_is_bounded_in_tokens(tokenizer):
         assert 0 < sum(len(p.tokens) for p in eng._prefixes.values()) <= 150
     finally:
         eng.close()
+
+
+
+def test_prompts_share_the_templates_head_kv_per_adapter_with_the_same_answers(tokenizer,
+                                                                               tmp_path):
+    # Every prompt without a system message of its own opens with the template's default
+    # system prompt: its KV is computed once per adapter, and only the rest is prefilled.
+    save_random_adapter(tokenizer, tmp_path / "u1", seed=1)
+    v1, v2 = AdapterRef(1, 1, tmp_path / "u1"), AdapterRef(1, 2, tmp_path / "u1")
+    plain, shared = make(tokenizer), make(tokenizer)
+    plain._head = []                                 # every prompt prefilled whole
+    try:
+        assert len(shared._head) >= 16
+        reqs = [request(p, a) for p in PROMPTS for a in (None, v1)]
+        alone = [plain.generate_sync(r).candidates[0].tokens for r in reqs]
+        # together: one prefill whose rows' rests differ in length (padding between)
+        assert [r.candidates[0].tokens for r in together(shared, reqs)] == alone
+        assert shared.stats["head_hits"] == len(reqs) and plain.stats["head_hits"] == 0
+        assert set(shared._heads) == {BASE, v1.name}
+        shared.generate_sync(request(PROMPTS[0], v2))     # a promotion: the old head goes
+        assert set(shared._heads) == {BASE, v2.name}
+        own = [{"role": "system", "content": "Answer in French."},
+               {"role": "user", "content": PROMPTS[0]}]
+        shared.generate_sync(GenRequest(messages=own, max_tokens=3, temperature=0))
+        assert shared.stats["head_hits"] == len(reqs) + 1
+    finally:
+        plain.close()
+        shared.close()
 
 
 # ---- rendering --------------------------------------------------------------------------
