@@ -17,7 +17,15 @@ generation thread, by a decode loop of our own rather than `model.generate`:
   a seeded row draws from its own generator, so its answer does not depend on the batch.
 - **Prefix reuse**: the KV of a finished row is kept (LRU, bounded in tokens) and a later
   prompt of the same user on the same adapter that starts with the same tokens (the next
-  turn of a chat) prefills only what is new.
+  turn of a chat) prefills only what is new. The chat template's own opening (its default
+  system prompt, 23 of the 38 tokens of a one-line question) is public text: its KV is
+  computed once per adapter and every prompt that starts with it prefills only the rest.
+
+Under load a new request's first token waits almost entirely for free rows (bench/serving.py
+reports the breakdown: time queued, in ms and in decode steps, then the prefill), so what
+shortens it is a cheaper step: sampling finds each row's nucleus among its top candidates
+rather than sorting the vocabulary (67 -> 8 ms CPU per step of 8 rows), and the shared
+template head cut a one-line question's prefill from 290 to 203 ms CPU.
 
 Prompts are rendered (chat template, oldest turns dropped to fit) by `submit` on the
 caller's thread - `generate`/`stream` call it from a small render pool, off both the event

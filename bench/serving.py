@@ -15,7 +15,9 @@ One process, one run, the real base (SmolLM2-135M-Instruct), the project's Engin
    Poisson arrivals (exponential gaps of mean `gap` s), answers of 16-96 tokens (EOS on):
    the same schedule and seeds against continuous batching and static batching
    (Engine(continuous=False): a batch admits no one until all of its rows end).
-   Throughput = tokens / (last answer - first arrival); TTFT from submission.
+   Throughput = tokens / (last answer - first arrival); TTFT from submission, broken down
+   into the time queued for free rows (also in decode steps of the running batch, which do
+   not depend on how fast the machine is) and the prefill after it.
 4. Prefix reuse: a 4-turn chat, TTFT of each later turn with and without reusing the
    earlier turns' KV.
 
