@@ -101,3 +101,15 @@ def test_choose_draws_a_seeded_row_the_same_alone_and_beside_others():
     draws_alone = [alone.choose([[]], logits[1:2])[0] for _ in range(30)]
     draws_together = [together.choose([[]] * 3, logits)[1] for _ in range(30)]
     assert draws_alone == draws_together and len(set(draws_alone)) > 1
+
+
+def test_choose_draws_in_proportion_to_the_probabilities():
+    sampler = RowSampling([RowSettings(1.0, 1.0, seed=3), RowSettings(1.0, 0.85, seed=4)], 0)
+    logits = PROBS.repeat(2, 1)
+    counts = torch.zeros(2, 3)
+    for _ in range(3000):
+        for row, token in enumerate(sampler.choose([[], []], logits)):
+            counts[row, token] += 1
+    assert torch.allclose(counts[0] / 3000, torch.tensor([0.6, 0.3, 0.1]), atol=0.03)
+    # top_p 0.85 keeps the two likeliest (0.6 + 0.3), renormalized to 2/3 and 1/3
+    assert torch.allclose(counts[1] / 3000, torch.tensor([2 / 3, 1 / 3, 0.0]), atol=0.03)
