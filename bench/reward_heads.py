@@ -57,11 +57,13 @@ def main() -> None:
     methods = tuple(args.methods.split(","))
     variants = parse_variants(args.settings)
     report: dict = {"seeds": args.seeds, "methods": methods, "results": {}}
-    for name in args.files.split(","):
-        pairs, C, R = rich_pairs(FILES[name])
+    data = {name: rich_pairs(FILES[name]) for name in args.files.split(",")}
+    for name, (pairs, _, _) in data.items():
         report["results"][name] = {"pairs": len(pairs), "recipes": {}}
-        for recipe in args.recipes.split(","):
-            layers, pools = RECIPES[recipe]
+    # Recipe outermost: a run stopped early has every file's figures for the first recipes.
+    for recipe in args.recipes.split(","):
+        layers, pools = RECIPES[recipe]
+        for name, (pairs, C, R) in data.items():
             Cr, Rr = cut(C, layers, pools), cut(R, layers, pools)
             for label, settings in variants.items():
                 key = recipe if len(variants) == 1 else f"{recipe} | {label}"
