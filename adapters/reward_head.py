@@ -230,6 +230,19 @@ def save_head_version(db, heads_dir: Path, user_id: int | None, head: RewardHead
     return version
 
 
+def latest_published(db, user_id: int, features: str) -> dict | None:
+    """The user's newest published head row for these features (`features_id(base_id)`)."""
+    return next(db["reward_heads"].rows_where(
+        "user_id = ? and base_id = ? and published_at is not null", [user_id, features],
+        order_by="version desc", limit=1), None)
+
+
+def recorded_paths(db, user_id: int) -> list[str]:
+    """Every non-empty path recorded for the user's heads (erasure removes them)."""
+    return [r["path"] for r in db["reward_heads"].rows_where(
+        "user_id = ? and path is not null and path != ''", [user_id])]
+
+
 def publish_head(db, user_id: int, version: int) -> None:
     """Make a saved head version live (the newest published head is the user's head)."""
     db.execute("update reward_heads set published_at = ? where user_id = ? and version = ? "

@@ -9,6 +9,7 @@ import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
+from adapters import registry
 from assistant import adapter_fallback as fallback
 from assistant.engine import AdapterRef, Delta, GenRequest, GenResult
 from assistant.explore_turn import EXPLORE_MODES, explore_turn, turn_mode
@@ -16,7 +17,7 @@ from assistant.ids import body_id
 from assistant.state import AppState
 from feedback_store import conversations as conv
 from feedback_store.errors import BadRequest, Gone, ModelError, TooLarge, Unauthorized
-from feedback_store.users import get_user
+from feedback_store.users import get_user, user_exists
 
 MODELS = ("personal", "base")
 log = logging.getLogger("assistant")
@@ -185,16 +186,15 @@ def adapter_for(db, adapters_root, user: dict, model: str) -> AdapterRef | None:
     """The adapter a request is routed through: the user's current version, or none."""
     if model == "base" or not user.get("current_version"):
         return None
-    rows = list(db["adapter_versions"].rows_where(
-        "user_id = ? and version = ?", [user["id"], user["current_version"]]))
-    if not rows:
+    row = registry.find_version(db, user["id"], user["current_version"])
+    if row is None:
         return None
-    return AdapterRef(user["id"], user["current_version"], adapters_root / rows[0]["path"])
+    return AdapterRef(user["id"], user["current_version"], adapters_root / row["path"])
 
 
 def _prepare(db, user: dict, req: TurnRequest, adapters_root) -> tuple[int, dict, list[dict]]:
     """Store the user turn (or find the one to regenerate) and build the prompt messages."""
-    if not db["users"].count_where("id = ?", [user["id"]]):
+    if not user_exists(db, user["id"]):
         raise Unauthorized("invalid or revoked API key")    # erased since the key was checked
     if req.regenerate is not None:
         turn = conv.get_message(db, user["id"], req.regenerate)
@@ -216,12 +216,7 @@ def _prepare(db, user: dict, req: TurnRequest, adapters_root) -> tuple[int, dict
             conv.get_conversation_row(db, user["id"], conv_id)
         follow = conv.get_message(db, user["id"], req.follow) if req.follow is not None else None
         turn = conv.add_user_turn(db, user["id"], conv_id, req.content, follow=follow)
-    row = conv.get_conversation_row(db, user["id"], conv_id)
-    messages = [{"role": m["role"], "content": m["content"]}
-                for m in conv.history(db, conv_id, turn["id"])]
-    if row.get("system"):
-        messages.insert(0, {"role": "system", "content": row["system"]})
-    return conv_id, turn, messages
+    return conv_id, turn, conv.prompt_messages(db, conv_id, turn["id"])
 
 
 async def prepare_turn(state: AppState, user: dict, req: TurnRequest) -> PreparedTurn:
@@ -296,7 +291,7 @@ def candidate_rows(prep: PreparedTurn, result: GenResult) -> list[dict]:
 
 
 def _store_candidates(db, turn: dict, rows: list[dict], regenerate: bool) -> list[dict]:
-    if not db["messages"].count_where("id = ?", [turn["id"]]):
+    if not conv.message_exists(db, turn["id"]):
         # The user (or this conversation) was erased while the answer was generating:
         # the erase stands, the answer is dropped rather than stored for nobody.
         raise Gone(f"conversation {turn['conversation_id']} was deleted while the answer "
@@ -308,7 +303,7 @@ def _store_candidates(db, turn: dict, rows: list[dict], regenerate: bool) -> lis
     stored = conv.add_candidates(db, turn, rows)
     if regenerate and stored:
         conv.choose_candidate(db, stored[0])
-        stored = [db["messages"].get(m["id"]) for m in stored]
+        stored = [conv.message_row(db, m["id"]) for m in stored]
     return stored
 
 

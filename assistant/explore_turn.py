@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import random
 
+from adapters import registry
 from adapters.features import compute_features, store_features
 from assistant import explore as ex
 from assistant.engine import AdapterRef, GenResult
@@ -40,17 +41,12 @@ def _sources(db, adapters_root, user: dict, personal: AdapterRef | None,
              rng: random.Random) -> ex.Sources:
     previous = None
     if personal is not None:
-        row = next(db["adapter_versions"].rows_where(
-            "user_id = ? and version = ?", [user["id"], personal.version]), None)
+        row = registry.find_version(db, user["id"], personal.version)
         parent = row and row["parent_version"]
-        prow = parent and next(db["adapter_versions"].rows_where(
-            "user_id = ? and version = ?", [user["id"], parent]), None)
+        prow = parent and registry.find_version(db, user["id"], parent)
         if prow:
             previous = AdapterRef(user["id"], parent, adapters_root / prow["path"])
-    peers = list(db.query(
-        "select v.user_id, v.version, v.path from users u join adapter_versions v "
-        "on v.user_id = u.id and v.version = u.current_version where u.id != ?",
-        [user["id"]]))
+    peers = registry.serving_peers(db, user["id"])
     rng.shuffle(peers)
     refs = tuple(AdapterRef(p["user_id"], p["version"], adapters_root / p["path"])
                  for p in peers[:MAX_PEERS])

@@ -78,12 +78,39 @@ def rename_conversation(db: Database, user_id: int, conversation_id: int, title:
     return get_conversation_row(db, user_id, conversation_id)
 
 
+def find_message(db: Database, user_id: int, message_id: int) -> dict | None:
+    """A message the user owns, or None for unknown or foreign ids alike."""
+    return next(db["messages"].rows_where("id = ? and user_id = ?", [message_id, user_id]),
+                None)
+
+
 def get_message(db: Database, user_id: int, message_id: int) -> dict:
     """A message the user owns; NotFound for unknown or foreign ids alike."""
-    rows = list(db["messages"].rows_where("id = ? and user_id = ?", [message_id, user_id]))
-    if not rows:
+    row = find_message(db, user_id, message_id)
+    if row is None:
         raise NotFound(f"message {message_id} not found")
-    return rows[0]
+    return row
+
+
+def message_row(db: Database, message_id: int) -> dict:
+    """A message by id, owner unchecked: for ids the caller read from the user's own rows."""
+    return db["messages"].get(message_id)
+
+
+def message_exists(db: Database, message_id: int) -> bool:
+    return bool(db["messages"].count_where("id = ?", [message_id]))
+
+
+def user_messages(db: Database, user_id: int, role: str) -> list[dict]:
+    """The user's messages of one role ("user" turns or "assistant" answers), oldest first."""
+    return list(db["messages"].rows_where("user_id = ? and role = ?", [user_id, role],
+                                          order_by="id"))
+
+
+def opening_turns(db: Database, user_id: int, limit: int) -> list[dict]:
+    """The user's latest `limit` first turns of a thread (no parent), newest first."""
+    return list(db["messages"].rows_where("user_id = ? and role = 'user' and parent_id is null",
+                                          [user_id], order_by="id desc", limit=limit))
 
 
 def chosen_tip(db: Database, conversation_id: int) -> int | None:

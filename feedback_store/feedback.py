@@ -122,6 +122,10 @@ def events(db: Database, user_id: int) -> list[dict]:
     return [_decoded(r, "message_ids", "reasons") for r in rows]
 
 
+def has_events(db: Database, user_id: int) -> bool:
+    return bool(db["feedback_events"].count_where("user_id = ?", [user_id]))
+
+
 def new_events(db: Database, user_id: int) -> list[dict]:
     """Events no training run has consumed yet, oldest first."""
     rows = db["feedback_events"].rows_where("user_id = ? and training_run_id is null",
@@ -262,6 +266,15 @@ def all_thumbs(db: Database, user_id: int) -> list[dict]:
     return [_decoded(r, "reasons") for r in rows]
 
 
+def thumbs_by_turn(db: Database, user_id: int) -> list[dict]:
+    """message_id, value, event_id and candidate_group (the turn) of each current thumb,
+    grouped by turn."""
+    return list(db.query(
+        "select t.message_id, t.value, t.event_id, m.candidate_group from thumbs t "
+        "join messages m on m.id = t.message_id and m.user_id = t.user_id "
+        "where t.user_id = ? order by m.candidate_group, t.message_id", [user_id]))
+
+
 # ---- summaries ----------------------------------------------------------------------------
 
 def effective_new_labels(db: Database, user_id: int) -> int:
@@ -318,4 +331,6 @@ def verdicts_in_conversation(db: Database, user_id: int, conversation_id: int) -
 
 def counts_by_user(db: Database) -> dict[int, dict]:
     """counts() for every user (the admin page's per-user feedback column)."""
-    return {u["id"]: counts(db, u["id"]) for u in db["users"].rows}
+    from feedback_store.users import list_users
+
+    return {u["id"]: counts(db, u["id"]) for u in list_users(db)}
