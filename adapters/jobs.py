@@ -24,14 +24,11 @@ from pathlib import Path
 import numpy as np
 
 from adapters import registry, safety
+from adapters.decoding import BASE
 from adapters.dpo import DpoSettings, dpo_warm_start
-from adapters.features import (
-    cached_features,
-    compute_features,
-    ensure_features,
-    features_id,
-)
-from adapters.gate import BASE, GateSettings, decide, evaluate, greedy_texts
+from adapters.feature_cache import cached_features, ensure_features, features_id
+from adapters.features import compute_features
+from adapters.gate import GateSettings, decide, evaluate, greedy_texts
 from adapters.head_selection import fit_selected_head
 from adapters.policy import PolicySettings, train_policy
 from adapters.reward_head import (

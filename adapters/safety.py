@@ -29,7 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-from adapters.features import compute_features, disk_cached_features, features_id
+from adapters.feature_cache import disk_cached_features, features_id
+from adapters.features import compute_features
 from adapters.reward_head import HeadSettings, RewardHead, fit_head, pair_accuracy
 from feedback_store.errors import BadRequest, ConfigError, NotFound
 

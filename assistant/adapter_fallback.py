@@ -49,10 +49,10 @@ class AdapterFailures:
             return [self._failed[k] for k in sorted(self._failed)]
 
 
-def earlier_versions(db: Database, adapters_root: Path, user_id: int,
+def earlier_versions(db: Database, adapters_dir: Path, user_id: int,
                      version: int) -> list[AdapterRef]:
     """The user's versions older than `version`, newest first: the fallbacks, in order."""
-    return [AdapterRef(user_id, r["version"], adapters_root / r["path"])
+    return [AdapterRef(user_id, r["version"], adapters_dir / r["path"])
             for r in registry.earlier_rows(db, user_id, version)]
 
 

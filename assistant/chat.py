@@ -182,17 +182,17 @@ class PreparedTurn:
         return out
 
 
-def adapter_for(db, adapters_root, user: dict, model: str) -> AdapterRef | None:
+def adapter_for(db, adapters_dir, user: dict, model: str) -> AdapterRef | None:
     """The adapter a request is routed through: the user's current version, or none."""
     if model == "base" or not user.get("current_version"):
         return None
     row = registry.find_version(db, user["id"], user["current_version"])
     if row is None:
         return None
-    return AdapterRef(user["id"], user["current_version"], adapters_root / row["path"])
+    return AdapterRef(user["id"], user["current_version"], adapters_dir / row["path"])
 
 
-def _prepare(db, user: dict, req: TurnRequest, adapters_root) -> tuple[int, dict, list[dict]]:
+def _prepare(db, user: dict, req: TurnRequest) -> tuple[int, dict, list[dict]]:
     """Store the user turn (or find the one to regenerate) and build the prompt messages."""
     if not user_exists(db, user["id"]):
         raise Unauthorized("invalid or revoked API key")    # erased since the key was checked
@@ -220,11 +220,11 @@ def _prepare(db, user: dict, req: TurnRequest, adapters_root) -> tuple[int, dict
 
 
 async def prepare_turn(state: AppState, user: dict, req: TurnRequest) -> PreparedTurn:
-    conv_id, turn, messages = await state.store.write(_prepare, user, req, state.adapters_root)
+    conv_id, turn, messages = await state.store.write(_prepare, user, req)
     s = state.config.server
     messages = trim_prompt(messages, s.max_messages, s.max_request_chars)
     fresh = await state.store.read(get_user, user["id"])   # current_version may have moved
-    adapter = await state.store.read(adapter_for, state.adapters_root, fresh, req.model)
+    adapter = await state.store.read(adapter_for, state.adapters_dir, fresh, req.model)
     gen = GenRequest(messages=messages, n=req.n, temperature=req.temperature, top_p=req.top_p,
                      max_tokens=req.max_tokens, stop=req.stop, adapter=adapter,
                      frequency_penalty=req.frequency_penalty,
@@ -241,7 +241,7 @@ async def fall_back(state: AppState, prep: PreparedTurn) -> None:
     base; remember which version should have served."""
     failed = prep.gen.adapter
     prep.fallback_from = prep.fallback_from or failed.version
-    earlier = await state.store.read(fallback.earlier_versions, state.adapters_root,
+    earlier = await state.store.read(fallback.earlier_versions, state.adapters_dir,
                                      failed.user_id, failed.version)
     usable = [ref for ref in earlier if not state.adapter_failures.failed(ref)]
     prep.gen.adapter = usable[0] if usable else None

@@ -61,7 +61,7 @@ def remove_paths(paths: list[Path]) -> None:
 
 async def erase_user(ctx: AppState, user_id: int) -> dict:
     """Remove the user's rows, files and loaded adapters; return what was erased."""
-    user, paths = await ctx.store.write(delete_user_rows, user_id, ctx.adapters_root)
+    user, paths = await ctx.store.write(delete_user_rows, user_id, ctx.adapters_dir)
     busy, _, _ = await ctx.store.checkpoint()
     if busy:   # a long read elsewhere (a training worker) kept the WAL: the next one clears it
         log.warning("erased user %s, but a reader kept the WAL from being truncated", user_id)

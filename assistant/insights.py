@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 from sqlite_utils import Database
 
-from adapters.features import cached_features
+from adapters.feature_cache import cached_features
 from assistant.rewards import _load, head_summary, latest_head
 from feedback_store import feedback as fb
 from feedback_store import runs

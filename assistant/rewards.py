@@ -8,7 +8,8 @@ from pathlib import Path
 
 from sqlite_utils import Database
 
-from adapters.features import cached_features, compute_features, features_id, store_features
+from adapters.feature_cache import cached_features, features_id, store_features
+from adapters.features import compute_features
 from adapters.reward_head import RewardHead, latest_published
 from assistant.state import AppState
 from feedback_store import conversations as conv

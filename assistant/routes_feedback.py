@@ -20,7 +20,7 @@ COMPARISON_FIELDS = {"message_ids", "choice", "reasons", "comment"}
 RANKING_FIELDS = {"message_ids"}
 
 
-def _only(data: dict, allowed: set[str]) -> dict:
+def _known_fields(data: dict, allowed: set[str]) -> dict:
     """Reject unknown fields: a misspelt 'reason' must not silently drop the reasons."""
     unknown = sorted(set(data) - allowed)
     if unknown:
@@ -50,7 +50,7 @@ async def get_message(message_id: FromPath[int], user: dict, ctx: AppState) -> d
 @put("/messages/{message_id:int}/thumbs")
 async def put_thumbs(message_id: FromPath[int], data: ThumbsBody, user: dict,
                      ctx: AppState) -> dict:
-    value = fb.check_thumb_value(_only(data, THUMBS_FIELDS).get("value"))
+    value = fb.check_thumb_value(_known_fields(data, THUMBS_FIELDS).get("value"))
     # An up vote takes the "up" reasons and a down vote the "down" ones: a down vote
     # "because helpful" would teach the reward model the opposite of what was meant.
     f = ctx.config.feedback
@@ -65,14 +65,14 @@ async def delete_thumbs(message_id: FromPath[int], user: dict, ctx: AppState) ->
 
 @post("/comparisons", status_code=200)
 async def post_comparison(data: ComparisonBody, user: dict, ctx: AppState) -> dict:
-    reasons, comment = _notes(_only(data, COMPARISON_FIELDS), ctx.config.feedback.reasons)
+    reasons, comment = _notes(_known_fields(data, COMPARISON_FIELDS), ctx.config.feedback.reasons)
     return await ctx.store.write(fb.compare, user["id"], data.get("message_ids"),
                                  data.get("choice"), reasons, comment)
 
 
 @post("/rankings", status_code=200)
 async def post_ranking(data: RankingBody, user: dict, ctx: AppState) -> dict:
-    ids = _only(data, RANKING_FIELDS).get("message_ids")
+    ids = _known_fields(data, RANKING_FIELDS).get("message_ids")
     return await ctx.store.write(fb.rank, user["id"], ids)
 
 

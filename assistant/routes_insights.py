@@ -42,7 +42,7 @@ async def _answer(ctx: AppState, prompt: list[dict], adapter) -> str:
 
 
 async def _examples(ctx: AppState, user: dict) -> dict:
-    adapter = await ctx.store.read(adapter_for, ctx.adapters_root, user, "personal")
+    adapter = await ctx.store.read(adapter_for, ctx.adapters_dir, user, "personal")
     if adapter is None:
         return {"version": None, "examples": [],
                 "reason": "You have no personal version yet: the base model answers you."}

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from adapters import gate, policy, registry
+from adapters import decoding, gate, policy, registry
 from feedback_store.errors import NotFound, TrainingError
 from feedback_store.users import create_user, get_user
 from tests.conftest import make_tiny_model
@@ -98,9 +98,9 @@ def test_logprobs_match_generation_with_left_padding(tokenizer, tiny_model):
 
     model = policy.attach_lora(tiny_model, FAST)
     randomize_lora(model)
-    ids, mask = policy.left_pad(policy.render_prompts(tokenizer, PROMPTS),
-                                tokenizer.pad_token_id)
-    eos = policy.eos_ids(tiny_model, tokenizer)
+    ids, mask = decoding.left_pad(decoding.render_prompts(tokenizer, PROMPTS),
+                                  tokenizer.pad_token_id)
+    eos = decoding.eos_ids(tiny_model, tokenizer)
     config = GenerationConfig(max_new_tokens=8, do_sample=True, temperature=0.7, top_k=0,
                               top_p=1.0, eos_token_id=eos, pad_token_id=tokenizer.pad_token_id,
                               output_logits=True, return_dict_in_generate=True)
@@ -109,8 +109,8 @@ def test_logprobs_match_generation_with_left_padding(tokenizer, tiny_model):
     tokens = out.sequences[:, ids.shape[1]:].clone()
     logits = torch.stack(out.logits, 1).float() / 0.7
     expected = logits.gather(-1, tokens[..., None]).squeeze(-1) - logits.logsumexp(-1)
-    got = policy.token_logprobs(model, ids, mask, tokens, policy.completion_mask(tokens, eos),
-                                temperature=0.7)
+    got = decoding.token_logprobs(model, ids, mask, tokens,
+                                  decoding.completion_mask(tokens, eos), temperature=0.7)
     assert torch.allclose(got, expected, atol=1e-4)
 
 
@@ -131,7 +131,7 @@ def test_advantages_and_completion_mask():
     adv = policy.group_advantages(torch.tensor([[1.0, 2.0, 3.0, 2.0], [5.0, 5.0, 5.0, 5.0]]))
     assert torch.allclose(adv[0].mean(), torch.tensor(0.0)) and adv[0, 2] > 0 > adv[0, 0]
     assert torch.equal(adv[1], torch.zeros(4))
-    mask = policy.completion_mask(torch.tensor([[5, 2, 2, 2], [5, 6, 7, 8]]), [2])
+    mask = decoding.completion_mask(torch.tensor([[5, 2, 2, 2], [5, 6, 7, 8]]), [2])
     assert mask.tolist() == [[1, 1, 0, 0], [1, 1, 1, 1]]
 
 
