@@ -259,10 +259,6 @@ def user_turns(db, user_id: int) -> list[tuple[int, list[dict]]]:
     return [(t["id"], prompt_messages(db, t["conversation_id"], t["id"])) for t in turns]
 
 
-def user_prompts(db, user_id: int) -> list[list[dict]]:
-    return [prompt for _, prompt in user_turns(db, user_id)]
-
-
 def split_prompts(prompts: list, heldout_frac: float, seed: int) -> tuple[list, list]:
     """Shuffle and hold out a share (at least one) for the gate."""
     if len(prompts) < 2:

@@ -34,10 +34,6 @@ def user_dir(adapters_dir: Path, user_name: str) -> Path:
     return Path(adapters_dir) / check_name(user_name)
 
 
-def version_dir(adapters_dir: Path, user_name: str, version: int) -> Path:
-    return user_dir(adapters_dir, user_name) / str(int(version))
-
-
 def _next_version(db: Database, folder: Path, user_id: int) -> int:
     """One above every version in the table or on disk (an orphan's number is not reused)."""
     row = next(db.query("select max(version) as v from adapter_versions where user_id = ?",
@@ -115,15 +111,6 @@ def save_version(db: Database, adapters_dir: Path, user: dict, peft_model, meta:
     return _commit_version(db, adapters_dir, user, write, meta)
 
 
-def register_existing(db: Database, adapters_dir: Path, user: dict, src_dir: Path,
-                      meta: dict) -> int:
-    """Copy an existing PEFT adapter directory in as the user's next version."""
-    def write(tmp: Path) -> None:
-        shutil.copytree(src_dir, tmp, dirs_exist_ok=True)
-
-    return _commit_version(db, adapters_dir, user, write, meta)
-
-
 def find_version(db: Database, user_id: int, version: int | None) -> dict | None:
     """The user's row for `version` as stored (metrics still JSON), or None."""
     if version is None:
@@ -180,11 +167,6 @@ def promote(db: Database, user_id: int, version: int) -> None:
 def rollback(db: Database, user_id: int, version: int) -> None:
     """Go back to an earlier (or any other) version of the user's: NotFound if there is none."""
     promote(db, user_id, version)
-
-
-def remove_user_files(adapters_dir: Path, user_name: str) -> None:
-    """Delete every adapter version of a user from disk (rows go with feedback_store)."""
-    shutil.rmtree(user_dir(adapters_dir, user_name), ignore_errors=True)
 
 
 def current_path(db: Database, user: dict) -> Path | None:

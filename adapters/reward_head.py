@@ -21,7 +21,7 @@ import json
 import math
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -247,7 +247,3 @@ def publish_head(db, user_id: int, version: int) -> None:
     """Make a saved head version live (the newest published head is the user's head)."""
     db.execute("update reward_heads set published_at = ? where user_id = ? and version = ? "
                "and published_at is null", [now(), user_id, version])
-
-
-def settings_dict(settings: HeadSettings) -> dict:
-    return asdict(settings)
