@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from feedback_store.errors import BadRequest, ModelError
+from feedback_store.errors import InvalidData, ModelError
 
 Messages = list[dict]
 Item = tuple[Messages, str]
@@ -72,7 +72,7 @@ def render(tokenizer, prompt: Messages, answer: str, max_tokens: int = 512,
     the same prefix and can share its forward pass.
     """
     if not isinstance(answer, str) or not isinstance(prompt, list):
-        raise BadRequest("an item must be (list of messages, answer string)")
+        raise InvalidData("an item must be (list of messages, answer string)")
     head, full = template_text(tokenizer, prompt, answer)
     cut = len(head) if full.startswith(head) else _common_prefix(head, full)
     prefix = tokenizer(full[:cut], add_special_tokens=False)["input_ids"]
@@ -89,7 +89,7 @@ def answer_budget(max_tokens: int, answer_tokens: int | None = None) -> int:
     """Tokens an answer may keep: answer_tokens, or max_tokens // ANSWER_SHARE."""
     cap = max_tokens // ANSWER_SHARE if answer_tokens is None else answer_tokens
     if not 1 <= cap < max_tokens:
-        raise BadRequest(f"answer budget {cap} must be in [1, {max_tokens})")
+        raise InvalidData(f"answer budget {cap} must be in [1, {max_tokens})")
     return cap
 
 
@@ -100,7 +100,7 @@ def template_text(tokenizer, prompt: Messages, answer: str) -> tuple[str, str]:
         full = tokenizer.apply_chat_template(
             [*prompt, {"role": "assistant", "content": answer}], tokenize=False).rstrip()
     except Exception as exc:
-        raise BadRequest(f"cannot render conversation with the chat template: {exc}") from exc
+        raise InvalidData(f"cannot render conversation with the chat template: {exc}") from exc
     return head, full
 
 
@@ -292,7 +292,7 @@ def compute_features(model, tokenizer, items: list[Item], batch_size: int = 8,
         max_tokens, answer_tokens = FEATURE_MAX_TOKENS, FEATURE_ANSWER_TOKENS
     unknown = [p for p in pools if p not in POOL_NAMES]
     if unknown:
-        raise BadRequest(f"unknown feature pools {unknown}; known: {list(POOL_NAMES)}")
+        raise InvalidData(f"unknown feature pools {unknown}; known: {list(POOL_NAMES)}")
     rendered = [render(tokenizer, p, a, max_tokens, answer_tokens) for p, a in items]
     indices = layer_indices(model, layers)
     config = model.config.get_text_config() if hasattr(model.config, "get_text_config") \

@@ -51,9 +51,9 @@ def check_turn(state: AppState, body: dict) -> TurnRequest:
     g, limit = state.config.generation, state.config.server.max_prompt_chars
     content = body.get("content")
     if body.get("regenerate") is None and (not isinstance(content, str) or not content.strip()):
-        raise BadRequest("content: must be a non-empty string")
+        raise BadRequest("must be a non-empty string", field="content")
     if isinstance(content, str) and len(content) > limit:
-        raise TooLarge(f"content: {len(content)} characters is over the limit of {limit}")
+        raise TooLarge(f"{len(content)} characters is over the limit of {limit}", field="content")
     n = _int_in(body, "n", 1, 1, g.n_max)
     max_tokens = _int_in(body, "max_tokens", g.max_tokens_default, 1, g.max_tokens_limit)
     temperature = _float_in(body, "temperature", g.temperature, 0.0, 2.0)
@@ -61,7 +61,7 @@ def check_turn(state: AppState, body: dict) -> TurnRequest:
     model = body.get("model")
     model = "personal" if model is None else model     # absent or null: the default
     if not isinstance(model, str) or model not in MODELS:
-        raise BadRequest(f"model: must be one of {', '.join(MODELS)}; got {model!r}")
+        raise BadRequest(f"must be one of {', '.join(MODELS)}; got {model!r}", field="model")
     return TurnRequest(content=content or "", conversation_id=body_id(body, "conversation_id"),
                        regenerate=body_id(body, "regenerate"), edit=body_id(body, "edit"),
                        follow=body_id(body, "follow"),
@@ -78,8 +78,8 @@ def _explore_mode(body: dict) -> str | None:
     if value is False:
         return "off"
     if value not in EXPLORE_MODES:
-        raise BadRequest(f"explore: must be true, false or one of {', '.join(EXPLORE_MODES)}; "
-                         f"got {value!r}")
+        raise BadRequest(f"must be true, false or one of {', '.join(EXPLORE_MODES)}; "
+                         f"got {value!r}", field="explore")
     return value
 
 
@@ -88,7 +88,7 @@ def _sampling_extras(body: dict) -> dict:
     as OpenAI's; it is stored with each answer, and SQLite's integers are signed 64-bit)."""
     seed = _opt_int(body, "seed")
     if seed is not None and not -2**63 <= seed < 2**63:
-        raise BadRequest(f"seed: must be a signed 64-bit integer; got {seed!r}")
+        raise BadRequest(f"must be a signed 64-bit integer; got {seed!r}", field="seed")
     return {"frequency_penalty": _float_in(body, "frequency_penalty", 0.0, -2.0, 2.0),
             "presence_penalty": _float_in(body, "presence_penalty", 0.0, -2.0, 2.0),
             "seed": seed}
@@ -99,7 +99,7 @@ def _int_in(body: dict, name: str, default: int, lo: int, hi: int) -> int:
     if value is None:
         return default
     if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
-        raise BadRequest(f"{name}: must be an integer from {lo} to {hi}; got {value!r}")
+        raise BadRequest(f"must be an integer from {lo} to {hi}; got {value!r}", field=name)
     return value
 
 
@@ -108,14 +108,14 @@ def _float_in(body: dict, name: str, default: float, lo: float, hi: float) -> fl
     if value is None:
         return default
     if not isinstance(value, int | float) or isinstance(value, bool) or not lo <= value <= hi:
-        raise BadRequest(f"{name}: must be a number from {lo} to {hi}; got {value!r}")
+        raise BadRequest(f"must be a number from {lo} to {hi}; got {value!r}", field=name)
     return float(value)
 
 
 def _opt_int(body: dict, name: str) -> int | None:
     value = body.get(name)
     if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
-        raise BadRequest(f"{name}: must be an integer; got {value!r}")
+        raise BadRequest(f"must be an integer; got {value!r}", field=name)
     return value
 
 
@@ -124,7 +124,7 @@ def _stops(value: object) -> list[str]:
         return []
     stops = [value] if isinstance(value, str) else value
     if not isinstance(stops, list) or len(stops) > 4 or not all(isinstance(s, str) for s in stops):
-        raise BadRequest("stop: must be a string or a list of at most 4 strings")
+        raise BadRequest("must be a string or a list of at most 4 strings", field="stop")
     return stops
 
 
@@ -135,7 +135,7 @@ def check_flag(body: dict, name: str, where: str | None = None) -> bool:
     if value is None:
         return False
     if not isinstance(value, bool):
-        raise BadRequest(f"{where or name}: must be true or false; got {value!r}")
+        raise BadRequest(f"must be true or false; got {value!r}", field=where or name)
     return value
 
 
@@ -199,12 +199,12 @@ def _prepare(db, user: dict, req: TurnRequest) -> tuple[int, dict, list[dict]]:
     if req.regenerate is not None:
         turn = conv.get_message(db, user["id"], req.regenerate)
         if turn["role"] != "user":
-            raise BadRequest(f"regenerate: message {req.regenerate} is not a user turn")
+            raise BadRequest(f"message {req.regenerate} is not a user turn", field="regenerate")
         conv_id = turn["conversation_id"]
     elif req.edit is not None:
         edited = conv.get_message(db, user["id"], req.edit)
         if edited["role"] != "user":
-            raise BadRequest(f"edit: message {req.edit} is not a user turn")
+            raise BadRequest(f"message {req.edit} is not a user turn", field="edit")
         conv_id = edited["conversation_id"]
         turn = conv.add_user_turn(db, user["id"], conv_id, req.content, edit_of=edited)
     else:

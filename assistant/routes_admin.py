@@ -21,7 +21,7 @@ from feedback_store.training_data import export_jsonl
 async def create_user(data: NewUserBody, admin: dict, ctx: AppState) -> dict:
     name, is_admin = data.get("name"), data.get("admin", False)
     if not isinstance(is_admin, bool):
-        raise BadRequest(f"admin: must be true or false; got {is_admin!r}")
+        raise BadRequest(f"must be true or false; got {is_admin!r}", field="admin")
     user, key = await ctx.store.write(users.create_user, name, is_admin)
     return {"id": user["id"], "name": user["name"], "role": user["role"], "api_key": key}
 

@@ -24,7 +24,7 @@ def _known_fields(data: dict, allowed: set[str]) -> dict:
     """Reject unknown fields: a misspelt 'reason' must not silently drop the reasons."""
     unknown = sorted(set(data) - allowed)
     if unknown:
-        raise BadRequest(f"{unknown[0]}: unknown field; expected {', '.join(sorted(allowed))}")
+        raise BadRequest(f"unknown field; expected {', '.join(sorted(allowed))}", field=unknown[0])
     return data
 
 

@@ -19,9 +19,9 @@ from feedback_store.users import get_user
 async def train(data: TrainBody, admin: dict, ctx: AppState) -> dict:
     name, force = data.get("user"), data.get("force", False)
     if name is not None and not isinstance(name, str):
-        raise BadRequest(f"user: must be a user name; got {name!r}")
+        raise BadRequest(f"must be a user name; got {name!r}", field="user")
     if not isinstance(force, bool):
-        raise BadRequest(f"force: must be true or false; got {force!r}")
+        raise BadRequest(f"must be true or false; got {force!r}", field="force")
     queued = await ctx.store.write(runs.request_training, name, force,
                                    ctx.config.training.min_new_events, admin["name"])
     if ctx.scheduler is not None:
@@ -45,7 +45,7 @@ async def rollback(user_id: FromPath[int], data: RollbackBody, admin: dict, ctx:
 
     version = body_id(data, "version")
     if version is None:
-        raise BadRequest("version: required, the adapter version to serve")
+        raise BadRequest("required, the adapter version to serve", field="version")
     await ctx.store.write(registry.rollback, user_id, version)
     return await ctx.store.read(get_user, user_id)
 

@@ -24,15 +24,15 @@ MIN_TOKENS = 16          # a "short" answer still has room for a sentence
 def check_settings(body: Any) -> dict[str, Any]:
     """The settings in a PUT body, each validated; a 400 names the bad field."""
     if not isinstance(body, dict) or not body:
-        raise BadRequest("body: must be an object with at least one of "
-                         f"{', '.join(DEFAULTS)}")
+        raise BadRequest("must be an object with at least one of "
+                         f"{', '.join(DEFAULTS)}", field="body")
     for name, value in body.items():
         if name not in DEFAULTS:
-            raise BadRequest(f"{name}: not a setting; known: {', '.join(DEFAULTS)}")
+            raise BadRequest(f"not a setting; known: {', '.join(DEFAULTS)}", field=name)
         if name == "answer_length" and (not isinstance(value, str)
                                         or value not in ANSWER_LENGTHS):
-            raise BadRequest(f"answer_length: must be one of {', '.join(ANSWER_LENGTHS)}; "
-                             f"got {value!r}")
+            raise BadRequest(f"must be one of {', '.join(ANSWER_LENGTHS)}; "
+                             f"got {value!r}", field="answer_length")
     return dict(body)
 
 

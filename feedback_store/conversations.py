@@ -70,10 +70,10 @@ def delete_conversation(db: Database, user_id: int, conversation_id: int) -> Non
 def rename_conversation(db: Database, user_id: int, conversation_id: int, title: object) -> dict:
     get_conversation_row(db, user_id, conversation_id)   # another user's id is 404 first
     if not isinstance(title, str) or not title.strip():
-        raise BadRequest("title: must be a non-empty string")
+        raise BadRequest("must be a non-empty string", field="title")
     title = " ".join(title.split())
     if len(title) > TITLE_CHARS * 2:
-        raise BadRequest(f"title: {len(title)} characters is over {TITLE_CHARS * 2}")
+        raise BadRequest(f"{len(title)} characters is over {TITLE_CHARS * 2}", field="title")
     db["conversations"].update(conversation_id, {"title": title})
     return get_conversation_row(db, user_id, conversation_id)
 
@@ -142,8 +142,8 @@ def add_user_turn(db: Database, user_id: int, conversation_id: int, content: str
         parent = edit_of["parent_id"]
     elif follow:
         if follow["role"] != "assistant" or follow["conversation_id"] != conversation_id:
-            raise BadRequest(f"follow: message {follow['id']} is not an answer in conversation "
-                             f"{conversation_id}")
+            raise BadRequest(f"message {follow['id']} is not an answer in conversation "
+                             f"{conversation_id}", field="follow")
         parent = follow["id"]
     else:
         parent = chosen_tip(db, conversation_id)

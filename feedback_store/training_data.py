@@ -44,7 +44,7 @@ class _Label:
 
 def check_format(fmt: object) -> str:
     if fmt not in FORMATS:
-        raise BadRequest(f"format: must be one of {', '.join(FORMATS)}; got {fmt!r}")
+        raise BadRequest(f"must be one of {', '.join(FORMATS)}; got {fmt!r}", field="format")
     return str(fmt)
 
 

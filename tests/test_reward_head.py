@@ -15,7 +15,7 @@ from adapters.reward_head import (
     pair_accuracy,
     save_head_version,
 )
-from feedback_store.errors import BadRequest
+from feedback_store.errors import BadRequest, InvalidData
 
 ITEMS = [
     ([{"role": "user", "content": "How do I boil an egg?"}], "Put it in boiling water."),
@@ -177,9 +177,9 @@ def test_thumbs_only_fit():
 
 
 def test_fit_rejects_empty_and_mismatched():
-    with pytest.raises(BadRequest):
+    with pytest.raises(InvalidData):
         fit_head(np.zeros((0, 4)), np.zeros((0, 4)), np.zeros((0, 4)), np.zeros(0))
-    with pytest.raises(BadRequest):
+    with pytest.raises(InvalidData):
         fit_head(np.ones((3, 4)), np.ones((2, 4)), np.zeros((0, 4)), np.zeros(0))
 
 
