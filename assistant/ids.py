@@ -6,7 +6,7 @@ this API is a positive row id, so anything outside 1..MAX_ID names no row.
 
 Path and query parameters typed `int` are checked for every route by `check_request_ids`
 (a `before_request` hook on the app), so a new route is covered without doing anything;
-ids inside JSON bodies go through `body_id`.
+ids inside JSON bodies go through `body_id` (the chat bodies) or `bodies.Id` (typed bodies).
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ from sqlite_utils import Database
 from adapters import registry
 from assistant.api_docs import SettingsBody
 from assistant.auth import current_user
+from assistant.bodies import SettingsIn, parse
 from assistant.erase import erase_user
 from assistant.rewards import head_summary
 from assistant.state import AppState
@@ -106,7 +107,7 @@ async def get_settings(user: dict, ctx: AppState) -> dict:
 
 @put("/me/settings")
 async def put_settings(data: SettingsBody, user: dict, ctx: AppState) -> dict:
-    return await ctx.store.write(save_settings, user["id"], check_settings(data))
+    return await ctx.store.write(save_settings, user["id"], check_settings(parse(SettingsIn, data)))
 
 
 @delete("/me", status_code=200)
