@@ -135,7 +135,7 @@ class ExploreConfig:
     hot_temperature: float = 1.1
     arms: tuple[str, ...] = DEFAULT_ARMS
     demo_question: str = "How do I keep a houseplant alive?"
-    diversity_until_pairs: int = 20
+    uncertainty_from_pairs: int = 20
     features: bool = True
 
 
@@ -366,7 +366,7 @@ def validate(c: Config) -> None:
            c.scheduler.interval_seconds, "must be at least 1")
 
 
-EXPLORE_SELECTIONS = ("auto", "random", "uncertainty", "diversity")
+EXPLORE_SELECTIONS = ("auto", "random", "contrast", "uncertainty", "diversity")
 EXPLORE_SOURCES = ("personal", "base", "previous", "hot", "arm", "peer")
 
 
@@ -380,8 +380,8 @@ def _validate_explore(e: ExploreConfig, g: GenerationConfig) -> None:
            f"must be a non-empty list of {', '.join(EXPLORE_SOURCES)}")
     _check(0.0 < e.hot_temperature <= 2.0, "explore.hot_temperature", e.hot_temperature,
            "must be in (0, 2]")
-    _check(e.diversity_until_pairs >= 0, "explore.diversity_until_pairs",
-           e.diversity_until_pairs, "must be 0 or more")
+    _check(e.uncertainty_from_pairs >= 0, "explore.uncertainty_from_pairs",
+           e.uncertainty_from_pairs, "must be 0 or more")
     for arm in e.arms:
         parts = [p.strip() for p in arm.split("|")]
         _check(len(parts) in (2, 3) and all(parts), "explore.arms", arm,
