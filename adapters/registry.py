@@ -115,8 +115,9 @@ def find_version(db: Database, user_id: int, version: int | None) -> dict | None
     """The user's row for `version` as stored (metrics still JSON), or None."""
     if version is None:
         return None
-    return next(db["adapter_versions"].rows_where("user_id = ? and version = ?",
-                                                  [user_id, version]), None)
+    rows = list(db["adapter_versions"].rows_where("user_id = ? and version = ?",
+                                                  [user_id, version]))   # no cursor left open
+    return rows[0] if rows else None
 
 
 def get_version(db: Database, user_id: int, version: int) -> dict:

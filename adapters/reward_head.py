@@ -232,9 +232,10 @@ def save_head_version(db, heads_dir: Path, user_id: int | None, head: RewardHead
 
 def latest_published(db, user_id: int, features: str) -> dict | None:
     """The user's newest published head row for these features (`features_id(base_id)`)."""
-    return next(db["reward_heads"].rows_where(
+    rows = list(db["reward_heads"].rows_where(      # list: no cursor left open
         "user_id = ? and base_id = ? and published_at is not null", [user_id, features],
-        order_by="version desc", limit=1), None)
+        order_by="version desc", limit=1))
+    return rows[0] if rows else None
 
 
 def recorded_paths(db, user_id: int) -> list[str]:

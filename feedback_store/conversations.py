@@ -80,8 +80,8 @@ def rename_conversation(db: Database, user_id: int, conversation_id: int, title:
 
 def find_message(db: Database, user_id: int, message_id: int) -> dict | None:
     """A message the user owns, or None for unknown or foreign ids alike."""
-    return next(db["messages"].rows_where("id = ? and user_id = ?", [message_id, user_id]),
-                None)
+    rows = list(db["messages"].rows_where("id = ? and user_id = ?", [message_id, user_id]))
+    return rows[0] if rows else None
 
 
 def get_message(db: Database, user_id: int, message_id: int) -> dict:

@@ -103,8 +103,9 @@ def user_runs(db: Database, user_id: int) -> list[dict]:
 
 def last_run(db: Database, user_id: int) -> dict | None:
     """The user's newest run as stored, or None."""
-    return next(db["training_runs"].rows_where("user_id = ?", [user_id], order_by="id desc",
-                                               limit=1), None)
+    rows = list(db["training_runs"].rows_where("user_id = ?", [user_id], order_by="id desc",
+                                               limit=1))   # list: no cursor left open
+    return rows[0] if rows else None
 
 
 def _decode(row: dict) -> dict:
