@@ -337,15 +337,3 @@ def recipe_columns(hidden: int, layers: Sequence[float], pools: Sequence[str],
             block = list(layers).index(layer) * len(pools) + list(pools).index(pool)
             cols.append(np.arange(block * hidden, (block + 1) * hidden))
     return np.concatenate(cols)
-
-
-def __getattr__(name: str):
-    """bench/reward_common.py and bench/reward_fit.py still import the disk cache and the
-    old private name from here; drop this once they import adapters.feature_cache."""
-    if name == "DiskFeatureCache":
-        from adapters.feature_cache import DiskFeatureCache
-
-        return DiskFeatureCache
-    if name == "_template":
-        return template_text
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -23,7 +23,8 @@ import numpy as np
 
 from adapters.base_model import load_tokenizer, resolve_source
 from adapters.ensemble import fit_ensemble
-from adapters.features import DiskFeatureCache, feature_spec, render
+from adapters.feature_cache import DiskFeatureCache
+from adapters.features import feature_spec, render
 from adapters.head_selection import fit_selected_head
 from adapters.reward_head import HeadSettings, cross_val_accuracy, fit_head
 
