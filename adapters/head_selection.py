@@ -22,7 +22,8 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from adapters.calibration import fit_temperature
-from adapters.reward_head import STD_FLOOR, HeadSettings, RewardHead, _optimize, fit_head
+from adapters.reward_head import STD_FLOOR, RewardHead, _optimize, fit_head
+from adapters.settings import HeadSettings
 
 ALPHAS = (0.0, 0.5, 1.0)
 STRENGTHS = (0.3, 1.0, 3.0, 10.0, 30.0)

@@ -24,24 +24,24 @@ from pathlib import Path
 import numpy as np
 
 from adapters import registry, safety
-from adapters.dpo import DpoSettings, dpo_warm_start
+from adapters.dpo import dpo_warm_start
 from adapters.features import (
     cached_features,
     compute_features,
     ensure_features,
     features_id,
 )
-from adapters.gate import BASE, GateSettings, decide, evaluate, greedy_texts
+from adapters.gate import BASE, decide, evaluate, greedy_texts
 from adapters.head_selection import fit_selected_head
-from adapters.policy import PolicySettings, train_policy
+from adapters.policy import train_policy
 from adapters.reward_head import (
-    HeadSettings,
     RewardHead,
     cross_val_accuracy,
     fit_head,
     publish_head,
     save_head_version,
 )
+from adapters.settings import HeadSettings, RunSettings, SafetySettings
 from feedback_store import runs as runs_store
 from feedback_store.conversations import prompt_messages
 from feedback_store.errors import TrainingError
@@ -51,21 +51,6 @@ from feedback_store.users import get_user
 
 Log = Callable[[str], None]
 ENSEMBLE_SIZE = 8       # bootstrap members for exploration's uncertainty (Dwaracherla 2024)
-
-
-@dataclass(frozen=True)
-class RunSettings:
-    head: HeadSettings = field(default_factory=HeadSettings)
-    policy: PolicySettings = field(default_factory=PolicySettings)
-    gate: GateSettings = field(default_factory=GateSettings)
-    dpo: DpoSettings = field(default_factory=DpoSettings)
-    heldout_frac: float = 0.25
-    public_prompts: tuple[str, ...] = ()     # operator-supplied prompt texts, never users'
-    min_prompts: int = 2
-    min_head_pairs: int = 12                 # evidence before RL and the gate trust a head
-    min_head_accuracy: float = 0.55
-    safety: safety.SafetySettings = field(
-        default_factory=lambda: safety.SafetySettings(enabled=False))
 
 
 @dataclass
@@ -292,7 +277,7 @@ def reward_function(base, head: RewardHead, consensus: safety.Consensus | None =
     return score
 
 
-def consensus_head(base, settings: safety.SafetySettings, log: Log) -> safety.Consensus | None:
+def consensus_head(base, settings: SafetySettings, log: Log) -> safety.Consensus | None:
     """The consensus harmlessness head when the floor is on (fitted here on first need)."""
     if not settings.enabled:
         return None
@@ -398,7 +383,7 @@ def unseen_pairs(rows: list[dict], trained_through: int | None) -> list[dict]:
 
 
 def safety_floor(policy, tokenizer, consensus: safety.Consensus,
-                 settings: safety.SafetySettings) -> tuple[bool, str, dict]:
+                 settings: SafetySettings) -> tuple[bool, str, dict]:
     """The candidate ("default") against the base on the red-team prompts (safety.py):
     (passes, reason, figures). The base's side is computed once per consensus head."""
     prompts, cap = consensus.redteam_messages(), settings.max_tokens

@@ -54,6 +54,7 @@ from pathlib import Path
 import torch
 from transformers import GenerationConfig
 
+from adapters.settings import PolicySettings
 from feedback_store.errors import TrainingError
 
 RewardFn = Callable[[list[list[dict]], list[str]], list[float]]
@@ -62,30 +63,6 @@ LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 MAX_PROMPT_TOKENS = 512     # long histories are cut from their start (the last turn matters)
 MAX_GRAD_NORM = 1.0
 ADV_EPS = 1e-4
-
-
-@dataclass(frozen=True)
-class PolicySettings:
-    """RL hyper-parameters; the first ones mirror config.toml [training]."""
-
-    lora_r: int = 8
-    lora_alpha: int = 16
-    lora_dropout: float = 0.0
-    learning_rate: float = 2e-4
-    steps: int = 20
-    group_size: int = 4
-    prompts_per_step: int = 2
-    max_completion_tokens: int = 96
-    kl_beta: float = 0.05
-    # Early stop (as PPO's target_kl in Stable-Baselines3): once the policy's mean k3 KL per
-    # token on its own samples exceeds this, RL stops and keeps the last weights under it.
-    # 0 = never stop. A run that overshoots the gate's budget would otherwise be wasted.
-    target_kl: float = 0.0
-    temperature: float = 1.0
-    seed: int = 0
-    # Not in config.toml: sample with a bfloat16 copy and run forwards under bf16 autocast.
-    # Turn off on hardware without fast bf16 matmuls.
-    bf16: bool = True
 
 
 # ---- prompts and sampling (shared with adapters.gate) ---------------------------------------

@@ -26,22 +26,12 @@ from pathlib import Path
 
 import numpy as np
 
+from adapters.settings import HeadSettings
 from feedback_store.clock import now
 from feedback_store.errors import BadRequest, NotFound
 
 MAX_ITER = 200
 STD_FLOOR = 1e-6
-
-
-@dataclass(frozen=True)
-class HeadSettings:
-    """Mirrors config.toml [reward]; the adapters package never reads configuration."""
-
-    shared_prior: bool = True
-    prior_strength: float = 1.0
-    l2: float = 1.0
-    thumbs_weight: float = 0.5
-    select_prior: bool = False  # per-user prior target/strength by CV (head_selection.py)
 
 
 @dataclass

@@ -30,7 +30,8 @@ from pathlib import Path
 import numpy as np
 
 from adapters.features import compute_features, disk_cached_features, features_id
-from adapters.reward_head import HeadSettings, RewardHead, fit_head, pair_accuracy
+from adapters.reward_head import RewardHead, fit_head, pair_accuracy
+from adapters.settings import HeadSettings, SafetySettings
 from feedback_store.errors import BadRequest, ConfigError, NotFound
 
 Log = Callable[[str], None]
@@ -65,24 +66,6 @@ def refusal_rate(texts: Sequence[str]) -> float:
 
 
 # ---- settings and data ----------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class SafetySettings:
-    """Mirrors config.toml [safety]; paths are resolved by the assistant package."""
-
-    enabled: bool = True
-    weight: float = 0.5
-    data_file: str = ""
-    store_dir: str = ""
-    features_dir: str = ""
-    margin: float = 0.25
-    refusal_tolerance: float = 0.0
-    redteam_prompts: int = 20
-    fit_pairs: int = 400
-    max_tokens: int = 64
-    l2: float = 1.0
-    seed: int = 0
-
 
 @dataclass(frozen=True)
 class HHPair:

@@ -24,7 +24,8 @@ from adapters.calibration import expected_calibration_error, pair_ece
 from adapters.ensemble import fit_ensemble
 from adapters.head_selection import fit_selected_head
 from adapters.lowrank import fit_lowrank
-from adapters.reward_head import HeadSettings, fit_head
+from adapters.reward_head import fit_head
+from adapters.settings import HeadSettings
 from feedback_store.errors import BadRequest
 
 FEATURES_SUBDIR = "features"
@@ -292,7 +293,7 @@ def cmd_eval_reward(args: argparse.Namespace, config=None) -> None:
         from assistant.config import load_config
 
         config = load_config(getattr(args, "config", None))
-    settings = HeadSettings(**vars(config.reward))
+    settings = config.reward
     if args.seeds < 1:
         raise BadRequest(f"--seeds must be at least 1, got {args.seeds}")
     methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())

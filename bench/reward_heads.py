@@ -16,7 +16,7 @@ import argparse
 import json
 import time
 
-from adapters.reward_head import HeadSettings
+from adapters.settings import HeadSettings
 from assistant.eval_reward import DEFAULT_METHODS, evaluate, split_users, summarize
 from bench.reward_common import HH, RECIPES, RELABELED, ROOT, cut, rich_pairs
 
