@@ -29,6 +29,7 @@ from adapters.settings import (
     SettingError,
     check,
 )
+from assistant.logs import LEVELS
 from feedback_store.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -55,6 +56,8 @@ class ServerConfig(Checked):
     # Requests a minute per API key (0 = off): a single-user or loopback install needs none.
     rate_limit_per_minute: int = 0
     rate_limit_burst: int = 20      # the web UI makes a handful of requests when a page opens
+    # The project's own log lines (an erase, a run's progress) at info; libraries at warning.
+    log_level: str = "info"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -74,6 +77,8 @@ class ServerConfig(Checked):
               self.rate_limit_per_minute, "must be 0 (off) or more")
         check(self.rate_limit_burst >= 1, "rate_limit_burst", self.rate_limit_burst,
               "must be at least 1")
+        check(self.log_level in LEVELS, "log_level", self.log_level,
+              f"must be one of {', '.join(LEVELS)}")
 
 
 @dataclass(frozen=True)
