@@ -132,7 +132,7 @@ def fit_selected_head(C: np.ndarray, R: np.ndarray, T: np.ndarray, y: np.ndarray
         for lam, m, sc in zip(selection.strengths, path, scale, strict=True):
             losses[(alpha, lam)], oof[(alpha, lam)] = _log_loss(m), m
             scales[(alpha, lam)] = sc
-    alpha, lam = min(losses, key=losses.get)
+    alpha, lam = min(losses, key=losses.__getitem__)
     anchor = _anchor(prior, alpha, C, R, T)
     head = _fit(C, R, T, y, base, anchor, lam)
     temperature = 1.0

@@ -190,7 +190,8 @@ def evidence(cv: float | None, n_pairs: int, settings: RunSettings) -> tuple[boo
 
 
 def fit_user_head(db, base, adapters_dir: Path, user: dict, settings: RunSettings,
-                  log: Log, heldout_turns: set[int] = frozenset()) -> FittedHeads:
+                  log: Log, heldout_turns: frozenset[int] | set[int] = frozenset()
+                  ) -> FittedHeads:
     """Fit and save the user's head on all their feedback (with its bootstrap ensemble, for
     exploration), and the head for RL and the gate on the feedback outside heldout_turns."""
     hs = settings.head

@@ -17,6 +17,7 @@ import time
 import zlib
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -129,7 +130,7 @@ def _method_heads(C, R, splits, settings: HeadSettings, methods: tuple[str, ...]
     """{method: {user: fitted head (anything with .score)}} on each user's training pairs."""
     train = {u: tr for u, (tr, _) in splits.items()}
     train_all = np.concatenate(list(train.values()))
-    shared = {"global": fit_head(C[train_all], R[train_all], *_no_thumbs(C),
+    shared: dict[str, Any] = {"global": fit_head(C[train_all], R[train_all], *_no_thumbs(C),
                                  replace(settings, shared_prior=False))}
     if "global_cv" in methods:
         shared["global_cv"] = fit_selected_head(

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from adapters.settings import (
+    Checked,
     DpoSettings,
     EvidenceSettings,
     GateSettings,
@@ -17,7 +18,7 @@ from adapters.settings import (
 from assistant.config import Config, TrainingConfig
 from feedback_store.errors import ConfigError
 
-T = TypeVar("T")
+T = TypeVar("T", bound=Checked)
 
 
 def public_prompts(path: str, base: Path) -> tuple[str, ...]:

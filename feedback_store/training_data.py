@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from itertools import combinations
+from typing import Any
 
 from sqlite_utils import Database
 
@@ -133,8 +134,8 @@ class _Lookup:
         """System message, then the turns up to this user turn along its parent links,
         i.e. the exact context the candidates were generated from."""
         if turn_id not in self.prompts:
-            turn = self.db["messages"].get(turn_id)
-            conversation = self.db["conversations"].get(turn["conversation_id"])
+            turn = self.db.table("messages").get(turn_id)
+            conversation = self.db.table("conversations").get(turn["conversation_id"])
             chat = [{"role": m["role"], "content": m["content"]}
                     for m in conv.history(self.db, turn["conversation_id"], turn_id)]
             if conversation["system"]:
@@ -151,7 +152,8 @@ def _preference_row(lookup: _Lookup, pair: _Pair, with_ids: bool) -> dict | None
     chosen, rejected = lookup.message(pair.chosen), lookup.message(pair.rejected)
     if chosen is None or rejected is None:
         return None
-    row = {"prompt": lookup.prompt(chosen["candidate_group"]), "chosen": _answer(chosen),
+    row: dict[str, Any] = {"prompt": lookup.prompt(chosen["candidate_group"]),
+                           "chosen": _answer(chosen),
            "rejected": _answer(rejected)}
     if with_ids:
         row.update(chosen_id=pair.chosen, rejected_id=pair.rejected, event_ids=pair.event_ids)
