@@ -199,7 +199,7 @@ DEFAULT_ARMS = (
 )
 
 
-EXPLORE_SELECTIONS = ("auto", "random", "uncertainty", "diversity")
+EXPLORE_SELECTIONS = ("auto", "random", "contrast", "uncertainty", "diversity")
 EXPLORE_SOURCES = ("personal", "base", "previous", "hot", "arm", "peer")
 
 
@@ -211,7 +211,7 @@ class ExploreConfig(Checked):
     # Candidates per comparison turn, one batch: 4 rows cost ~1.4x 2 rows per token on this
     # CPU, inside the 2x budget of an ordinary n=2 turn; 6 came closer to 2x.
     pool: int = 4
-    # auto = uncertainty once the user's head has diversity_until_pairs pairs, else diversity.
+    # auto = uncertainty once the user's head has uncertainty_from_pairs pairs, else contrast.
     selection: str = "auto"
     # previous is off: a second version of one user cannot share a batch (a second batch).
     sources: tuple[str, ...] = ("personal", "arm", "arm", "hot", "base", "peer")
@@ -221,9 +221,9 @@ class ExploreConfig(Checked):
     arms: tuple[str, ...] = DEFAULT_ARMS
     demo_question: str = "How do I keep a houseplant alive?"
     # A head fitted on a handful of pairs is uncertain about everything: below this many
-    # pairs, auto picks by feature distance.
-    diversity_until_pairs: int = 20
-    features: bool = True           # false = random selection only, the cheapest turns
+    # pairs, auto picks by contrast.
+    uncertainty_from_pairs: int = 20
+    features: bool = True           # false: diversity and uncertainty fall back to random
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -235,8 +235,8 @@ class ExploreConfig(Checked):
               f"must be a non-empty list of {', '.join(EXPLORE_SOURCES)}")
         check(0.0 < self.hot_temperature <= 2.0, "hot_temperature", self.hot_temperature,
               "must be in (0, 2]")
-        check(self.diversity_until_pairs >= 0, "diversity_until_pairs",
-              self.diversity_until_pairs, "must be 0 or more")
+        check(self.uncertainty_from_pairs >= 0, "uncertainty_from_pairs",
+              self.uncertainty_from_pairs, "must be 0 or more")
         for arm in self.arms:
             parts = [p.strip() for p in arm.split("|")]
             check(len(parts) in (2, 3) and all(parts), "arms", arm,

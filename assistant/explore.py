@@ -25,8 +25,11 @@ Then `select` picks the candidates to show:
   (Dwaracherla et al. 2024, "Efficient Exploration for LLMs"): the first answer is the
   argmax of one sampled member, the second the argmax of another member among the rest; a
   third maximizes the ensemble's disagreement about its preference against those shown;
-- diversity: while the head has few pairs (or none) its uncertainty means little, so show
-  the pair farthest apart in the head's frozen feature space (then the farthest third);
+- contrast: while the head has few pairs (or none) its uncertainty means little, so show the
+  user's own answer against the candidate(s) whose source (a style arm, the base, a peer...)
+  wins a Thompson draw from this user's record of choices between sources;
+- diversity: the pair farthest apart in the head's frozen feature space (then the farthest
+  third). Measured in issue 14: it mostly contrasts length and layout;
 - random: uniform, the baseline to compare against ("random is hard to beat").
 
 Training sees only what the person saw: candidates are stored with the conversation's
@@ -47,7 +50,7 @@ import numpy as np
 from assistant.engine import AdapterRef, GenRequest, GenResult
 from assistant.sampling import row_seed
 
-SELECTIONS = ("random", "uncertainty", "diversity")
+SELECTIONS = ("random", "contrast", "uncertainty", "diversity")
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,7 @@ class Slot:
     adapter: AdapterRef | None
     temperature: float
     arm: Arm | None = None
+    draw: float = 0.0               # its source's Thompson draw this turn (plan_pool)
 
 
 def arm_messages(messages: list[dict], arm: Arm, demo_question: str) -> list[dict]:
@@ -98,44 +102,68 @@ class Sources:
     peers: tuple[AdapterRef, ...] = ()
 
 
+def source_label(source: str, arm: Arm | None = None) -> str:
+    """The name a source's record is kept under (as feedback_store's source_preferences):
+    each style arm separately ("arm:<name>"), every other source by its name."""
+    return f"arm:{arm.name}" if source == "arm" and arm is not None else source
+
+
+def thompson_draws(labels: list[str], record: dict[str, dict],
+                   rng: random.Random) -> dict[str, float]:
+    """One draw per label of the probability that its answer beats the answer it is
+    compared with: theta ~ Beta(1 + won, 1 + lost) over this user's past choices (Thompson
+    sampling; Russo et al. 2018, "A Tutorial on Thompson Sampling"). An untried label draws
+    from the uniform prior, so every style keeps being tried until the user's choices say
+    it loses; a style the user keeps choosing is drawn high and shown more."""
+    draws = {}
+    for label in dict.fromkeys(labels):
+        entry = record.get(label) or {}
+        draws[label] = rng.betavariate(1 + entry.get("won", 0), 1 + entry.get("lost", 0))
+    return draws
+
+
 def plan_pool(pool: int, sources: tuple[str, ...], have: Sources, arms: list[Arm],
-              temperature: float, hot_temperature: float, rng: random.Random) -> list[Slot]:
-    """`pool` slots: the user's own answer first, then the configured sources in a random
-    order (a source listed twice may fill two slots), skipping the unavailable ones; when the
-    list runs out it is drawn from again."""
+              temperature: float, hot_temperature: float, rng: random.Random,
+              record: dict[str, dict] | None = None) -> list[Slot]:
+    """`pool` slots: the user's own answer first, then the available options of the
+    configured sources (every style arm, every peer, base, hot, previous) ranked by a
+    Thompson draw from the user's record (`thompson_draws`; with no record every draw comes
+    from the prior, i.e. a random order). A source listed k times fills at most k slots;
+    when the options run out the rest are more of the user's own answers."""
     slots = [Slot("personal", have.personal, temperature)]
-    free_arms = list(arms)
-    rng.shuffle(free_arms)
-    peers = list(have.peers)
-    rng.shuffle(peers)
-    options = [s for s in sources if s != "personal"]
-    for _ in range(3):                      # a few passes fill a pool larger than the list
-        order = list(options)
-        rng.shuffle(order)
-        for source in order:
-            if len(slots) >= pool:
-                return slots
-            slot = _slot(source, have, free_arms, peers, temperature, hot_temperature)
-            if slot is not None:
-                slots.append(slot)
+    options = _options(sources, have, arms, temperature, hot_temperature, rng)
+    draws = thompson_draws([source_label(o.source, o.arm) for o in options], record or {}, rng)
+    options = sorted((replace(o, draw=draws[source_label(o.source, o.arm)]) for o in options),
+                     key=lambda o: -o.draw)
+    room = {s: sources.count(s) for s in sources}
+    for option in options:
+        if len(slots) >= pool:
+            break
+        if room[option.source] > 0:
+            room[option.source] -= 1
+            slots.append(option)
     while len(slots) < pool:                # nothing else available: more of the user's own
         slots.append(Slot("personal", have.personal, temperature))
     return slots
 
 
-def _slot(source: str, have: Sources, arms: list[Arm], peers: list[AdapterRef],
-          temperature: float, hot: float) -> Slot | None:
-    if source == "base":
-        return Slot("base", None, temperature)
-    if source == "hot":
-        return Slot("hot", have.personal, hot)
-    if source == "previous" and have.previous is not None:
-        return Slot("previous", have.previous, temperature)
-    if source == "arm" and arms:
-        return Slot("arm", have.personal, temperature, arms.pop())
-    if source == "peer" and peers:
-        return Slot("peer", peers.pop(), temperature)
-    return None
+def _options(sources: tuple[str, ...], have: Sources, arms: list[Arm], temperature: float,
+             hot: float, rng: random.Random) -> list[Slot]:
+    """Every slot the configured sources could fill for this user, in a random order (ties
+    between equal draws, e.g. two peers, fall randomly)."""
+    found: list[Slot] = []
+    if "base" in sources:
+        found.append(Slot("base", None, temperature))
+    if "hot" in sources:
+        found.append(Slot("hot", have.personal, hot))
+    if "previous" in sources and have.previous is not None:
+        found.append(Slot("previous", have.previous, temperature))
+    if "arm" in sources:
+        found += [Slot("arm", have.personal, temperature, arm) for arm in arms]
+    if "peer" in sources:
+        found += [Slot("peer", peer, temperature) for peer in have.peers]
+    rng.shuffle(found)
+    return found
 
 
 def pool_requests(gen: GenRequest, slots: list[Slot], demo_question: str) -> list[GenRequest]:
@@ -160,18 +188,31 @@ async def generate_pool(engine, reqs: list[GenRequest]) -> list[GenResult | Base
 # ---- selection -----------------------------------------------------------------------------
 
 def select(n: int, mode: str, rng: random.Random, X: np.ndarray | None = None,
-           ensemble=None) -> list[int]:
+           ensemble=None, draws: list[float] | None = None) -> list[int]:
     """Indices of the n candidates to show, in pool order, by `mode` (SELECTIONS).
 
     X: (P, D) frozen features of the pool (needed by diversity and uncertainty);
-    ensemble: an object with .scores(X) -> (K, P) (needed by uncertainty).
+    ensemble: an object with .scores(X) -> (K, P) (needed by uncertainty);
+    draws: (P,) the Thompson draw of each candidate's source (needed by contrast).
     """
-    size = len(X) if X is not None else None
+    size = len(X) if X is not None else len(draws) if draws is not None else None
+    if mode == "contrast" and draws is not None:
+        return contrast(draws, n)
     if mode == "uncertainty" and ensemble is not None and X is not None:
         return double_thompson(ensemble.scores(X), n, rng)
     if mode in ("diversity", "uncertainty") and X is not None:
         return farthest(X, n)
     return sorted(rng.sample(range(size if size is not None else n), n))
+
+
+def contrast(draws: list[float], n: int) -> list[int]:
+    """The user's own answer (index 0) against the n - 1 candidates whose sources drew
+    highest: each shown pair asks "this style or what you get now?", the comparison that
+    moves a DPO step toward a style when it wins (an anchored duel: top-two Thompson
+    sampling, Russo 2016, with the incumbent as the first arm). Feature-distance pairs
+    mostly contrast length and layout, which the default answers already vary in."""
+    rest = sorted(range(1, len(draws)), key=lambda i: -draws[i])
+    return sorted([0, *rest[:n - 1]])
 
 
 def double_thompson(scores: np.ndarray, n: int, rng: random.Random) -> list[int]:
@@ -209,13 +250,13 @@ def farthest(X: np.ndarray, n: int) -> list[int]:
 
 
 def choose_mode(configured: str, n_pairs: int, has_ensemble: bool,
-                diversity_until_pairs: int) -> str:
-    """'auto': uncertainty once the user's ensemble head has enough pairs, else diversity."""
+                uncertainty_from_pairs: int) -> str:
+    """'auto': uncertainty once the user's ensemble head has enough pairs, else contrast."""
     if configured != "auto":
         return configured
-    if has_ensemble and n_pairs >= diversity_until_pairs:
+    if has_ensemble and n_pairs >= uncertainty_from_pairs:
         return "uncertainty"
-    return "diversity"
+    return "contrast"
 
 
 @lru_cache(maxsize=32)

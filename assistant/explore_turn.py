@@ -17,6 +17,7 @@ from assistant.rewards import latest_head
 from assistant.state import AppState
 from feedback_store import conversations as conv
 from feedback_store.errors import Gone, ModelError
+from feedback_store.training_data import source_preferences
 
 MAX_PEERS = 8       # peers considered per turn: bounds the adapters one turn may load
 OWN = ("personal", "hot", "arm")     # slots on the user's serving adapter
@@ -116,18 +117,19 @@ async def explore_turn(state: AppState, user: dict, prep, mode: str) -> list[dic
     e, engine, gen = state.config.explore, state.engine, prep.gen
     rng = random.Random(gen.seed) if gen.seed is not None else random.Random()
     have = await state.store.read(_sources, state.adapters_root, user, gen.adapter, rng)
+    record = await state.store.read(source_preferences, user["id"])
     slots = ex.plan_pool(max(e.pool, gen.n), e.sources, have, ex.parse_arms(e.arms),
-                         gen.temperature, max(e.hot_temperature, gen.temperature), rng)
+                         gen.temperature, max(e.hot_temperature, gen.temperature), rng, record)
     results = await ex.generate_pool(engine, ex.pool_requests(gen, slots, e.demo_question))
     slots, results = _usable(slots, results, gen.n)
     n_pairs, head_path = await state.store.read(_head_info, user["id"], engine.base_id)
     ensemble = ex.load_ensemble(head_path) if head_path else None
-    mode = ex.choose_mode(mode, n_pairs, ensemble is not None, e.diversity_until_pairs)
+    mode = ex.choose_mode(mode, n_pairs, ensemble is not None, e.uncertainty_from_pairs)
     X = None
-    if mode != "random" and e.features:
+    if mode in ("uncertainty", "diversity") and e.features:
         items = [(gen.messages, r.candidates[0].text) for r in results]
         X = await engine.call(compute_features, engine.model, engine.tokenizer, items)
-    picked = ex.select(gen.n, mode, rng, X, ensemble)
+    picked = ex.select(gen.n, mode, rng, X, ensemble, [s.draw for s in slots])
     rng.shuffle(picked)             # position must not tell where an answer came from
     rows = [_row(slots[i], results[i], prep, mode) for i in picked]
     prompt_tokens = results[0].prompt_tokens

@@ -111,8 +111,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="exploration on comparison turns: on (the server's [explore]), off "
                         "(requests say explore=false), or both: two users per persona on one "
                         "server, same seeds, one run")
-    p.add_argument("--selection", choices=("auto", "random", "uncertainty", "diversity"),
+    p.add_argument("--selection",
+                   choices=("auto", "random", "contrast", "uncertainty", "diversity"),
                    help="explore-on turns ask for this selection mode (default: the server's)")
+    p.add_argument("--off-events", type=int, default=0, metavar="K",
+                   help="with --explore both: the explore-off users only give feedback on the "
+                        "first K prompts (informative pairs without exploration) and are not "
+                        "trained; 0 = they run the whole pipeline")
     p.add_argument("--feedback-only", action="store_true",
                    help="only the feedback phase (no training or evaluation): informative "
                         "pairs and liked-feature shares of what each persona was shown")
@@ -290,6 +295,7 @@ class FeedbackLog:
     winners: dict[str, int] = field(default_factory=dict)       # pairwise winners per source
     source_liked: dict[str, list[int]] = field(default_factory=dict)  # source -> [shown, liked]
     turn_seconds: list[float] = field(default_factory=list)
+    turn_pairs: list[tuple[int, int]] = field(default_factory=list)  # (shown, informative)
 
     def shown(self, persona: Persona, cands: list[dict]) -> None:
         """Record one turn's shown answers: informative pairs and liked features."""
@@ -300,6 +306,7 @@ class FeedbackLog:
             entry = self.liked.setdefault(name, [0, 0])
             entry[0] += len(cands)
             entry[1] += sum(name in h for h in has)
+        before = (self.shown_pairs, self.informative)
         for i in range(len(cands)):
             for j in range(i + 1, len(cands)):
                 self.shown_pairs += 1
@@ -307,6 +314,7 @@ class FeedbackLog:
                 for name in liked_names(persona):
                     if (name in has[i]) != (name in has[j]):
                         self.pairs_differing[name] = self.pairs_differing.get(name, 0) + 1
+        self.turn_pairs.append((self.shown_pairs - before[0], self.informative - before[1]))
         for c, h in zip(cands, has, strict=True):
             source = f"arm:{c['arm']}" if c.get("arm") else str(c.get("source"))
             self.sources[source] = self.sources.get(source, 0) + 1
@@ -321,6 +329,7 @@ class FeedbackLog:
                 "shown_pairs": self.shown_pairs,
                 "informative_pair_share": (round(self.informative / self.shown_pairs, 3)
                                            if self.shown_pairs else None),
+                "informative_pair_share_by_block": self.block_shares(20),
                 "liked_feature_share": {k: round(v[1] / v[0], 3) if v[0] else None
                                         for k, v in self.liked.items()},
                 "pairs_differing_in_feature": self.pairs_differing,
@@ -333,6 +342,17 @@ class FeedbackLog:
                 "candidate_utility_mean": round(sum(self.utilities) / n, 3) if n else None,
                 "candidate_words_mean": round(sum(self.words) / n, 1) if n else None,
                 "candidate_adapter_versions": self.adapter_versions}
+
+
+    def block_shares(self, size: int) -> list[float | None]:
+        """Informative-pair share per block of `size` prompts (does exploration improve as
+        the user's record grows?)."""
+        shares = []
+        for i in range(0, len(self.turn_pairs), size):
+            block = self.turn_pairs[i:i + size]
+            shown = sum(s for s, _ in block)
+            shares.append(round(sum(k for _, k in block) / shown, 3) if shown else None)
+        return shares
 
 
 def liked_names(persona: Persona) -> list[str]:
@@ -651,6 +671,8 @@ def persona_pipeline(variant: Variant, key: str, admin: Api, train_prompts: list
     persona = variant.persona
     api, rng = Api(str(admin.client.base_url), key), random.Random(f"{args.seed}:{persona.name}")
     done, name = 0, variant.user
+    feedback_only = args.feedback_only or feedback_only_variant(variant, args)
+    points = variant_points(variant, points, args)
     try:
         for stage, target in enumerate(points):
             with shared.lane:
@@ -662,7 +684,7 @@ def persona_pipeline(variant: Variant, key: str, admin: Api, train_prompts: list
                                     explore_value(variant.mode, args))
                 shared.time(f"feedback/{name}", t)
             done = target
-            if args.feedback_only:
+            if feedback_only:
                 with shared.lock:
                     shared.stage_info[(name, target)] = {"feedback": fb.summary()}
                 continue
@@ -679,11 +701,20 @@ def persona_pipeline(variant: Variant, key: str, admin: Api, train_prompts: list
                     "feedback": fb.summary(), "run": run, "me_counts": me.get("counts"),
                     "reward_head": me.get("reward_head"),
                     "current_version": me.get("current_version")}
-        if not args.feedback_only:
+        if not feedback_only:
             with shared.lane:
                 evaluate_stage(api, variant, heldout, points[-1], args, shared)
     finally:
         api.close()
+
+
+def feedback_only_variant(variant: Variant, args: argparse.Namespace) -> bool:
+    """--off-events: an explore-off user only measures what it is shown."""
+    return bool(args.off_events) and variant.mode == "off"
+
+
+def variant_points(variant: Variant, points: list[int], args: argparse.Namespace) -> list[int]:
+    return [args.off_events] if feedback_only_variant(variant, args) else points
 
 
 def evaluate_stage(api: Api, variant: Variant, heldout: list[str], target: int,
@@ -758,7 +789,7 @@ def answers_record(vs: list[Variant], heldout: list[str], shared: Shared,
     """Every held-out answer text, so a run can be re-scored (--rescore) or audited."""
     return {"heldout": heldout, "base": texts(shared.base),
             "personal": {f"{v.user}@{t}": texts(shared.personal[(v.user, t)])
-                         for v in vs for t in points}}
+                         for v in vs for t in points if (v.user, t) in shared.personal}}
 
 
 def rescore(results: dict, answers: dict, personas: list[Persona]) -> dict:
@@ -802,6 +833,7 @@ def markdown(results: dict) -> str:
                   f"{cost['seconds_off']} s without exploration, {cost['seconds_on']} s with, "
                   f"ratio {cost['ratio']}.", ""]
     lines += feedback_table(results.get("feedback") or {})
+    lines += informative_table(results.get("feedback") or {})
     if "rounds" not in results:
         return _seconds(lines, results)
     modes = results.get("modes") or {"on": results}
@@ -833,6 +865,40 @@ def feedback_table(feedback: dict) -> list[str]:
 
 def _kv(d: dict | None) -> str:
     return ", ".join(f"{k} {fmt(v)}" for k, v in (d or {}).items()) or "-"
+
+
+def informative_table(feedback: dict) -> list[str]:
+    """Per persona with both modes: the informative-pair share with exploration over the
+    off user's prompts (the first blocks, same prompts and seeds) and over all, and off."""
+    users: dict[str, dict] = {}
+    for key, f in feedback.items():
+        user, _, events = key.rpartition("@")
+        persona, sep, mode = user.rpartition("-explore-")
+        if sep:
+            users.setdefault(persona, {})[mode] = (int(events), f)
+    rows = [(p, m["on"], m["off"]) for p, m in users.items() if "on" in m and "off" in m]
+    if not rows:
+        return []
+    lines = ["## Informative pairs, exploration on vs off (same prompts and seeds)", "",
+             "| persona | off | on, same prompts | on ÷ off | on, all prompts "
+             "| on by block of 20 |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for persona, (_, on), (k, off) in rows:
+        same = _share_first(on, k)
+        base = off.get("informative_pair_share")
+        ratio = f"{same / base:.1f}" if same is not None and base else "-"
+        lines.append(f"| {persona} | {fmt(base)} | {fmt(same)} | {ratio} | "
+                     f"{fmt(on.get('informative_pair_share'))} | "
+                     f"{' '.join(fmt(x) for x in on.get('informative_pair_share_by_block', []))} |")
+    return lines + [""]
+
+
+def _share_first(summary: dict, prompts: int) -> float | None:
+    """The share over the first `prompts` prompts, from the blocks of 20 (whole blocks)."""
+    blocks = summary.get("informative_pair_share_by_block") or []
+    take = blocks[:max(1, prompts // 20)]
+    vals = [b for b in take if b is not None]
+    return round(sum(vals) / len(vals), 3) if vals else summary.get("informative_pair_share")
 
 
 def compare_table(modes: dict) -> list[str]:
@@ -988,16 +1054,16 @@ def run_benchmark(args: argparse.Namespace) -> tuple[dict, dict]:
                 "top_p": "server default (0.95)", "max_tokens": args.max_tokens,
                 "server_env": env, "seed": args.seed, "quick": args.quick,
                 "explore": args.explore, "selection": args.selection or "server default",
-                "feedback_only": args.feedback_only}
+                "feedback_only": args.feedback_only, "off_events": args.off_events}
     feedback = {f"{v.user}@{t}": shared.stage_info[(v.user, t)]["feedback"]
-                for v in vs for t in points}
+                for v in vs for t in variant_points(v, points, args)}
     base = {"started": started, "settings": settings, "turn_cost": cost,
             "feedback": feedback, "seconds": shared.seconds,
             **({"safety": shared.safety} if args.safety else {})}
     if args.feedback_only:
         return base, {}
     modes = {}
-    for mode in dict.fromkeys(v.mode for v in vs):
+    for mode in dict.fromkeys(v.mode for v in vs if not feedback_only_variant(v, args)):
         mine = [v for v in vs if v.mode == mode]
         rounds = [score_stage(mine, shared, target) for target in points]
         last = rounds[-1]

@@ -54,6 +54,35 @@ def test_plan_pool_uses_a_peer_adapter_when_there_is_one():
     assert [(s.source, s.adapter) for s in slots] == [("personal", None), ("peer", peer)]
 
 
+def test_plan_pool_draws_the_styles_a_user_keeps_choosing():
+    # The "tone" arm won 30 of 30 comparisons, "plain" lost 30 of 30: a pool with room for
+    # one arm gets "tone" nearly always; with no record either arm comes up.
+    record = {"arm:tone": {"won": 30, "lost": 0}, "arm:plain": {"won": 0, "lost": 30}}
+    have, src = ex.Sources(AdapterRef(1, 1, "p")), ("personal", "arm")
+    names = [ex.plan_pool(2, src, have, ARMS, 0.7, 1.1, random.Random(s), record)[1].arm.name
+             for s in range(40)]
+    assert names.count("tone") >= 38
+    fresh = {ex.plan_pool(2, src, have, ARMS, 0.7, 1.1, random.Random(s))[1].arm.name
+             for s in range(40)}
+    assert fresh == {"tone", "plain"}
+
+
+def test_plan_pool_fills_a_source_at_most_as_often_as_it_is_listed():
+    have = ex.Sources(AdapterRef(1, 1, "p"), peers=(AdapterRef(2, 1, "a"), AdapterRef(3, 1, "b")))
+    for seed in range(20):
+        slots = ex.plan_pool(5, ("personal", "arm", "peer", "base"), have, ARMS, 0.7, 1.1,
+                             random.Random(seed))
+        sources = [s.source for s in slots[1:]]
+        assert sources.count("arm") == 1 and sources.count("peer") == 1 and "base" in sources
+        assert slots[-1].source == "personal"         # nothing else left: the user's own
+
+
+def test_contrast_shows_the_users_answer_against_the_top_drawn_sources():
+    draws = [0.0, 0.2, 0.9, 0.5]
+    assert ex.select(2, "contrast", random.Random(0), draws=draws) == [0, 2]
+    assert ex.select(3, "contrast", random.Random(0), draws=draws) == [0, 2, 3]
+
+
 def test_diversity_shows_the_pair_farthest_apart():
     X = np.array([[0.0, 0.0], [0.1, 0.0], [5.0, 5.0], [0.0, 0.2]])
     assert ex.select(2, "diversity", random.Random(0), X) in ([0, 2], [1, 2])
@@ -77,9 +106,9 @@ def test_double_thompson_shows_argmaxes_of_two_members():
 
 
 def test_choose_mode_uses_uncertainty_only_with_enough_pairs():
-    assert ex.choose_mode("auto", 5, True, 20) == "diversity"
+    assert ex.choose_mode("auto", 5, True, 20) == "contrast"
     assert ex.choose_mode("auto", 25, True, 20) == "uncertainty"
-    assert ex.choose_mode("auto", 25, False, 20) == "diversity"
+    assert ex.choose_mode("auto", 25, False, 20) == "contrast"
     assert ex.choose_mode("random", 0, False, 20) == "random"
 
 
@@ -113,7 +142,8 @@ def test_comparison_turn_generates_a_pool_and_stores_only_what_is_shown(explore_
     cands = r.json()["candidates"]
     assert engine.stats["rows"] - rows_before == 5               # the whole pool decoded
     assert len(cands) == 2 and [c["candidate_index"] for c in cands] == [0, 1]
-    assert all(c["source"] in ex_sources() and c["selection"] == "diversity" for c in cands)
+    assert all(c["source"] in ex_sources() and c["selection"] == "contrast" for c in cands)
+    assert [c["source"] for c in cands].count("personal") == 1     # anchored on the user's own
     detail = httpx.get(f"{explore_server.url}/api/conversations/{r.json()['conversation_id']}",
                        headers=explore_server.headers(key)).json()
     assert len(detail["turns"][0]["candidates"]) == 2              # hidden ones not stored
@@ -186,7 +216,7 @@ def test_a_user_with_an_ensemble_head_gets_uncertainty_selection(explore_server,
     key = explore_server.add_user("gus")
     state = explore_server.state
     first = _chat(explore_server, key, n=2, seed=1).json()["candidates"]
-    assert {c["selection"] for c in first} == {"diversity"}       # no head yet
+    assert {c["selection"] for c in first} == {"contrast"}        # no head yet
     uid = first[0]["user_id"]
     rng = np.random.default_rng(0)
     dim = 128                        # tiny model: 1 layer x 2 pools x 64 hidden

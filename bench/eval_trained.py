@@ -1,0 +1,97 @@
+"""Evaluate the users a personalization run trained, on a server that is still running
+(after `bench/personalize.py --keep-data` lost its patience, or for users trained later).
+
+Why: on this 2-core machine one training run of the product's defaults takes ~30 minutes
+and the runs are serial, so personalize.py's per-run timeout ends a long run before most
+personas are trained; the server goes on training its queue. This script answers the
+same held-out prompts (same split, seeds and sampling as personalize.py) with the base
+and with each named user's current adapter, and prints personalize.py's scores: win rate
+vs base (decisive and ties), liked-feature shares personal / base, and the head-to-head
+matrix among the users given.
+
+    .venv/bin/python bench/eval_trained.py --url http://127.0.0.1:PORT --admin-key KEY \
+        --personas bench/personas-extra --user closer-explore-on --user concise-explore-on
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+
+from personalize import Api, answer_heldout, fmt, load_prompts, score_answers, split_prompts, texts  # noqa: E402
+from personas import load_personas  # noqa: E402
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--url", required=True)
+    p.add_argument("--admin-key", required=True)
+    p.add_argument("--personas", type=Path, action="append", required=True)
+    p.add_argument("--user", action="append", required=True,
+                   help="'<persona>-explore-<mode>' or a persona name (repeatable)")
+    p.add_argument("--prompts", type=Path,
+                   default=ROOT.parent / "shared" / "data" / "prompts-dev.jsonl")
+    p.add_argument("--heldout", type=int, default=24)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--eval-n", type=int, default=1)
+    p.add_argument("--temperature", type=float, default=0.7)
+    p.add_argument("--max-tokens", type=int, default=96)
+    p.add_argument("--rows", type=int, default=16)
+    p.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "eval-trained")
+    return p.parse_args(argv)
+
+
+def user_key(admin: Api, url: str, name: str) -> tuple[str, dict]:
+    """A fresh key for the user (the run's keys lived in its memory) and what serves it."""
+    user = next(u for u in admin.call("GET", "/admin/users") if u["name"] == name)
+    key = admin.call("POST", f"/admin/users/{user['id']}/rotate-key")["api_key"]
+    me = Api(url, key).call("GET", "/api/me")
+    return key, {"current_version": me.get("current_version"),
+                 "reward_head": me.get("reward_head")}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    personas = {p.name: p for folder in args.personas for p in load_personas(folder)}
+    _, heldout = split_prompts(load_prompts(args.prompts), args.heldout, args.seed)
+    admin = Api(args.url, args.admin_key)
+    own, info, base = {}, {}, None
+    for name in args.user:
+        persona = name.rpartition("-explore-")[0] or name
+        key, info[name] = user_key(admin, args.url, name)
+        api = Api(args.url, key)
+        if base is None:
+            base = texts(answer_heldout(api, heldout, "base", args))
+        own[persona] = texts(answer_heldout(api, heldout, "personal", args))
+        print(f"{name}: answered {len(heldout)} held-out prompts "
+              f"(version {info[name]['current_version']})", flush=True)
+        api.close()
+    chosen = [personas[p] for p in own]
+    scores = score_answers(chosen, base, own)
+    result = {"users": info, "heldout": len(heldout), "scores": scores,
+              "answers": {"base": base, **own}}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps(result, indent=1, default=str))
+    lines = ["| persona | version | win rate vs base | decisive | ties | liked share "
+             "personal / base | words personal / base |", "| --- | --- | --- | --- | --- | "
+             "--- | --- |"]
+    for user, persona in zip(args.user, own, strict=True):
+        r = scores["personas"][persona]
+        lines.append(f"| {persona} | {info[user]['current_version']} | {fmt(r['win_rate'])} | "
+                     f"{fmt(r.get('decisive_win_rate'))} | {fmt(r.get('tie_share'))} | "
+                     f"{r['liked_share_personal']} / {r['liked_share_base']} | "
+                     f"{r['words_personal']} / {r['words_base']} |")
+    lines += ["", "head to head (row's own adapter vs column's, by row's utility):",
+              json.dumps(scores["head_to_head"])]
+    (args.out / "results.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
