@@ -274,10 +274,14 @@ class Config:
         check(self.generation.n_max <= self.explore.pool, "explore.pool", self.explore.pool,
               "must be from generation.n_max (every shown answer needs a candidate) to 8")
 
+    def path(self, value: str, default: Path | None = None) -> Path:
+        """A configured path: relative ones are relative to this config file; "" = default."""
+        path = Path(value).expanduser() if value or default is None else default
+        return path if path.is_absolute() else (self.source.parent / path).resolve()
+
     @property
     def data_dir(self) -> Path:
-        path = Path(self.server.data_dir).expanduser()
-        return path if path.is_absolute() else (self.source.parent / path).resolve()
+        return self.path(self.server.data_dir)
 
     @property
     def db_path(self) -> Path:
@@ -293,23 +297,18 @@ class Config:
 
     @property
     def safety_data_file(self) -> Path:
-        """[safety] data_file; a relative path is relative to this config file."""
-        path = Path(self.safety.data_file).expanduser()
-        return path if path.is_absolute() else (self.source.parent / path).resolve()
+        """[safety] data_file, the HH-harmless pairs."""
+        return self.path(self.safety.data_file)
 
     @property
     def features_dir(self) -> Path:
         """[safety] features_dir: the consensus head's feature cache."""
-        path = Path(self.safety.features_dir).expanduser() if self.safety.features_dir else \
-            self.cache_dir / "features"
-        return path if path.is_absolute() else (self.source.parent / path).resolve()
+        return self.path(self.safety.features_dir, self.cache_dir / "features")
 
     @property
     def safety_dir(self) -> Path:
         """Consensus heads (one folder per base, feature recipe and data file)."""
-        path = Path(self.safety.store_dir).expanduser() if self.safety.store_dir else \
-            self.data_dir / "safety"
-        return path if path.is_absolute() else (self.source.parent / path).resolve()
+        return self.path(self.safety.store_dir, self.data_dir / "safety")
 
 
 SHORT_ENV = {

@@ -79,27 +79,20 @@ def test_learning_settings_have_one_home():
     """[reward] and [safety] are the adapters' own classes; [training] extends the run's."""
     from dataclasses import fields
 
-    from adapters.settings import (
-        DpoSettings,
-        EvidenceSettings,
-        GateSettings,
-        HeadSettings,
-        PolicySettings,
-        SafetySettings,
-    )
+    from adapters import settings as s
     from assistant.config import Config, TrainingConfig
     from assistant.training_settings import run_settings
 
     config = Config()
-    assert type(config.reward) is HeadSettings and type(config.safety) is SafetySettings
-    for part in (PolicySettings, GateSettings, DpoSettings, EvidenceSettings):
+    assert type(config.reward) is s.HeadSettings and type(config.safety) is s.SafetySettings
+    for part in (s.PolicySettings, s.GateSettings, s.DpoSettings, s.EvidenceSettings):
         assert issubclass(TrainingConfig, part)
     run = run_settings(load_config(ROOT / "config.toml", env={
         "ASSISTANT_TRAINING_STEPS": "3", "ASSISTANT_TRAINING_DPO_EPOCHS": "1",
         "ASSISTANT_TRAINING_MAX_COMPLETION_TOKENS": "64", "ASSISTANT_SAFETY_ENABLED": "0"}))
     assert run.policy.steps == 3 and run.dpo.dpo_epochs == 1
     assert run.policy.max_completion_tokens == run.gate.max_completion_tokens == 64
-    assert run.policy == PolicySettings(steps=3, max_completion_tokens=64)
+    assert run.policy == s.PolicySettings(steps=3, max_completion_tokens=64)
     assert {f.name for f in fields(run.policy)} <= {f.name for f in fields(TrainingConfig)}
 
 
