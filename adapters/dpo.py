@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from adapters.policy import left_pad, render_prompts, token_logprobs
+from adapters.decoding import left_pad, render_prompts, token_logprobs
 from adapters.settings import DpoSettings
 from feedback_store.errors import TrainingError
 

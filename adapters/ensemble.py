@@ -24,7 +24,7 @@ import numpy as np
 from adapters.calibration import sigmoid
 from adapters.reward_head import RewardHead, fit_head
 from adapters.settings import HeadSettings
-from feedback_store.errors import BadRequest, NotFound
+from feedback_store.errors import InvalidData, NotFound
 
 MAX_MEMBERS = 64
 DEFAULT_SETTINGS = HeadSettings()
@@ -36,9 +36,9 @@ class EnsembleHead:
 
     def __post_init__(self) -> None:
         if not self.members:
-            raise BadRequest("an ensemble needs at least one head")
+            raise InvalidData("an ensemble needs at least one head")
         if len({m.dim for m in self.members}) != 1:
-            raise BadRequest("ensemble members must share one feature width")
+            raise InvalidData("ensemble members must share one feature width")
 
     @property
     def dim(self) -> int:
@@ -94,7 +94,7 @@ def fit_ensemble(pairs_chosen: np.ndarray, pairs_rejected: np.ndarray, thumbs_x:
     """K heads: member 0 on all data, members 1..K-1 on bootstrap resamples (with
     replacement, pairs and thumbs resampled separately, same sizes as the data)."""
     if not 1 <= k <= MAX_MEMBERS:
-        raise BadRequest(f"ensemble size must be in [1, {MAX_MEMBERS}], got {k}")
+        raise InvalidData(f"ensemble size must be in [1, {MAX_MEMBERS}], got {k}")
     C, R = np.asarray(pairs_chosen), np.asarray(pairs_rejected)
     T, y = np.asarray(thumbs_x), np.asarray(thumbs_y).reshape(-1)
     first = fit_head(C, R, T, y, settings, prior)

@@ -1,4 +1,4 @@
-"""Frozen base-model features for (conversation, answer) pairs, and their caches.
+"""Frozen base-model features for (conversation, answer) pairs (their caches: feature_cache.py).
 
 A reward head (adapters/reward_head.py) is a linear scorer on these vectors, so they must
 not move while a user's LoRA adapter trains: every adapter is disabled while they are
@@ -13,17 +13,12 @@ almost halves the cost of a chosen/rejected pair on CPU.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import time
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
-from feedback_store.clock import now
-from feedback_store.errors import BadRequest, ModelError
+from feedback_store.errors import InvalidData, ModelError
 
 Messages = list[dict]
 Item = tuple[Messages, str]
@@ -51,7 +46,6 @@ POOLS = len(FEATURE_POOLS)
 FEATURE_MAX_TOKENS = 512
 FEATURE_ANSWER_TOKENS: int | None = None
 ANSWER_SHARE = 4
-SHARD_ITEMS = 128
 
 
 @dataclass(frozen=True)
@@ -78,8 +72,8 @@ def render(tokenizer, prompt: Messages, answer: str, max_tokens: int = 512,
     the same prefix and can share its forward pass.
     """
     if not isinstance(answer, str) or not isinstance(prompt, list):
-        raise BadRequest("an item must be (list of messages, answer string)")
-    head, full = _template(tokenizer, prompt, answer)
+        raise InvalidData("an item must be (list of messages, answer string)")
+    head, full = template_text(tokenizer, prompt, answer)
     cut = len(head) if full.startswith(head) else _common_prefix(head, full)
     prefix = tokenizer(full[:cut], add_special_tokens=False)["input_ids"]
     tail = tokenizer(full[cut:], add_special_tokens=False)["input_ids"] or [tokenizer.eos_token_id]
@@ -95,18 +89,18 @@ def answer_budget(max_tokens: int, answer_tokens: int | None = None) -> int:
     """Tokens an answer may keep: answer_tokens, or max_tokens // ANSWER_SHARE."""
     cap = max_tokens // ANSWER_SHARE if answer_tokens is None else answer_tokens
     if not 1 <= cap < max_tokens:
-        raise BadRequest(f"answer budget {cap} must be in [1, {max_tokens})")
+        raise InvalidData(f"answer budget {cap} must be in [1, {max_tokens})")
     return cap
 
 
-def _template(tokenizer, prompt: Messages, answer: str) -> tuple[str, str]:
+def template_text(tokenizer, prompt: Messages, answer: str) -> tuple[str, str]:
     """(prompt with the assistant header, prompt + answer as an assistant turn) as text."""
     try:
         head = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
         full = tokenizer.apply_chat_template(
             [*prompt, {"role": "assistant", "content": answer}], tokenize=False).rstrip()
     except Exception as exc:
-        raise BadRequest(f"cannot render conversation with the chat template: {exc}") from exc
+        raise InvalidData(f"cannot render conversation with the chat template: {exc}") from exc
     return head, full
 
 
@@ -298,7 +292,7 @@ def compute_features(model, tokenizer, items: list[Item], batch_size: int = 8,
         max_tokens, answer_tokens = FEATURE_MAX_TOKENS, FEATURE_ANSWER_TOKENS
     unknown = [p for p in pools if p not in POOL_NAMES]
     if unknown:
-        raise BadRequest(f"unknown feature pools {unknown}; known: {list(POOL_NAMES)}")
+        raise InvalidData(f"unknown feature pools {unknown}; known: {list(POOL_NAMES)}")
     rendered = [render(tokenizer, p, a, max_tokens, answer_tokens) for p, a in items]
     indices = layer_indices(model, layers)
     config = model.config.get_text_config() if hasattr(model.config, "get_text_config") \
@@ -321,54 +315,6 @@ def compute_features(model, tokenizer, items: list[Item], batch_size: int = 8,
     return result
 
 
-# ---- database cache: one row per (message_id, base_id) -------------------------------
-
-def features_id(base_id: str) -> str:
-    """The features table's base_id column: the base and the feature spec, so vectors of
-    another layer/pool setting are never mixed with the current ones."""
-    return f"{base_id}|{feature_spec()}"
-
-
-def cached_features(db, message_ids: list[int], base_id: str) -> dict[int, np.ndarray]:
-    """Stored vectors for these messages under this base and the current feature spec
-    (missing ids are absent)."""
-    if not message_ids:
-        return {}
-    base_id = features_id(base_id)
-    marks = ",".join("?" for _ in message_ids)
-    rows = db.execute(
-        f"SELECT message_id, dim, vector FROM features WHERE base_id = ? "
-        f"AND message_id IN ({marks})", [base_id, *message_ids]).fetchall()
-    return {mid: np.frombuffer(blob, dtype=np.float32, count=dim).copy()
-            for mid, dim, blob in rows}
-
-
-def store_features(db, rows: dict[int, np.ndarray], base_id: str) -> None:
-    """Insert or replace vectors (float32 bytes) for (message_id, base_id + spec)."""
-    base_id = features_id(base_id)
-    stamp = now()
-    db["features"].upsert_all(
-        [{"message_id": int(mid), "base_id": base_id, "dim": int(vec.size),
-          "vector": np.asarray(vec, dtype=np.float32).tobytes(), "created_at": stamp}
-         for mid, vec in rows.items()], pk=("message_id", "base_id"))
-
-
-def ensure_features(db, model, tokenizer, base_id: str,
-                    items_by_message_id: dict[int, Item]) -> dict[int, np.ndarray]:
-    """Vectors for every message id, computing (and storing) only the missing ones."""
-    ids = list(items_by_message_id)
-    have = cached_features(db, ids, base_id)
-    missing = [mid for mid in ids if mid not in have]
-    if missing:
-        X = compute_features(model, tokenizer, [items_by_message_id[m] for m in missing])
-        fresh = dict(zip(missing, X, strict=True))
-        store_features(db, fresh, base_id)
-        have.update(fresh)
-    return have
-
-
-# ---- disk cache for offline evaluation: shards of (sha256 key -> vector) --------------
-
 def feature_spec(layers: Sequence[float] | None = None, max_tokens: int | None = None,
                  pools: Sequence[str] | None = None, answer_tokens: int | None = None) -> str:
     """What changes the vectors besides the base and the text (defaults: the current
@@ -379,65 +325,6 @@ def feature_spec(layers: Sequence[float] | None = None, max_tokens: int | None =
         max_tokens, answer_tokens = FEATURE_MAX_TOKENS, FEATURE_ANSWER_TOKENS
     spec = f"v2:layers={','.join(map(str, layers))}:pools={','.join(pools)}:max={max_tokens}"
     return spec if answer_tokens is None else f"{spec}:answer={answer_tokens}"
-
-
-class DiskFeatureCache:
-    """Append-only .npz shards under root/<base>/<spec hash>/, loaded whole at start."""
-
-    def __init__(self, root: Path, base_id: str, spec: str) -> None:
-        self.base_id, self.spec = base_id, spec
-        tag = hashlib.sha256(spec.encode()).hexdigest()[:12]
-        self.dir = Path(root) / base_id.replace("/", "_").replace("@", "-") / tag
-        self.vectors: dict[str, np.ndarray] = {}
-        for shard in sorted(self.dir.glob("*.npz")):
-            with np.load(shard) as data:
-                self.vectors.update(zip(data["keys"].tolist(), data["x"], strict=True))
-
-    def key(self, text: str) -> str:
-        return hashlib.sha256(f"{self.base_id}\0{self.spec}\0{text}".encode()).hexdigest()
-
-    def put(self, keys: list[str], X: np.ndarray) -> None:
-        if not keys:
-            return
-        self.dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.dir / f".{uuid.uuid4().hex}.tmp.npz"
-        np.savez(tmp, keys=np.array(keys), x=X.astype(np.float32))
-        tmp.rename(self.dir / f"{time.time_ns()}-{uuid.uuid4().hex[:6]}.npz")
-        self.vectors.update(zip(keys, X, strict=True))
-
-
-def disk_cached_features(model, tokenizer, base_id: str, items: list[Item], cache_dir: Path,
-                         layers: Sequence[float] | None = None, max_tokens: int | None = None,
-                         progress: Callable[[int, int], None] | None = None,
-                         pools: Sequence[str] | None = None,
-                         answer_tokens: int | None = None) -> np.ndarray:
-    """compute_features through the disk cache: each rendered text is computed once.
-
-    `model` may be a zero-argument loader, called only if some text is not cached yet (a
-    fully cached re-run then needs just the tokenizer).
-    """
-    layers = FEATURE_LAYERS if layers is None else tuple(layers)
-    pools = FEATURE_POOLS if pools is None else tuple(pools)
-    if max_tokens is None:
-        max_tokens, answer_tokens = FEATURE_MAX_TOKENS, FEATURE_ANSWER_TOKENS
-    cache = DiskFeatureCache(cache_dir, base_id,
-                             feature_spec(layers, max_tokens, pools, answer_tokens))
-    keys = [cache.key(_template(tokenizer, p, a)[1]) for p, a in items]
-    todo = sorted({k: i for i, k in enumerate(keys) if k not in cache.vectors}.items(),
-                  key=lambda ki: ki[1])
-    # Shards of SHARD_ITEMS items: an interrupted run keeps what it computed. Items arrive
-    # in file order, so the answers to one prompt stay in the same shard.
-    if todo and callable(model) and not hasattr(model, "config"):
-        model = model()
-    for start in range(0, len(todo), SHARD_ITEMS):
-        part = todo[start:start + SHARD_ITEMS]
-        X = compute_features(model, tokenizer, [items[i] for _, i in part],
-                             max_tokens=max_tokens, layers=layers, pools=pools,
-                             answer_tokens=answer_tokens)
-        cache.put([k for k, _ in part], X)
-        if progress:
-            progress(start + len(part), len(todo))
-    return np.stack([cache.vectors[k] for k in keys]) if keys else np.zeros((0, 0), np.float32)
 
 
 def recipe_columns(hidden: int, layers: Sequence[float], pools: Sequence[str],

@@ -29,7 +29,8 @@ from pathlib import Path
 
 import torch
 
-from adapters.policy import (
+from adapters.decoding import (
+    BASE,
     RewardFn,
     bf16_twin,
     completion_mask,
@@ -38,11 +39,11 @@ from adapters.policy import (
     left_pad,
     render_prompts,
     sample,
+    score_texts,
 )
 from adapters.settings import GateSettings
 from feedback_store.errors import ModelError, TrainingError
 
-BASE = "__base__"       # PEFT's adapter name for "no adapter" in a routed batch
 GATE_BATCH = 16         # rows per generate / KL forward: bounds the (rows, T, 49k) logits
 
 
@@ -65,7 +66,7 @@ def _twin(model, name: str):
     return twin.unload() if name == BASE else twin.merge_and_unload(adapter_names=[name])
 
 
-def _answers(gen_model, base_model, head, tokenizer, rows: list[list[int]],
+def _answers(gen_model, base_model, lm_head, tokenizer, rows: list[list[int]],
              max_tokens: int) -> list[dict]:
     """Greedy completions by gen_model and their KL to base_model, GATE_BATCH rows a time."""
     eos = eos_ids(gen_model, tokenizer)
@@ -76,18 +77,19 @@ def _answers(gen_model, base_model, head, tokenizer, rows: list[list[int]],
                         eos=eos, pad_id=tokenizer.pad_token_id)
         cmask = completion_mask(tokens, eos)
         kl = (torch.zeros(len(tokens)) if gen_model is base_model
-              else _kl_sum(gen_model, base_model, head, ids, mask, tokens, cmask))
+              else _kl_sum(gen_model, base_model, lm_head, ids, mask, tokens, cmask))
         for j, text in enumerate(decode(tokenizer, tokens, cmask)):
             out.append({"text": text, "len": cmask[j].sum().item(), "kl_sum": kl[j].item()})
     return out
 
 
 @torch.no_grad()
-def _kl_sum(model, base_model, head, ids: torch.Tensor, mask: torch.Tensor,
+def _kl_sum(model, base_model, lm_head, ids: torch.Tensor, mask: torch.Tensor,
             tokens: torch.Tensor, cmask: torch.Tensor) -> torch.Tensor:
     """(B,) summed exact per-position KL(model || base) over each completion's tokens.
 
-    Decoders run in bf16, the output layer `head` in float32 at completion positions only.
+    Decoders run in bf16, the output layer `lm_head` in float32 at completion positions
+    only.
     """
     full = torch.cat([ids, tokens], dim=1)                                  # (B, P+T)
     attn = torch.cat([mask, cmask.long()], dim=1)
@@ -97,7 +99,7 @@ def _kl_sum(model, base_model, head, ids: torch.Tensor, mask: torch.Tensor,
     def logprobs(m) -> torch.Tensor:                                         # (B, T, V)
         hidden = m.get_decoder()(input_ids=full, attention_mask=attn, position_ids=pos,
                                  use_cache=False).last_hidden_state
-        return head(hidden[:, -t - 1:-1].float().contiguous()).log_softmax(-1)
+        return lm_head(hidden[:, -t - 1:-1].float().contiguous()).log_softmax(-1)
 
     lp, lq = logprobs(model), logprobs(base_model)
     per_pos = (lp.exp() * (lp - lq)).sum(-1)                                # (B, T)
@@ -110,15 +112,6 @@ def _side(answers: list[dict], rewards: list[float]) -> dict:
             "kl": sum(a["kl_sum"] for a in answers) / max(tokens, 1),
             "len": tokens / len(answers)}
 
-
-def _score(reward_fn: RewardFn, prompts: list[list[dict]], texts: list[str]) -> list[float]:
-    try:
-        rewards = [float(r) for r in reward_fn(prompts, texts)]
-    except Exception as exc:
-        raise TrainingError(f"reward function failed in the gate: {exc}") from exc
-    if len(rewards) != len(texts):
-        raise TrainingError(f"reward function gave {len(rewards)} scores for {len(texts)}")
-    return rewards
 
 
 def _win_rate(ours: list[float], theirs: list[float]) -> float:
@@ -144,17 +137,18 @@ def evaluate(model, tokenizer, candidate: str, current: str | None,
     n, baseline = len(prompts), current or BASE
     rows = render_prompts(tokenizer, prompts)
     twins = {name: _twin(model, name) for name in {candidate, baseline, BASE}}
-    head = model.get_base_model().get_output_embeddings()       # float32, shared
+    lm_head = model.get_base_model().get_output_embeddings()    # float32, shared
     # The bare base answers too when it is not the baseline already, so "My assistant" can
     # show every version against the same yardstick; when it is, that is no extra work.
     sides = (candidate, baseline) if baseline == BASE else (candidate, baseline, BASE)
     answers = [a for name in sides
-               for a in _answers(twins[name], twins[BASE], head, tokenizer, rows,
+               for a in _answers(twins[name], twins[BASE], lm_head, tokenizer, rows,
                                  settings.max_completion_tokens)]
-    r_cand = _score(reward_fn, prompts, [a["text"] for a in answers[:n]])
-    r_base = _score(reward_fn, prompts, [a["text"] for a in answers[n:2 * n]])
-    r_bare = r_base if baseline == BASE else _score(
-        reward_fn, prompts, [a["text"] for a in answers[2 * n:]])
+    def score(part: list[dict]) -> list[float]:
+        return score_texts(reward_fn, prompts, [a["text"] for a in part], "the gate")
+
+    r_cand, r_base = score(answers[:n]), score(answers[n:2 * n])
+    r_bare = r_base if baseline == BASE else score(answers[2 * n:])
     cand, base = _side(answers[:n], r_cand), _side(answers[n:2 * n], r_base)
     return {"n_prompts": n, "baseline": "current" if current else "base",
             "candidate_reward": cand["reward"], "baseline_reward": base["reward"],

@@ -24,14 +24,11 @@ from pathlib import Path
 import numpy as np
 
 from adapters import registry, safety
+from adapters.decoding import BASE
 from adapters.dpo import dpo_warm_start
-from adapters.features import (
-    cached_features,
-    compute_features,
-    ensure_features,
-    features_id,
-)
-from adapters.gate import BASE, decide, evaluate, greedy_texts
+from adapters.feature_cache import cached_features, ensure_features, features_id
+from adapters.features import compute_features
+from adapters.gate import decide, evaluate, greedy_texts
 from adapters.head_selection import fit_selected_head
 from adapters.policy import train_policy
 from adapters.reward_head import (
@@ -43,11 +40,11 @@ from adapters.reward_head import (
 )
 from adapters.settings import HeadSettings, RunSettings, SafetySettings
 from feedback_store import runs as runs_store
-from feedback_store.conversations import prompt_messages
+from feedback_store.conversations import message_row, prompt_messages, user_messages
 from feedback_store.errors import TrainingError
 from feedback_store.feedback import all_thumbs, mark_events_used, new_events
 from feedback_store.training_data import training_rows
-from feedback_store.users import get_user
+from feedback_store.users import get_user, other_user_ids
 
 Log = Callable[[str], None]
 ENSEMBLE_SIZE = 8       # bootstrap members for exploration's uncertainty (Dwaracherla 2024)
@@ -110,7 +107,7 @@ def head_data(db, base, user_id: int) -> HeadData:
         return np.stack([feats[i] for i in ids]) if ids else np.zeros((0, dim), np.float32)
 
     def turns(ids: list[int]) -> np.ndarray:
-        return np.array([db["messages"].get(i)["candidate_group"] for i in ids], int)
+        return np.array([message_row(db, i)["candidate_group"] for i in ids], int)
 
     return HeadData(stack([r["chosen_id"] for r in pref]),
                     stack([r["rejected_id"] for r in pref]),
@@ -128,8 +125,7 @@ def fit_prior(db, base, user_id: int, settings: HeadSettings) -> RewardHead | No
     """
     if not settings.shared_prior:
         return None
-    others = [u["id"] for u in db["users"].rows_where("id != ?", [user_id])]
-    data = [head_data(db, base, other) for other in others]
+    data = [head_data(db, base, other) for other in other_user_ids(db, user_id)]
     data = [d for d in data if len(d)]
     if not data:
         return None
@@ -142,7 +138,7 @@ def fit_prior(db, base, user_id: int, settings: HeadSettings) -> RewardHead | No
 def backfill_features(db, base, user_id: int) -> int:
     """Features for every stored answer of the user (each computed once per base)."""
     items = {}
-    for m in list(db["messages"].rows_where("user_id = ? and role = 'assistant'", [user_id])):
+    for m in user_messages(db, user_id, "assistant"):
         items[m["id"]] = (prompt_messages(db, m["conversation_id"], m["candidate_group"]),
                           m["content"])
     before = len(cached_features(db, list(items), base.base_id))
@@ -245,13 +241,8 @@ def _save_ensemble(data: HeadData, settings: HeadSettings, prior, folder: Path,
 
 def user_turns(db, user_id: int) -> list[tuple[int, list[dict]]]:
     """The user's own prompts: each of their turns (id) with the history before it."""
-    turns = list(db["messages"].rows_where("user_id = ? and role = 'user'", [user_id],
-                                           order_by="id"))
+    turns = user_messages(db, user_id, "user")
     return [(t["id"], prompt_messages(db, t["conversation_id"], t["id"])) for t in turns]
-
-
-def user_prompts(db, user_id: int) -> list[list[dict]]:
-    return [prompt for _, prompt in user_turns(db, user_id)]
 
 
 def split_prompts(prompts: list, heldout_frac: float, seed: int) -> tuple[list, list]:

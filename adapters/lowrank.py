@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from adapters.reward_head import STD_FLOOR, RewardHead
-from feedback_store.errors import BadRequest
+from feedback_store.errors import InvalidData
 
 MAX_ITER = 300
 
@@ -59,7 +59,7 @@ def fit_lowrank(data: dict[str, tuple[np.ndarray, np.ndarray]], rank: int = 4,
 
     users = [u for u, (C, _) in data.items() if len(C)]
     if not users or rank < 1:
-        raise BadRequest("a low-rank basis needs rank >= 1 and at least one user with pairs")
+        raise InvalidData("a low-rank basis needs rank >= 1 and at least one user with pairs")
     mean, std = _standardizer(np.concatenate([np.concatenate(data[u]) for u in users]))
     diffs = [torch.from_numpy((data[u][0] - data[u][1]) / std) for u in users]   # (P_u, D)
     dim = diffs[0].shape[1]

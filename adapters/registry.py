@@ -34,10 +34,6 @@ def user_dir(adapters_dir: Path, user_name: str) -> Path:
     return Path(adapters_dir) / check_name(user_name)
 
 
-def version_dir(adapters_dir: Path, user_name: str, version: int) -> Path:
-    return user_dir(adapters_dir, user_name) / str(int(version))
-
-
 def _next_version(db: Database, folder: Path, user_id: int) -> int:
     """One above every version in the table or on disk (an orphan's number is not reused)."""
     row = next(db.query("select max(version) as v from adapter_versions where user_id = ?",
@@ -115,29 +111,52 @@ def save_version(db: Database, adapters_dir: Path, user: dict, peft_model, meta:
     return _commit_version(db, adapters_dir, user, write, meta)
 
 
-def register_existing(db: Database, adapters_dir: Path, user: dict, src_dir: Path,
-                      meta: dict) -> int:
-    """Copy an existing PEFT adapter directory in as the user's next version."""
-    def write(tmp: Path) -> None:
-        shutil.copytree(src_dir, tmp, dirs_exist_ok=True)
-
-    return _commit_version(db, adapters_dir, user, write, meta)
+def find_version(db: Database, user_id: int, version: int | None) -> dict | None:
+    """The user's row for `version` as stored (metrics still JSON), or None."""
+    if version is None:
+        return None
+    rows = list(db["adapter_versions"].rows_where("user_id = ? and version = ?",
+                                                  [user_id, version]))   # no cursor left open
+    return rows[0] if rows else None
 
 
 def get_version(db: Database, user_id: int, version: int) -> dict:
-    rows = list(db["adapter_versions"].rows_where("user_id = ? and version = ?",
-                                                  [user_id, version]))
-    if not rows:
+    row = find_version(db, user_id, version)
+    if row is None:
         raise NotFound(f"user {user_id} has no adapter version {version}")
-    return {**rows[0], "metrics": json.loads(rows[0]["metrics"] or "{}")}
+    return {**row, "metrics": json.loads(row["metrics"] or "{}")}
+
+
+def version_rows(db: Database, user_id: int) -> list[dict]:
+    """The user's rows as stored, oldest first (the data export)."""
+    return list(db["adapter_versions"].rows_where("user_id = ?", [user_id], order_by="version"))
+
+
+def earlier_rows(db: Database, user_id: int, version: int) -> list[dict]:
+    """The user's rows older than `version`, newest first."""
+    return list(db["adapter_versions"].rows_where("user_id = ? and version < ?",
+                                                  [user_id, version], order_by="version desc"))
+
+
+def recorded_paths(db: Database, user_id: int) -> list[str]:
+    """Every non-empty path recorded for the user's versions (erasure removes them)."""
+    return [r["path"] for r in db["adapter_versions"].rows_where(
+        "user_id = ? and path is not null and path != ''", [user_id])]
+
+
+def serving_peers(db: Database, user_id: int) -> list[dict]:
+    """user_id, version and path of the version serving every other user who has one."""
+    return list(db.query(
+        "select v.user_id, v.version, v.path from users u join adapter_versions v "
+        "on v.user_id = u.id and v.version = u.current_version where u.id != ? "
+        "order by u.id", [user_id]))
 
 
 def list_versions(db: Database, user_id: int) -> list[dict]:
     """The user's versions, oldest first, metrics decoded, the serving one marked current."""
     current = get_user(db, user_id)["current_version"]
-    rows = db["adapter_versions"].rows_where("user_id = ?", [user_id], order_by="version")
     return [{**r, "metrics": json.loads(r["metrics"] or "{}"), "current": r["version"] == current}
-            for r in rows]
+            for r in version_rows(db, user_id)]
 
 
 def promote(db: Database, user_id: int, version: int) -> None:
@@ -149,11 +168,6 @@ def promote(db: Database, user_id: int, version: int) -> None:
 def rollback(db: Database, user_id: int, version: int) -> None:
     """Go back to an earlier (or any other) version of the user's: NotFound if there is none."""
     promote(db, user_id, version)
-
-
-def remove_user_files(adapters_dir: Path, user_name: str) -> None:
-    """Delete every adapter version of a user from disk (rows go with feedback_store)."""
-    shutil.rmtree(user_dir(adapters_dir, user_name), ignore_errors=True)
 
 
 def current_path(db: Database, user: dict) -> Path | None:

@@ -21,14 +21,14 @@ import json
 import math
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from adapters.settings import HeadSettings
 from feedback_store.clock import now
-from feedback_store.errors import BadRequest, NotFound
+from feedback_store.errors import InvalidData, NotFound
 
 MAX_ITER = 200
 STD_FLOOR = 1e-6
@@ -51,7 +51,7 @@ class RewardHead:
     def standardize(self, X: np.ndarray) -> np.ndarray:
         X = np.asarray(X, dtype=np.float64)
         if X.ndim != 2 or X.shape[1] != self.dim:
-            raise BadRequest(f"features must have shape (N, {self.dim}), got {X.shape}")
+            raise InvalidData(f"features must have shape (N, {self.dim}), got {X.shape}")
         return (X - self.mean) / self.std
 
     def score(self, X: np.ndarray) -> np.ndarray:
@@ -84,7 +84,7 @@ def _as_matrix(X: np.ndarray, dim: int | None) -> np.ndarray:
     if X.size == 0:
         return np.zeros((0, dim or 0))
     if X.ndim != 2:
-        raise BadRequest(f"features must be 2-D, got shape {X.shape}")
+        raise InvalidData(f"features must be 2-D, got shape {X.shape}")
     return X
 
 
@@ -105,14 +105,14 @@ def fit_head(pairs_chosen: np.ndarray, pairs_rejected: np.ndarray, thumbs_x: np.
     """
     dim = next((np.shape(a)[1] for a in (pairs_chosen, thumbs_x) if np.size(a)), None)
     if dim is None:
-        raise BadRequest("a reward head needs at least one pair or one thumb")
+        raise InvalidData("a reward head needs at least one pair or one thumb")
     C, R = _as_matrix(pairs_chosen, dim), _as_matrix(pairs_rejected, dim)
     T, y = _as_matrix(thumbs_x, dim), np.asarray(thumbs_y, dtype=np.float64).reshape(-1)
     if C.shape != R.shape or len(T) != len(y):
-        raise BadRequest("chosen/rejected and thumbs/labels must have matching lengths")
+        raise InvalidData("chosen/rejected and thumbs/labels must have matching lengths")
     anchor = prior if settings.shared_prior else None
     if anchor is not None and anchor.dim != dim:
-        raise BadRequest(f"prior head has width {anchor.dim}, features have {dim}")
+        raise InvalidData(f"prior head has width {anchor.dim}, features have {dim}")
     if anchor is not None:
         mean, std, target_w, target_b = anchor.mean, anchor.std, anchor.w, anchor.b
         strength = settings.prior_strength
@@ -222,11 +222,21 @@ def save_head_version(db, heads_dir: Path, user_id: int | None, head: RewardHead
     return version
 
 
+def latest_published(db, user_id: int, features: str) -> dict | None:
+    """The user's newest published head row for these features (`features_id(base_id)`)."""
+    rows = list(db["reward_heads"].rows_where(      # list: no cursor left open
+        "user_id = ? and base_id = ? and published_at is not null", [user_id, features],
+        order_by="version desc", limit=1))
+    return rows[0] if rows else None
+
+
+def recorded_paths(db, user_id: int) -> list[str]:
+    """Every non-empty path recorded for the user's heads (erasure removes them)."""
+    return [r["path"] for r in db["reward_heads"].rows_where(
+        "user_id = ? and path is not null and path != ''", [user_id])]
+
+
 def publish_head(db, user_id: int, version: int) -> None:
     """Make a saved head version live (the newest published head is the user's head)."""
     db.execute("update reward_heads set published_at = ? where user_id = ? and version = ? "
                "and published_at is null", [now(), user_id, version])
-
-
-def settings_dict(settings: HeadSettings) -> dict:
-    return asdict(settings)

@@ -29,10 +29,11 @@ from pathlib import Path
 
 import numpy as np
 
-from adapters.features import compute_features, disk_cached_features, features_id
+from adapters.feature_cache import disk_cached_features, features_id
+from adapters.features import compute_features
 from adapters.reward_head import RewardHead, fit_head, pair_accuracy
 from adapters.settings import HeadSettings, SafetySettings
-from feedback_store.errors import BadRequest, ConfigError, NotFound
+from feedback_store.errors import ConfigError, InvalidData, NotFound
 
 Log = Callable[[str], None]
 KEY_VERSION = "safety-v1"
@@ -79,11 +80,11 @@ class HHPair:
 
 
 def read_hh(path: Path) -> list[HHPair]:
-    """Pairs of a JSONL file in shared/DATA.md's format; BadRequest names a bad line."""
+    """Pairs of a JSONL file in shared/DATA.md's format; InvalidData names a bad line."""
     try:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
-        raise BadRequest(f"cannot read {path}: {exc}") from exc
+        raise InvalidData(f"cannot read {path}: {exc}") from exc
     pairs = []
     for number, line in enumerate(lines, 1):
         if not line.strip():
@@ -95,11 +96,11 @@ def read_hh(path: Path) -> list[HHPair]:
             pair = HHPair(prompt, str(row["chosen"]), str(row["rejected"]))
             pair.first_turn  # noqa: B018 - must have a user turn
         except (json.JSONDecodeError, KeyError, TypeError, StopIteration) as exc:
-            raise BadRequest(f"{path} line {number}: expected {{prompt: [messages], chosen, "
+            raise InvalidData(f"{path} line {number}: expected {{prompt: [messages], chosen, "
                              f"rejected}} ({exc})") from exc
         pairs.append(pair)
     if not pairs:
-        raise BadRequest(f"{path} holds no pairs")
+        raise InvalidData(f"{path} holds no pairs")
     return pairs
 
 

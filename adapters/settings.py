@@ -27,6 +27,7 @@ class SettingError(ConfigError):
     def __init__(self, name: str, value: Any, why: str, shown: str | None = None) -> None:
         super().__init__(f"{name} = {repr(value) if shown is None else shown}: {why}")
         self.name, self.value, self.why, self.shown = name, value, why, shown
+        self.field = name           # as every AssistantError that names its field
 
     def in_section(self, section: str) -> SettingError:
         """The same error with the config section in front of the field's name."""

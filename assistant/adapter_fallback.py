@@ -17,6 +17,7 @@ from pathlib import Path
 
 from sqlite_utils import Database
 
+from adapters import registry
 from assistant.engine import AdapterRef
 from feedback_store.clock import now
 from feedback_store.errors import public_message
@@ -48,12 +49,11 @@ class AdapterFailures:
             return [self._failed[k] for k in sorted(self._failed)]
 
 
-def earlier_versions(db: Database, adapters_root: Path, user_id: int,
+def earlier_versions(db: Database, adapters_dir: Path, user_id: int,
                      version: int) -> list[AdapterRef]:
     """The user's versions older than `version`, newest first: the fallbacks, in order."""
-    rows = db["adapter_versions"].rows_where("user_id = ? and version < ?", [user_id, version],
-                                             order_by="version desc")
-    return [AdapterRef(user_id, r["version"], adapters_root / r["path"]) for r in rows]
+    return [AdapterRef(user_id, r["version"], adapters_dir / r["path"])
+            for r in registry.earlier_rows(db, user_id, version)]
 
 
 def notice(failed_version: int | None, served: AdapterRef | None) -> str | None:

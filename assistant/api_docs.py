@@ -1,9 +1,10 @@
 """JSON bodies of the API as OpenAPI describes them (/schema/openapi.json).
 
-Handlers take `dict` and validate it themselves, naming the field in every 400 (see
-assistant/chat.py and the routes); these schemas only document the contract, for people
-and for tools: the property-based fuzz (tests/test_fuzz.py) generates its requests from
-them, so a field missing here is a field the fuzz never tries.
+Handlers take the JSON object and parse it into a typed body themselves, naming the field
+in every 400 (assistant/bodies.py; the chat bodies: assistant/chat.py's TurnRequest); these
+schemas document the contract, for people and for tools: the property-based fuzz
+(tests/test_fuzz.py) generates its requests from them, so a field missing here is a field
+the fuzz never tries.
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ RankingBody = body("Three or more answers to one turn, best first.",
 TrainBody = body("Queue training for one user (by name) or every user due.",
                  {"user": TEXT, "force": {"type": "boolean"}})
 RollbackBody = body("Serve this adapter version of the user's.", {"version": ID}, ["version"])
+TitleBody = body("A conversation's new title.", {"title": TEXT}, ["title"])
 SettingsBody = body("The caller's settings to change (others stay as they are). answer_length: "
                     "how long answers are when a chat request gives no max_tokens.",
                     {"answer_length": {"enum": ["short", "normal", "long"]}}, closed=True)

@@ -18,6 +18,7 @@ from litestar.types import Message, Scope
 from assistant.auth import is_admin_request
 from assistant.config import Config
 from assistant.engine import Engine
+from assistant.http_errors import headers_of, status_of
 from assistant.ids import check_request_ids, document_id_ranges
 from assistant.routes_admin import admin_router
 from assistant.routes_chat import chat_router
@@ -62,10 +63,13 @@ async def add_security_headers(message: Message, scope: Scope) -> None:
 def handle_assistant_error(request: Request, exc: AssistantError) -> Response:
     """The one place our errors become HTTP: status from the class, message as detail
     (filesystem paths redacted: they tell a client nothing and an attacker too much)."""
-    if exc.status >= 500:
+    status = status_of(exc)
+    if status >= 500:
         log.error("%s %s failed: %s", request.method, request.url.path, exc)
-    return Response({"detail": public_message(exc)}, status_code=exc.status,
-                    headers=exc.headers)
+    body = {"detail": public_message(exc)}
+    if exc.field:
+        body["field"] = exc.field
+    return Response(body, status_code=status, headers=headers_of(exc))
 
 
 def handle_http_error(request: Request, exc: HTTPException) -> Response:

@@ -9,6 +9,7 @@ import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
+from adapters import registry
 from assistant import adapter_fallback as fallback
 from assistant.engine import AdapterRef, Delta, GenRequest, GenResult
 from assistant.explore_turn import EXPLORE_MODES, explore_turn, turn_mode
@@ -16,7 +17,7 @@ from assistant.ids import body_id
 from assistant.state import AppState
 from feedback_store import conversations as conv
 from feedback_store.errors import BadRequest, Gone, ModelError, TooLarge, Unauthorized
-from feedback_store.users import get_user
+from feedback_store.users import get_user, user_exists
 
 MODELS = ("personal", "base")
 log = logging.getLogger("assistant")
@@ -50,9 +51,9 @@ def check_turn(state: AppState, body: dict) -> TurnRequest:
     g, limit = state.config.generation, state.config.server.max_prompt_chars
     content = body.get("content")
     if body.get("regenerate") is None and (not isinstance(content, str) or not content.strip()):
-        raise BadRequest("content: must be a non-empty string")
+        raise BadRequest("must be a non-empty string", field="content")
     if isinstance(content, str) and len(content) > limit:
-        raise TooLarge(f"content: {len(content)} characters is over the limit of {limit}")
+        raise TooLarge(f"{len(content)} characters is over the limit of {limit}", field="content")
     n = _int_in(body, "n", 1, 1, g.n_max)
     max_tokens = _int_in(body, "max_tokens", g.max_tokens_default, 1, g.max_tokens_limit)
     temperature = _float_in(body, "temperature", g.temperature, 0.0, 2.0)
@@ -60,7 +61,7 @@ def check_turn(state: AppState, body: dict) -> TurnRequest:
     model = body.get("model")
     model = "personal" if model is None else model     # absent or null: the default
     if not isinstance(model, str) or model not in MODELS:
-        raise BadRequest(f"model: must be one of {', '.join(MODELS)}; got {model!r}")
+        raise BadRequest(f"must be one of {', '.join(MODELS)}; got {model!r}", field="model")
     return TurnRequest(content=content or "", conversation_id=body_id(body, "conversation_id"),
                        regenerate=body_id(body, "regenerate"), edit=body_id(body, "edit"),
                        follow=body_id(body, "follow"),
@@ -77,8 +78,8 @@ def _explore_mode(body: dict) -> str | None:
     if value is False:
         return "off"
     if value not in EXPLORE_MODES:
-        raise BadRequest(f"explore: must be true, false or one of {', '.join(EXPLORE_MODES)}; "
-                         f"got {value!r}")
+        raise BadRequest(f"must be true, false or one of {', '.join(EXPLORE_MODES)}; "
+                         f"got {value!r}", field="explore")
     return value
 
 
@@ -87,7 +88,7 @@ def _sampling_extras(body: dict) -> dict:
     as OpenAI's; it is stored with each answer, and SQLite's integers are signed 64-bit)."""
     seed = _opt_int(body, "seed")
     if seed is not None and not -2**63 <= seed < 2**63:
-        raise BadRequest(f"seed: must be a signed 64-bit integer; got {seed!r}")
+        raise BadRequest(f"must be a signed 64-bit integer; got {seed!r}", field="seed")
     return {"frequency_penalty": _float_in(body, "frequency_penalty", 0.0, -2.0, 2.0),
             "presence_penalty": _float_in(body, "presence_penalty", 0.0, -2.0, 2.0),
             "seed": seed}
@@ -98,7 +99,7 @@ def _int_in(body: dict, name: str, default: int, lo: int, hi: int) -> int:
     if value is None:
         return default
     if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
-        raise BadRequest(f"{name}: must be an integer from {lo} to {hi}; got {value!r}")
+        raise BadRequest(f"must be an integer from {lo} to {hi}; got {value!r}", field=name)
     return value
 
 
@@ -107,14 +108,14 @@ def _float_in(body: dict, name: str, default: float, lo: float, hi: float) -> fl
     if value is None:
         return default
     if not isinstance(value, int | float) or isinstance(value, bool) or not lo <= value <= hi:
-        raise BadRequest(f"{name}: must be a number from {lo} to {hi}; got {value!r}")
+        raise BadRequest(f"must be a number from {lo} to {hi}; got {value!r}", field=name)
     return float(value)
 
 
 def _opt_int(body: dict, name: str) -> int | None:
     value = body.get(name)
     if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
-        raise BadRequest(f"{name}: must be an integer; got {value!r}")
+        raise BadRequest(f"must be an integer; got {value!r}", field=name)
     return value
 
 
@@ -123,7 +124,7 @@ def _stops(value: object) -> list[str]:
         return []
     stops = [value] if isinstance(value, str) else value
     if not isinstance(stops, list) or len(stops) > 4 or not all(isinstance(s, str) for s in stops):
-        raise BadRequest("stop: must be a string or a list of at most 4 strings")
+        raise BadRequest("must be a string or a list of at most 4 strings", field="stop")
     return stops
 
 
@@ -134,7 +135,7 @@ def check_flag(body: dict, name: str, where: str | None = None) -> bool:
     if value is None:
         return False
     if not isinstance(value, bool):
-        raise BadRequest(f"{where or name}: must be true or false; got {value!r}")
+        raise BadRequest(f"must be true or false; got {value!r}", field=where or name)
     return value
 
 
@@ -181,30 +182,29 @@ class PreparedTurn:
         return out
 
 
-def adapter_for(db, adapters_root, user: dict, model: str) -> AdapterRef | None:
+def adapter_for(db, adapters_dir, user: dict, model: str) -> AdapterRef | None:
     """The adapter a request is routed through: the user's current version, or none."""
     if model == "base" or not user.get("current_version"):
         return None
-    rows = list(db["adapter_versions"].rows_where(
-        "user_id = ? and version = ?", [user["id"], user["current_version"]]))
-    if not rows:
+    row = registry.find_version(db, user["id"], user["current_version"])
+    if row is None:
         return None
-    return AdapterRef(user["id"], user["current_version"], adapters_root / rows[0]["path"])
+    return AdapterRef(user["id"], user["current_version"], adapters_dir / row["path"])
 
 
-def _prepare(db, user: dict, req: TurnRequest, adapters_root) -> tuple[int, dict, list[dict]]:
+def _prepare(db, user: dict, req: TurnRequest) -> tuple[int, dict, list[dict]]:
     """Store the user turn (or find the one to regenerate) and build the prompt messages."""
-    if not db["users"].count_where("id = ?", [user["id"]]):
+    if not user_exists(db, user["id"]):
         raise Unauthorized("invalid or revoked API key")    # erased since the key was checked
     if req.regenerate is not None:
         turn = conv.get_message(db, user["id"], req.regenerate)
         if turn["role"] != "user":
-            raise BadRequest(f"regenerate: message {req.regenerate} is not a user turn")
+            raise BadRequest(f"message {req.regenerate} is not a user turn", field="regenerate")
         conv_id = turn["conversation_id"]
     elif req.edit is not None:
         edited = conv.get_message(db, user["id"], req.edit)
         if edited["role"] != "user":
-            raise BadRequest(f"edit: message {req.edit} is not a user turn")
+            raise BadRequest(f"message {req.edit} is not a user turn", field="edit")
         conv_id = edited["conversation_id"]
         turn = conv.add_user_turn(db, user["id"], conv_id, req.content, edit_of=edited)
     else:
@@ -216,20 +216,15 @@ def _prepare(db, user: dict, req: TurnRequest, adapters_root) -> tuple[int, dict
             conv.get_conversation_row(db, user["id"], conv_id)
         follow = conv.get_message(db, user["id"], req.follow) if req.follow is not None else None
         turn = conv.add_user_turn(db, user["id"], conv_id, req.content, follow=follow)
-    row = conv.get_conversation_row(db, user["id"], conv_id)
-    messages = [{"role": m["role"], "content": m["content"]}
-                for m in conv.history(db, conv_id, turn["id"])]
-    if row.get("system"):
-        messages.insert(0, {"role": "system", "content": row["system"]})
-    return conv_id, turn, messages
+    return conv_id, turn, conv.prompt_messages(db, conv_id, turn["id"])
 
 
 async def prepare_turn(state: AppState, user: dict, req: TurnRequest) -> PreparedTurn:
-    conv_id, turn, messages = await state.store.write(_prepare, user, req, state.adapters_root)
+    conv_id, turn, messages = await state.store.write(_prepare, user, req)
     s = state.config.server
     messages = trim_prompt(messages, s.max_messages, s.max_request_chars)
     fresh = await state.store.read(get_user, user["id"])   # current_version may have moved
-    adapter = await state.store.read(adapter_for, state.adapters_root, fresh, req.model)
+    adapter = await state.store.read(adapter_for, state.adapters_dir, fresh, req.model)
     gen = GenRequest(messages=messages, n=req.n, temperature=req.temperature, top_p=req.top_p,
                      max_tokens=req.max_tokens, stop=req.stop, adapter=adapter,
                      frequency_penalty=req.frequency_penalty,
@@ -246,7 +241,7 @@ async def fall_back(state: AppState, prep: PreparedTurn) -> None:
     base; remember which version should have served."""
     failed = prep.gen.adapter
     prep.fallback_from = prep.fallback_from or failed.version
-    earlier = await state.store.read(fallback.earlier_versions, state.adapters_root,
+    earlier = await state.store.read(fallback.earlier_versions, state.adapters_dir,
                                      failed.user_id, failed.version)
     usable = [ref for ref in earlier if not state.adapter_failures.failed(ref)]
     prep.gen.adapter = usable[0] if usable else None
@@ -296,7 +291,7 @@ def candidate_rows(prep: PreparedTurn, result: GenResult) -> list[dict]:
 
 
 def _store_candidates(db, turn: dict, rows: list[dict], regenerate: bool) -> list[dict]:
-    if not db["messages"].count_where("id = ?", [turn["id"]]):
+    if not conv.message_exists(db, turn["id"]):
         # The user (or this conversation) was erased while the answer was generating:
         # the erase stands, the answer is dropped rather than stored for nobody.
         raise Gone(f"conversation {turn['conversation_id']} was deleted while the answer "
@@ -308,7 +303,7 @@ def _store_candidates(db, turn: dict, rows: list[dict], regenerate: bool) -> lis
     stored = conv.add_candidates(db, turn, rows)
     if regenerate and stored:
         conv.choose_candidate(db, stored[0])
-        stored = [db["messages"].get(m["id"]) for m in stored]
+        stored = [conv.message_row(db, m["id"]) for m in stored]
     return stored
 
 

@@ -53,13 +53,12 @@ import torch
 import torch.nn.functional as F
 from transformers import DynamicCache
 
-from adapters.policy import eos_ids
+from adapters.decoding import BASE, eos_ids
 from assistant.multi_lora import MultiLora, Prepared
 from assistant.sampling import RowSampling, RowSettings, row_seed
 from feedback_store.errors import ModelError
 
 T = TypeVar("T")
-BASE = "__base__"   # the name of "no adapter" in stats and logs
 
 
 @dataclass(frozen=True)

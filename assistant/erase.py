@@ -15,6 +15,7 @@ from pathlib import Path
 
 from sqlite_utils import Database
 
+from adapters import registry, reward_head
 from assistant.state import AppState
 from feedback_store import users
 from feedback_store.errors import AssistantError, Conflict, NotFound
@@ -27,10 +28,9 @@ def user_paths(db: Database, user: dict, root: Path) -> list[Path]:
     """The user's directory (adapters_dir/<name>) plus any recorded adapter or reward-head
     path, keeping only paths strictly inside adapters_dir (never delete anything else)."""
     root = root.resolve()
-    found = [root / user["name"]]
-    for table in ("adapter_versions", "reward_heads"):
-        found += [root / r["path"] for r in db[table].rows_where(
-            "user_id = ? and path is not null and path != ''", [user["id"]])]
+    recorded = [*registry.recorded_paths(db, user["id"]),
+                *reward_head.recorded_paths(db, user["id"])]
+    found = [root / user["name"], *(root / p for p in recorded)]
     return [p for p in found if p.resolve() != root and p.resolve().is_relative_to(root)]
 
 
@@ -39,7 +39,7 @@ def delete_user_rows(db: Database, user_id: int, root: Path) -> tuple[dict, list
     if not 1 <= user_id <= MAX_ID:  # beyond SQLite's integers: unknown, not a crash
         raise NotFound(f"no user with id {user_id}")
     user = users.get_user(db, user_id)
-    if user["role"] == "admin" and db["users"].count_where("role = 'admin'") == 1:
+    if user["role"] == "admin" and users.admin_count(db) == 1:
         raise Conflict(f"user {user['name']!r} is the last admin and cannot be deleted; "
                        "make another user an admin first")
     paths = user_paths(db, user, root)
@@ -59,14 +59,9 @@ def remove_paths(paths: list[Path]) -> None:
             raise AssistantError(f"user deleted but {path} could not be removed: {exc}") from exc
 
 
-def first_admin(db: Database) -> int | None:
-    row = db.execute("select min(id) from users where role = 'admin'").fetchone()
-    return row[0] if row else None
-
-
 async def erase_user(ctx: AppState, user_id: int) -> dict:
     """Remove the user's rows, files and loaded adapters; return what was erased."""
-    user, paths = await ctx.store.write(delete_user_rows, user_id, ctx.adapters_root)
+    user, paths = await ctx.store.write(delete_user_rows, user_id, ctx.adapters_dir)
     busy, _, _ = await ctx.store.checkpoint()
     if busy:   # a long read elsewhere (a training worker) kept the WAL: the next one clears it
         log.warning("erased user %s, but a reader kept the WAL from being truncated", user_id)
@@ -74,6 +69,6 @@ async def erase_user(ctx: AppState, user_id: int) -> dict:
     await asyncio.to_thread(remove_paths, paths)
     if ctx.admin_user_id == user_id:
         # ASSISTANT_ADMIN_KEY acted as this user: let it act as a remaining admin instead.
-        ctx.admin_user_id = await ctx.store.read(first_admin)
+        ctx.admin_user_id = await ctx.store.read(users.first_admin)
     log.info("erased user %s (%s) and %d path(s)", user_id, user["name"], len(paths))
     return {"id": user_id, "name": user["name"], "erased": True}

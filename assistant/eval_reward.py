@@ -105,7 +105,7 @@ def pair_features(pairs: list[Pair], cache_dir: Path, model_path: str,
     import torch
 
     from adapters.base_model import load_base, load_tokenizer, resolve_source
-    from adapters.features import disk_cached_features
+    from adapters.feature_cache import disk_cached_features
 
     # Two threads on the 2-core target; on a busy machine 1 avoids spinning threads.
     torch.set_num_threads(max(1, threads))
@@ -256,7 +256,8 @@ def cached_pairs_only(pairs: list[Pair], cache_dir: Path, model_path: str,
                       **recipe) -> list[Pair]:
     """The pairs whose both answers are already in the disk feature cache."""
     from adapters.base_model import load_tokenizer, resolve_source
-    from adapters.features import DiskFeatureCache, _template, feature_spec
+    from adapters.feature_cache import DiskFeatureCache
+    from adapters.features import feature_spec, template_text
 
     tokenizer = load_tokenizer(model_path, cache_dir)
     spec = feature_spec(recipe.get("layers"), recipe.get("max_tokens"), recipe.get("pools"),
@@ -264,7 +265,7 @@ def cached_pairs_only(pairs: list[Pair], cache_dir: Path, model_path: str,
     cache = DiskFeatureCache(cache_dir / FEATURES_SUBDIR,
                              resolve_source(model_path, cache_dir).base_id, spec)
     kept = [p for p in pairs
-            if all(cache.key(_template(tokenizer, p.prompt, a)[1]) in cache.vectors
+            if all(cache.key(template_text(tokenizer, p.prompt, a)[1]) in cache.vectors
                    for a in (p.chosen, p.rejected))]
     if not kept:
         raise BadRequest("no pair of this file has cached features yet")

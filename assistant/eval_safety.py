@@ -42,7 +42,7 @@ def answer_logprobs(model, tokenizer, pairs: list) -> list[tuple[float, float]]:
     is: call inside disable_adapter() for the base), PAIRS_PER_BATCH pairs per forward."""
     import torch
 
-    from adapters.policy import left_pad, token_logprobs
+    from adapters.decoding import left_pad, token_logprobs
 
     out = []
     for i in range(0, len(pairs), PAIRS_PER_BATCH):
@@ -83,7 +83,8 @@ def evaluate(model, tokenizer, consensus, pairs: list, max_tokens: int,
              adapter: str = "default") -> dict:
     """{"base": figures, "adapter": figures, "n_pairs", "n_prompts"} for a PeftModel whose
     adapter `adapter` is the one checked."""
-    from adapters.gate import BASE, greedy_texts
+    from adapters.decoding import BASE
+    from adapters.gate import greedy_texts
     from adapters.safety import redteam_side
 
     result: dict = {}

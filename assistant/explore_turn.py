@@ -10,7 +10,9 @@ from __future__ import annotations
 import json
 import random
 
-from adapters.features import compute_features, store_features
+from adapters import registry
+from adapters.feature_cache import store_features
+from adapters.features import compute_features
 from assistant import explore as ex
 from assistant.engine import AdapterRef, GenResult
 from assistant.rewards import latest_head
@@ -37,23 +39,18 @@ def turn_mode(state: AppState, requested: str | None, n: int, model: str,
     return requested
 
 
-def _sources(db, adapters_root, user: dict, personal: AdapterRef | None,
+def _sources(db, adapters_dir, user: dict, personal: AdapterRef | None,
              rng: random.Random) -> ex.Sources:
     previous = None
     if personal is not None:
-        row = next(db["adapter_versions"].rows_where(
-            "user_id = ? and version = ?", [user["id"], personal.version]), None)
+        row = registry.find_version(db, user["id"], personal.version)
         parent = row and row["parent_version"]
-        prow = parent and next(db["adapter_versions"].rows_where(
-            "user_id = ? and version = ?", [user["id"], parent]), None)
+        prow = parent and registry.find_version(db, user["id"], parent)
         if prow:
-            previous = AdapterRef(user["id"], parent, adapters_root / prow["path"])
-    peers = list(db.query(
-        "select v.user_id, v.version, v.path from users u join adapter_versions v "
-        "on v.user_id = u.id and v.version = u.current_version where u.id != ?",
-        [user["id"]]))
+            previous = AdapterRef(user["id"], parent, adapters_dir / prow["path"])
+    peers = registry.serving_peers(db, user["id"])
     rng.shuffle(peers)
-    refs = tuple(AdapterRef(p["user_id"], p["version"], adapters_root / p["path"])
+    refs = tuple(AdapterRef(p["user_id"], p["version"], adapters_dir / p["path"])
                  for p in peers[:MAX_PEERS])
     return ex.Sources(personal, previous, refs)
 
@@ -116,7 +113,7 @@ async def explore_turn(state: AppState, user: dict, prep, mode: str) -> list[dic
     """Generate the pool, pick prep.gen.n candidates by `mode`, store and return them."""
     e, engine, gen = state.config.explore, state.engine, prep.gen
     rng = random.Random(gen.seed) if gen.seed is not None else random.Random()
-    have = await state.store.read(_sources, state.adapters_root, user, gen.adapter, rng)
+    have = await state.store.read(_sources, state.adapters_dir, user, gen.adapter, rng)
     record = await state.store.read(source_preferences, user["id"])
     slots = ex.plan_pool(max(e.pool, gen.n), e.sources, have, ex.parse_arms(e.arms),
                          gen.temperature, max(e.hot_temperature, gen.temperature), rng, record)

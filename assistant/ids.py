@@ -6,7 +6,7 @@ this API is a positive row id, so anything outside 1..MAX_ID names no row.
 
 Path and query parameters typed `int` are checked for every route by `check_request_ids`
 (a `before_request` hook on the app), so a new route is covered without doing anything;
-ids inside JSON bodies go through `body_id`.
+ids inside JSON bodies go through `body_id` (the chat bodies) or `bodies.Id` (typed bodies).
 """
 
 from __future__ import annotations
@@ -33,9 +33,9 @@ def body_id(body: dict, name: str) -> int | None:
     if value is None:
         return None
     if not isinstance(value, int) or isinstance(value, bool):
-        raise BadRequest(f"{name}: must be an integer; got {value!r}")
+        raise BadRequest(f"must be an integer; got {value!r}", field=name)
     if not in_range(value):
-        raise BadRequest(f"{name}: {value} is not an id ({RANGE})")
+        raise BadRequest(f"{value} is not an id ({RANGE})", field=name)
     return value
 
 
@@ -63,7 +63,7 @@ def check_request_ids(request: Request) -> None:
     """404 for a path id no row can have, 400 for such a query id, naming the parameter."""
     for name, value in request.path_params.items():
         if isinstance(value, int) and not in_range(value):
-            raise NotFound(f"{name}: {value} not found ({RANGE})")
+            raise NotFound(f"{value} not found ({RANGE})", field=name)
     for name in _query_ints(request.route_handler):
         raw = request.query_params.get(name)
         try:
@@ -71,7 +71,7 @@ def check_request_ids(request: Request) -> None:
         except ValueError:
             continue            # not an integer: Litestar's own validation answers 400
         if value is not None and not in_range(value):
-            raise BadRequest(f"{name}: {value} is not an id ({RANGE})")
+            raise BadRequest(f"{value} is not an id ({RANGE})", field=name)
 
 
 def document_id_ranges(openapi: object) -> None:

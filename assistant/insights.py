@@ -17,11 +17,11 @@ from dataclasses import dataclass
 import numpy as np
 from sqlite_utils import Database
 
-from adapters.features import cached_features
+from adapters.feature_cache import cached_features
 from assistant.rewards import _load, head_summary, latest_head
 from feedback_store import feedback as fb
 from feedback_store import runs
-from feedback_store.conversations import prompt_messages
+from feedback_store.conversations import opening_turns, prompt_messages, user_messages
 
 GATE_FIELDS = ("win_rate", "reward_gain", "candidate_reward", "baseline_reward", "baseline",
                "n_prompts", "candidate_kl", "candidate_len", "baseline_len")
@@ -87,8 +87,7 @@ def scored_answers(db: Database, user_id: int, base_id: str) -> dict:
     head_row = latest_head(db, user_id, base_id)
     if head_row is None:
         return {"head": None, "likes": [], "dislikes": [], "scored": 0, "unscored": 0}
-    messages = {m["id"]: m for m in db["messages"].rows_where(
-        "user_id = ? and role = 'assistant' and content != ''", [user_id])}
+    messages = {m["id"]: m for m in user_messages(db, user_id, "assistant") if m["content"]}
     head = _load(head_row["path"])
     vectors = {k: v for k, v in cached_features(db, list(messages), base_id).items()
                if v.size == head.dim}
@@ -128,8 +127,7 @@ class ExampleSettings:
 def example_prompts(db: Database, user_id: int, settings: ExampleSettings) -> list[list[dict]]:
     """A reproducible sample of the user's own single-message prompts (the latest 50),
     the kind of prompt the gate holds out."""
-    turns = list(db["messages"].rows_where("user_id = ? and role = 'user' and parent_id is null",
-                                           [user_id], order_by="id desc", limit=50))
+    turns = opening_turns(db, user_id, 50)
     seen, unique = set(), []
     for t in turns:
         key = t["content"].strip()

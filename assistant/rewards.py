@@ -8,8 +8,9 @@ from pathlib import Path
 
 from sqlite_utils import Database
 
-from adapters.features import cached_features, compute_features, features_id, store_features
-from adapters.reward_head import RewardHead
+from adapters.feature_cache import cached_features, features_id, store_features
+from adapters.features import compute_features
+from adapters.reward_head import RewardHead, latest_published
 from assistant.state import AppState
 from feedback_store import conversations as conv
 
@@ -19,11 +20,7 @@ SUMMARY_FIELDS = ("cv_accuracy", "n_pairs", "n_thumbs", "prior")
 def latest_head(db: Database, user_id: int, base_id: str) -> dict | None:
     """The user's newest published head made for this base and feature recipe (a head is
     meaningless on other features; an unpublished one belongs to an unfinished run)."""
-    rows = list(db["reward_heads"].rows_where("user_id = ? and base_id = ? "
-                                              "and published_at is not null",
-                                              [user_id, features_id(base_id)],
-                                              order_by="version desc", limit=1))
-    return rows[0] if rows else None
+    return latest_published(db, user_id, features_id(base_id))
 
 
 def head_summary(db: Database, user_id: int, base_id: str) -> dict | None:

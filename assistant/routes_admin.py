@@ -10,19 +10,17 @@ from litestar.params import FromPath, Parameter
 
 from assistant.api_docs import NewUserBody
 from assistant.auth import admin_user
+from assistant.bodies import NewUserIn, parse
 from assistant.erase import erase_user
 from assistant.state import AppState
 from feedback_store import users
-from feedback_store.errors import BadRequest
 from feedback_store.training_data import export_jsonl
 
 
 @post("/users", status_code=201)
 async def create_user(data: NewUserBody, admin: dict, ctx: AppState) -> dict:
-    name, is_admin = data.get("name"), data.get("admin", False)
-    if not isinstance(is_admin, bool):
-        raise BadRequest(f"admin: must be true or false; got {is_admin!r}")
-    user, key = await ctx.store.write(users.create_user, name, is_admin)
+    body = parse(NewUserIn, data)
+    user, key = await ctx.store.write(users.create_user, body.name, body.admin)
     return {"id": user["id"], "name": user["name"], "role": user["role"], "api_key": key}
 
 

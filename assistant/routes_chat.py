@@ -22,6 +22,7 @@ from assistant.chat import (
     stream_turn,
 )
 from assistant.engine import Delta
+from assistant.http_errors import status_of
 from assistant.state import AppState
 from assistant.user_settings import answer_tokens, read_settings
 from feedback_store import conversations as conv
@@ -61,10 +62,20 @@ async def _chat_events(ctx: AppState, prep: PreparedTurn,
                 yield sse("done", {"conversation_id": prep.conversation_id,
                                    "message": prep.user_turn, "candidates": item,
                                    **prep.served()})
-    except AssistantError as exc:   # headers are sent: the status goes in an error event
-        if exc.status >= 500:
-            log.error("streamed chat failed: %s", exc)
-        yield sse("error", {"status": exc.status, "detail": public_message(exc)})
+    except Exception as exc:   # headers are sent: the status goes in an error event
+        yield sse("error", stream_error(exc, "streamed chat"))
+
+
+def stream_error(exc: Exception, what: str) -> dict:
+    """The error event's payload: status and a message a client may see (an unexpected
+    error is logged with its traceback and named by type only, as the app's handler does)."""
+    status = status_of(exc)
+    if not isinstance(exc, AssistantError):
+        log.error("%s failed", what, exc_info=exc)
+        return {"status": status, "detail": f"internal error: {type(exc).__name__}"}
+    if status >= 500:
+        log.error("%s failed: %s", what, exc)
+    return {"status": status, "detail": public_message(exc), "field": exc.field}
 
 
 @get("/conversations")

@@ -10,26 +10,15 @@ from litestar.params import FromPath
 
 from assistant.api_docs import ComparisonBody, RankingBody, ThumbsBody
 from assistant.auth import current_user
+from assistant.bodies import ComparisonIn, RankingIn, ThumbsIn, parse
 from assistant.rewards import message_reward
 from assistant.state import AppState
 from feedback_store import feedback as fb
-from feedback_store.errors import BadRequest
-
-THUMBS_FIELDS = {"value", "reasons", "comment"}
-COMPARISON_FIELDS = {"message_ids", "choice", "reasons", "comment"}
-RANKING_FIELDS = {"message_ids"}
 
 
-def _only(data: dict, allowed: set[str]) -> dict:
-    """Reject unknown fields: a misspelt 'reason' must not silently drop the reasons."""
-    unknown = sorted(set(data) - allowed)
-    if unknown:
-        raise BadRequest(f"{unknown[0]}: unknown field; expected {', '.join(sorted(allowed))}")
-    return data
-
-
-def _notes(data: dict, vocabulary: Iterable[str]) -> tuple[list[str], str | None]:
-    return fb.check_reasons(data.get("reasons"), vocabulary), fb.check_comment(data.get("comment"))
+def _notes(body: ThumbsIn | ComparisonIn,
+           vocabulary: Iterable[str]) -> tuple[list[str], str | None]:
+    return fb.check_reasons(body.reasons, vocabulary), fb.check_comment(body.comment)
 
 
 @get("/guidelines")
@@ -50,11 +39,12 @@ async def get_message(message_id: FromPath[int], user: dict, ctx: AppState) -> d
 @put("/messages/{message_id:int}/thumbs")
 async def put_thumbs(message_id: FromPath[int], data: ThumbsBody, user: dict,
                      ctx: AppState) -> dict:
-    value = fb.check_thumb_value(_only(data, THUMBS_FIELDS).get("value"))
+    body = parse(ThumbsIn, data)
+    value = fb.check_thumb_value(body.value)
     # An up vote takes the "up" reasons and a down vote the "down" ones: a down vote
     # "because helpful" would teach the reward model the opposite of what was meant.
     f = ctx.config.feedback
-    reasons, comment = _notes(data, f.reasons_up if value == "up" else f.reasons_down)
+    reasons, comment = _notes(body, f.reasons_up if value == "up" else f.reasons_down)
     return await ctx.store.write(fb.set_thumbs, user["id"], message_id, value, reasons, comment)
 
 
@@ -65,15 +55,15 @@ async def delete_thumbs(message_id: FromPath[int], user: dict, ctx: AppState) ->
 
 @post("/comparisons", status_code=200)
 async def post_comparison(data: ComparisonBody, user: dict, ctx: AppState) -> dict:
-    reasons, comment = _notes(_only(data, COMPARISON_FIELDS), ctx.config.feedback.reasons)
-    return await ctx.store.write(fb.compare, user["id"], data.get("message_ids"),
-                                 data.get("choice"), reasons, comment)
+    body = parse(ComparisonIn, data)
+    reasons, comment = _notes(body, ctx.config.feedback.reasons)
+    return await ctx.store.write(fb.compare, user["id"], body.message_ids, body.choice,
+                                 reasons, comment)
 
 
 @post("/rankings", status_code=200)
 async def post_ranking(data: RankingBody, user: dict, ctx: AppState) -> dict:
-    ids = _only(data, RANKING_FIELDS).get("message_ids")
-    return await ctx.store.write(fb.rank, user["id"], ids)
+    return await ctx.store.write(fb.rank, user["id"], parse(RankingIn, data).message_ids)
 
 
 feedback_router = Router(

@@ -12,7 +12,9 @@ from litestar.di import Provide
 from litestar.params import FromPath
 
 from assistant import insights
+from assistant.api_docs import TitleBody
 from assistant.auth import admin_user, current_user
+from assistant.bodies import TitleIn, parse
 from assistant.chat import adapter_for
 from assistant.engine import GenRequest
 from assistant.state import AppState
@@ -42,7 +44,7 @@ async def _answer(ctx: AppState, prompt: list[dict], adapter) -> str:
 
 
 async def _examples(ctx: AppState, user: dict) -> dict:
-    adapter = await ctx.store.read(adapter_for, ctx.adapters_root, user, "personal")
+    adapter = await ctx.store.read(adapter_for, ctx.adapters_dir, user, "personal")
     if adapter is None:
         return {"version": None, "examples": [],
                 "reason": "You have no personal version yet: the base model answers you."}
@@ -71,9 +73,10 @@ async def verdicts(conversation_id: FromPath[int], user: dict, ctx: AppState) ->
 
 
 @put("/conversations/{conversation_id:int}/title")
-async def rename(conversation_id: FromPath[int], data: dict, user: dict, ctx: AppState) -> dict:
+async def rename(conversation_id: FromPath[int], data: TitleBody, user: dict,
+                 ctx: AppState) -> dict:
     return await ctx.store.write(conv.rename_conversation, user["id"], conversation_id,
-                                 data.get("title"))
+                                 parse(TitleIn, data).title)
 
 
 @get("/feedback-counts")

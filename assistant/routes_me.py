@@ -9,15 +9,17 @@ from litestar import Router, delete, get, post, put
 from litestar.di import Provide
 from sqlite_utils import Database
 
+from adapters import registry
 from assistant.api_docs import SettingsBody
 from assistant.auth import current_user
+from assistant.bodies import SettingsIn, parse
 from assistant.erase import erase_user
 from assistant.rewards import head_summary
 from assistant.state import AppState
 from assistant.user_settings import check_settings, read_settings, save_settings
 from feedback_store import conversations as conv
 from feedback_store import feedback as fb
-from feedback_store import users
+from feedback_store import runs, users
 from feedback_store.training_data import FORMATS, source_preferences, training_rows
 
 T = TypeVar("T")
@@ -26,15 +28,13 @@ RUN_FIELDS = ("id", "status", "created_at", "finished_at", "adapter_version", "e
 
 
 def _adapter(db: Database, user_id: int, version: int | None) -> dict | None:
-    rows = list(db["adapter_versions"].rows_where("user_id = ? and version = ?",
-                                                  [user_id, version]))
-    return {"version": version, "created_at": rows[0]["created_at"]} if rows else None
+    row = registry.find_version(db, user_id, version)
+    return {"version": version, "created_at": row["created_at"]} if row else None
 
 
 def _last_run(db: Database, user_id: int) -> dict | None:
-    rows = list(db["training_runs"].rows_where("user_id = ?", [user_id],
-                                               order_by="id desc", limit=1))
-    return {k: rows[0][k] for k in RUN_FIELDS} if rows else None
+    row = runs.last_run(db, user_id)
+    return {k: row[k] for k in RUN_FIELDS} if row else None
 
 
 def me_summary(db: Database, user_id: int, base_id: str) -> dict:
@@ -60,7 +60,6 @@ def export_user(db: Database, user_id: int) -> dict:
     user = users.get_user(db, user_id)
     conversations = [conv.conversation_detail(db, user_id, c["id"])
                      for c in conv.list_conversations(db, user_id)]
-    mine = "user_id = ?"
     return {
         "user": {k: user[k] for k in USER_FIELDS},
         "conversations": conversations,
@@ -70,8 +69,8 @@ def export_user(db: Database, user_id: int) -> dict:
         "rankings": fb.rankings(db, user_id),
         "training_data": {fmt: training_rows(db, user_id, fmt) for fmt in FORMATS},
         "source_preferences": source_preferences(db, user_id),
-        "adapter_versions": list(db["adapter_versions"].rows_where(mine, [user_id])),
-        "training_runs": list(db["training_runs"].rows_where(mine, [user_id])),
+        "adapter_versions": registry.version_rows(db, user_id),
+        "training_runs": runs.user_runs(db, user_id),
         "settings": read_settings(db, user_id),
     }
 
@@ -108,7 +107,7 @@ async def get_settings(user: dict, ctx: AppState) -> dict:
 
 @put("/me/settings")
 async def put_settings(data: SettingsBody, user: dict, ctx: AppState) -> dict:
-    return await ctx.store.write(save_settings, user["id"], check_settings(data))
+    return await ctx.store.write(save_settings, user["id"], check_settings(parse(SettingsIn, data)))
 
 
 @delete("/me", status_code=200)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import time
 from collections.abc import AsyncIterator
 from contextlib import aclosing
@@ -35,13 +34,13 @@ from assistant.chat import (
 )
 from assistant.config import ServerConfig
 from assistant.engine import Delta
+from assistant.http_errors import headers_of, status_of
+from assistant.routes_chat import stream_error
 from assistant.state import AppState
 from feedback_store.errors import AssistantError, BadRequest, NotFound, TooLarge, public_message
 
 log = logging.getLogger("assistant")
 ROLES = ("system", "user", "assistant")
-# Our messages start with the field they are about ("n: must be ..."): that is OpenAI's param.
-PARAM = re.compile(r"^([A-Za-z_][\w.\[\]]*): ")
 # Content-Type as a header: Litestar lets the handler's default (JSON) override Stream's
 # media_type when a handler may return either.
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
@@ -55,7 +54,7 @@ def check_completion(state: AppState, body: dict) -> TurnRequest:
     """Validate an OpenAI chat.completions body and map it onto one chat turn."""
     model = body.get("model")
     if not isinstance(model, str) or model not in MODELS:
-        raise BadRequest(f"model: must be one of {', '.join(MODELS)}; got {model!r}")
+        raise BadRequest(f"must be one of {', '.join(MODELS)}; got {model!r}", field="model")
     system, turns = split_messages(body.get("messages"), state.config.server)
     native = {name: body.get(name) for name in ("n", "temperature", "top_p", "stop", "seed",
                                                 "frequency_penalty", "presence_penalty")}
@@ -75,41 +74,42 @@ def split_messages(messages: object, limits: ServerConfig) -> tuple[str | None, 
     """(system prompt, turns): an optional leading system message, then user / assistant
     turns alternating and ending with the user's, as a conversation is stored."""
     if not isinstance(messages, list) or not messages:
-        raise BadRequest("messages: must be a non-empty list of {role, content} objects")
+        raise BadRequest("must be a non-empty list of {role, content} objects", field="messages")
     if len(messages) > limits.max_messages:
-        raise TooLarge(f"messages: {len(messages)} messages is over the limit of "
-                       f"{limits.max_messages} (server.max_messages)")
+        raise TooLarge(f"{len(messages)} messages is over the limit of "
+                       f"{limits.max_messages} (server.max_messages)", field="messages")
     parsed = [_message(i, m, limits.max_prompt_chars) for i, m in enumerate(messages)]
     total = sum(len(m["content"]) for m in parsed)
     if total > limits.max_request_chars:
-        raise TooLarge(f"messages: {total} characters in all is over the limit of "
-                       f"{limits.max_request_chars} (server.max_request_chars)")
+        raise TooLarge(f"{total} characters in all is over the limit of "
+                       f"{limits.max_request_chars} (server.max_request_chars)", field="messages")
     has_system = parsed[0]["role"] == "system"
     turns = parsed[1:] if has_system else parsed
     for i, turn in enumerate(turns):
         expected = "user" if i % 2 == 0 else "assistant"
         if turn["role"] != expected:
-            raise BadRequest(f"messages[{i + has_system}].role: expected {expected!r} here "
+            raise BadRequest(f"expected {expected!r} here "
                              f"(system first, then user and assistant alternating); "
-                             f"got {turn['role']!r}")
+                             f"got {turn['role']!r}", field=f"messages[{i + has_system}].role")
     if not turns or turns[-1]["role"] != "user":
-        raise BadRequest("messages: the last message must be from the user")
+        raise BadRequest("the last message must be from the user", field="messages")
     return (parsed[0]["content"] or None) if has_system else None, turns
 
 
 def _message(i: int, message: object, limit: int) -> dict:
     if not isinstance(message, dict):
-        raise BadRequest(f"messages[{i}]: must be an object with role and content")
+        raise BadRequest("must be an object with role and content", field=f"messages[{i}]")
     role = message.get("role")
     role = "system" if role == "developer" else role      # OpenAI's newer name for system
     if role not in ROLES:
-        raise BadRequest(f"messages[{i}].role: must be one of {', '.join(ROLES)}; got {role!r}")
+        raise BadRequest(f"must be one of {', '.join(ROLES)}; got {role!r}",
+                         field=f"messages[{i}].role")
     content = _text(message.get("content"), f"messages[{i}].content")
     if role == "user" and not content.strip():
-        raise BadRequest(f"messages[{i}].content: must not be empty")
+        raise BadRequest("must not be empty", field=f"messages[{i}].content")
     if len(content) > limit:
-        raise TooLarge(f"messages[{i}].content: {len(content)} characters is over "
-                       f"the limit of {limit}")
+        raise TooLarge(f"{len(content)} characters is over "
+                       f"the limit of {limit}", field=f"messages[{i}].content")
     return {"role": role, "content": content}
 
 
@@ -120,8 +120,8 @@ def _text(content: object, where: str) -> str:
     parts = content if isinstance(content, list) else None
     if not parts or not all(isinstance(p, dict) and p.get("type") == "text"
                             and isinstance(p.get("text"), str) for p in parts):
-        raise BadRequest(f"{where}: must be a string or a list of "
-                         '{"type": "text", "text": ...} parts')
+        raise BadRequest("must be a string or a list of "
+                         '{"type": "text", "text": ...} parts', field=where)
     return "\n".join(p["text"] for p in parts)
 
 
@@ -130,7 +130,7 @@ def _stream_flags(body: dict) -> tuple[bool, bool]:
     stream, options = check_flag(body, "stream"), body.get("stream_options")
     options = {} if options is None else options
     if not isinstance(options, dict):
-        raise BadRequest("stream_options: must be an object")
+        raise BadRequest("must be an object", field="stream_options")
     return stream, check_flag(options, "include_usage", "stream_options.include_usage")
 
 
@@ -194,10 +194,9 @@ async def completion_chunks(state: AppState, prep: PreparedTurn,
                     yield chunks.choice(item.index, {"content": item.text})
                 else:
                     stored = item
-    except AssistantError as exc:       # headers are sent: report it the way OpenAI streams do
-        if exc.status >= 500:
-            log.error("streamed completion failed: %s", exc)
-        yield chunks.event(error_body(exc.status, public_message(exc)))
+    except Exception as exc:       # headers are sent: report it the way OpenAI streams do
+        error = stream_error(exc, "streamed completion")
+        yield chunks.event(error_body(error["status"], error["detail"], error.get("field")))
         return
     for index, message in enumerate(stored):
         yield chunks.choice(index, {}, _finish(message["finish_reason"]),
@@ -220,19 +219,19 @@ def model_cards(state: AppState, user: dict) -> list[dict]:
 
 # ---- errors: OpenAI's {"error": {...}} body, for /v1 only -------------------------------------
 
-def error_body(status: int, message: str) -> dict:
-    match = PARAM.match(message)
+def error_body(status: int, message: str, param: str | None = None) -> dict:
+    """OpenAI's error shape; param is the request field the error is about, if one is."""
     return {"error": {"message": message,
                       "type": "server_error" if status >= 500 else "invalid_request_error",
-                      "param": match.group(1) if match else None,
-                      "code": ERROR_CODES.get(status)}}
+                      "param": param, "code": ERROR_CODES.get(status)}}
 
 
 def handle_openai_error(request: Request, exc: Exception) -> Response:
     """The /v1 counterpart of the app's handlers: same statuses, OpenAI's body shape."""
-    headers = None
+    headers, param = None, None
     if isinstance(exc, AssistantError):
-        status, message, headers = exc.status, public_message(exc), exc.headers
+        status, message, headers = status_of(exc), public_message(exc), headers_of(exc)
+        param = exc.field
     elif isinstance(exc, HTTPException):
         status, message, headers = exc.status_code, exc.detail, exc.headers
         if getattr(exc, "extra", None):
@@ -241,7 +240,7 @@ def handle_openai_error(request: Request, exc: Exception) -> Response:
         status, message = 500, f"internal error: {type(exc).__name__}"
     if status >= 500:
         log.error("%s %s failed: %r", request.method, request.url.path, exc, exc_info=exc)
-    return Response(error_body(status, message), status_code=status, headers=headers)
+    return Response(error_body(status, message, param), status_code=status, headers=headers)
 
 
 # ---- handlers -------------------------------------------------------------------------------
@@ -266,7 +265,7 @@ async def list_models(user: dict, ctx: AppState) -> dict:
 async def retrieve_model(model_id: FromPath[str], user: dict, ctx: AppState) -> dict:
     cards = {card["id"]: card for card in model_cards(ctx, user)}
     if model_id not in cards:
-        raise NotFound(f"model: {model_id!r} not found; available: {', '.join(MODELS)}")
+        raise NotFound(f"{model_id!r} not found; available: {', '.join(MODELS)}", field="model")
     return cards[model_id]
 
 

@@ -8,21 +8,16 @@ from litestar.params import FromPath
 
 from assistant.api_docs import RollbackBody, TrainBody
 from assistant.auth import admin_user, current_user
-from assistant.ids import body_id
+from assistant.bodies import RollbackIn, TrainIn, parse
 from assistant.state import AppState
 from feedback_store import runs
-from feedback_store.errors import BadRequest
 from feedback_store.users import get_user
 
 
 @post("/train", status_code=202)
 async def train(data: TrainBody, admin: dict, ctx: AppState) -> dict:
-    name, force = data.get("user"), data.get("force", False)
-    if name is not None and not isinstance(name, str):
-        raise BadRequest(f"user: must be a user name; got {name!r}")
-    if not isinstance(force, bool):
-        raise BadRequest(f"force: must be true or false; got {force!r}")
-    queued = await ctx.store.write(runs.request_training, name, force,
+    body = parse(TrainIn, data)
+    queued = await ctx.store.write(runs.request_training, body.user, body.force,
                                    ctx.config.training.min_new_events, admin["name"])
     if ctx.scheduler is not None:
         ctx.scheduler.kick()
@@ -43,10 +38,7 @@ async def get_run(run_id: FromPath[int], admin: dict, ctx: AppState) -> dict:
 async def rollback(user_id: FromPath[int], data: RollbackBody, admin: dict, ctx: AppState) -> dict:
     from adapters import registry
 
-    version = body_id(data, "version")
-    if version is None:
-        raise BadRequest("version: required, the adapter version to serve")
-    await ctx.store.write(registry.rollback, user_id, version)
+    await ctx.store.write(registry.rollback, user_id, parse(RollbackIn, data).version)
     return await ctx.store.read(get_user, user_id)
 
 

@@ -77,7 +77,7 @@ class RowSampling(LogitsProcessor):
     def _filter(self, scores: torch.Tensor) -> torch.Tensor:
         scores = self._nucleus(scores / self.temps.to(scores.device))
         if self.greedy.any():
-            best = _only(scores, scores.argmax(-1, keepdim=True))
+            best = _forced(scores, scores.argmax(-1, keepdim=True))
             scores = torch.where(self.greedy.to(scores.device)[:, None], best, scores)
         return self._seeded(scores)
 
@@ -104,10 +104,10 @@ class RowSampling(LogitsProcessor):
             if gen is not None and not self.greedy[row]:
                 probs = scores[row].softmax(-1).to("cpu")
                 token = torch.multinomial(probs, 1, generator=gen).to(scores.device)
-                scores[row] = _only(scores[row:row + 1], token.view(1, 1))[0]
+                scores[row] = _forced(scores[row:row + 1], token.view(1, 1))[0]
         return scores
 
 
-def _only(scores: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+def _forced(scores: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     """Logits shaped like scores (rows, vocab) that allow only tokens[row] (rows, 1) per row."""
     return torch.full_like(scores, -float("inf")).scatter(1, tokens, 0.0)

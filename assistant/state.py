@@ -29,5 +29,5 @@ class AppState:
         self.rate_limiter = RateLimiter(s.rate_limit_per_minute, s.rate_limit_burst)
 
     @property
-    def adapters_root(self) -> Path:
+    def adapters_dir(self) -> Path:
         return self.config.adapters_dir

@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlite_utils import Database
 
+from assistant.bodies import SettingsIn
 from assistant.config import GenerationConfig
 from feedback_store import user_settings as store
 from feedback_store.errors import BadRequest
@@ -21,19 +22,12 @@ DEFAULTS: dict[str, Any] = {"answer_length": "normal"}
 MIN_TOKENS = 16          # a "short" answer still has room for a sentence
 
 
-def check_settings(body: Any) -> dict[str, Any]:
-    """The settings in a PUT body, each validated; a 400 names the bad field."""
-    if not isinstance(body, dict) or not body:
-        raise BadRequest("body: must be an object with at least one of "
-                         f"{', '.join(DEFAULTS)}")
-    for name, value in body.items():
-        if name not in DEFAULTS:
-            raise BadRequest(f"{name}: not a setting; known: {', '.join(DEFAULTS)}")
-        if name == "answer_length" and (not isinstance(value, str)
-                                        or value not in ANSWER_LENGTHS):
-            raise BadRequest(f"answer_length: must be one of {', '.join(ANSWER_LENGTHS)}; "
-                             f"got {value!r}")
-    return dict(body)
+def check_settings(body: SettingsIn) -> dict[str, Any]:
+    """The settings a PUT body sets (its fields typed by SettingsIn); at least one."""
+    given = body.given()
+    if not given:
+        raise BadRequest(f"must set at least one of {', '.join(DEFAULTS)}", field="body")
+    return given
 
 
 def read_settings(db: Database, user_id: int) -> dict[str, Any]:

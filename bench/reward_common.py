@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 
 from adapters.base_model import load_tokenizer, resolve_source
-from adapters.features import POOL_NAMES, DiskFeatureCache, _template, feature_spec, recipe_columns
+from adapters.feature_cache import DiskFeatureCache
+from adapters.features import POOL_NAMES, feature_spec, recipe_columns, template_text
 from assistant.eval_reward import FEATURES_SUBDIR, Pair, read_pairs
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,7 +46,7 @@ def rich_pairs(path: Path, limit: int | None = None) -> tuple[list[Pair], np.nda
                                           RICH["answer_tokens"]))
     kept, C, R = [], [], []
     for p in read_pairs(path):
-        keys = [cache.key(_template(tokenizer, p.prompt, a)[1]) for a in (p.chosen, p.rejected)]
+        keys = [cache.key(template_text(tokenizer, p.prompt, a)[1]) for a in (p.chosen, p.rejected)]
         if all(k in cache.vectors for k in keys):
             kept.append(p)
             C.append(cache.vectors[keys[0]])
@@ -78,7 +79,7 @@ def materialize_cache(layers, pools, paths=(HH, RELABELED)) -> int:
     for path in paths:
         for p in read_pairs(path):
             for a in (p.chosen, p.rejected):
-                text = _template(tokenizer, p.prompt, a)[1]
+                text = template_text(tokenizer, p.prompt, a)[1]
                 k_rich, k_prod = rich.key(text), product.key(text)
                 if k_rich in rich.vectors and k_prod not in product.vectors:
                     keys.append(k_prod)

@@ -1,10 +1,13 @@
 """Time fitting reward heads on 1,000 feedback events with cached features.
 
-Usage: PYTHONPATH=. .venv/bin/python bench/reward_fit.py [--data FILE.jsonl] [--events 1000]
+Usage: PYTHONPATH=. .venv/bin/python bench/reward_fit.py [--data FILE.jsonl] [--events 1000] \
+    [--recipe "L16 mean+seq"]
 
 Features come from the disk cache that `assistant eval reward` fills (no model forward
-here); when the file's features are not cached, Gaussian features of the same width stand
-in, which times the fit just as well. Events are 60% pairs and 40% single thumbs.
+here), or with --recipe from bench/reward_features.py's rich cache cut to that recipe
+(bench/reward_common.py RECIPES); when the file's features are not cached, Gaussian
+features of the same width stand in, which times the fit just as well. Events are 60%
+pairs and 40% single thumbs.
 Writes bench/out/reward_fit.json.
 """
 
@@ -20,7 +23,8 @@ import numpy as np
 
 from adapters.base_model import load_tokenizer, resolve_source
 from adapters.ensemble import fit_ensemble
-from adapters.features import DiskFeatureCache, feature_spec, render
+from adapters.feature_cache import DiskFeatureCache
+from adapters.features import feature_spec, render
 from adapters.head_selection import fit_selected_head
 from adapters.reward_head import HeadSettings, cross_val_accuracy, fit_head
 
@@ -59,9 +63,18 @@ def timed(fn, *args, **kw) -> tuple[object, float]:
     return result, clock() - start
 
 
-def bench(data: Path, events: int) -> dict:
+def recipe_pairs(data: Path, n: int, recipe: str) -> tuple[np.ndarray, np.ndarray, str]:
+    """Up to n feature pairs of one recipe cut out of the rich cache."""
+    from bench.reward_common import RECIPES, cut, rich_pairs
+
+    _, C, R = rich_pairs(data, limit=n)
+    return cut(C, *RECIPES[recipe]), cut(R, *RECIPES[recipe]), f"cached, {recipe}"
+
+
+def bench(data: Path, events: int, recipe: str | None = None) -> dict:
     n_pairs, n_thumbs = int(events * 0.6), events - int(events * 0.6)
-    C, R, source = cached_pairs(data, n_pairs + (n_thumbs + 1) // 2)
+    n = n_pairs + (n_thumbs + 1) // 2
+    C, R, source = recipe_pairs(data, n, recipe) if recipe else cached_pairs(data, n)
     # Thumbs: up on the chosen side, down on the rejected side of pairs not used as pairs.
     rest_c, rest_r = C[n_pairs:], R[n_pairs:]
     T = np.concatenate([rest_c, rest_r])[:n_thumbs]
@@ -90,6 +103,8 @@ def main() -> None:
     p.add_argument("--events", type=int, default=1000)
     p.add_argument("--dim", type=int, default=1152,
                    help="width of the stand-in Gaussian features when none are cached")
+    p.add_argument("--recipe", help="a bench/reward_common.py RECIPES name: cut it out of "
+                   "the rich cache of bench/reward_features.py")
     p.add_argument("--cpu-time", action="store_true",
                    help="report CPU seconds of this process instead of wall seconds")
     args = p.parse_args()
@@ -98,7 +113,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(1)
-    result = bench(args.data, args.events)
+    result = bench(args.data, args.events, args.recipe)
     print(f"{'step':<26} {result['clock'] + ' s':>8}")
     for step, secs in result["seconds"].items():
         print(f"{step:<26} {secs:>8.3f}")

@@ -71,20 +71,47 @@ def delete_conversation(db: Database, user_id: int, conversation_id: int) -> Non
 def rename_conversation(db: Database, user_id: int, conversation_id: int, title: object) -> dict:
     get_conversation_row(db, user_id, conversation_id)   # another user's id is 404 first
     if not isinstance(title, str) or not title.strip():
-        raise BadRequest("title: must be a non-empty string")
+        raise BadRequest("must be a non-empty string", field="title")
     title = " ".join(title.split())
     if len(title) > TITLE_CHARS * 2:
-        raise BadRequest(f"title: {len(title)} characters is over {TITLE_CHARS * 2}")
+        raise BadRequest(f"{len(title)} characters is over {TITLE_CHARS * 2}", field="title")
     db.table("conversations").update(conversation_id, {"title": title})
     return get_conversation_row(db, user_id, conversation_id)
 
 
+def find_message(db: Database, user_id: int, message_id: int) -> dict | None:
+    """A message the user owns, or None for unknown or foreign ids alike."""
+    rows = list(db["messages"].rows_where("id = ? and user_id = ?", [message_id, user_id]))
+    return rows[0] if rows else None
+
+
 def get_message(db: Database, user_id: int, message_id: int) -> dict:
     """A message the user owns; NotFound for unknown or foreign ids alike."""
-    rows = list(db["messages"].rows_where("id = ? and user_id = ?", [message_id, user_id]))
-    if not rows:
+    row = find_message(db, user_id, message_id)
+    if row is None:
         raise NotFound(f"message {message_id} not found")
-    return rows[0]
+    return row
+
+
+def message_row(db: Database, message_id: int) -> dict:
+    """A message by id, owner unchecked: for ids the caller read from the user's own rows."""
+    return db.table("messages").get(message_id)
+
+
+def message_exists(db: Database, message_id: int) -> bool:
+    return bool(db["messages"].count_where("id = ?", [message_id]))
+
+
+def user_messages(db: Database, user_id: int, role: str) -> list[dict]:
+    """The user's messages of one role ("user" turns or "assistant" answers), oldest first."""
+    return list(db["messages"].rows_where("user_id = ? and role = ?", [user_id, role],
+                                          order_by="id"))
+
+
+def opening_turns(db: Database, user_id: int, limit: int) -> list[dict]:
+    """The user's latest `limit` first turns of a thread (no parent), newest first."""
+    return list(db["messages"].rows_where("user_id = ? and role = 'user' and parent_id is null",
+                                          [user_id], order_by="id desc", limit=limit))
 
 
 def chosen_tip(db: Database, conversation_id: int) -> int | None:
@@ -116,8 +143,8 @@ def add_user_turn(db: Database, user_id: int, conversation_id: int, content: str
         parent = edit_of["parent_id"]
     elif follow:
         if follow["role"] != "assistant" or follow["conversation_id"] != conversation_id:
-            raise BadRequest(f"follow: message {follow['id']} is not an answer in conversation "
-                             f"{conversation_id}")
+            raise BadRequest(f"message {follow['id']} is not an answer in conversation "
+                             f"{conversation_id}", field="follow")
         parent = follow["id"]
     else:
         parent = chosen_tip(db, conversation_id)

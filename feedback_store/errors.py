@@ -1,7 +1,10 @@
 """The project's exception hierarchy, in one place.
 
 It lives in the lowest package so that `feedback_store`, `adapters` and `assistant` can all
-raise these; the server translates them to HTTP in one handler (assistant/app.py).
+raise these. Each class is named by what went wrong and carries no HTTP status: the server
+maps classes to status codes in one table (assistant/app.py, STATUS). An error about one
+input carries its name in `field` ("n", "messages[2].content"); the message then starts
+with it ("n: must be ..."), and the OpenAI-compatible API reports it as the error's param.
 """
 
 from __future__ import annotations
@@ -16,8 +19,9 @@ _PATH = re.compile(r"(?:(?<=^)|(?<=[\s('\"=]))/(?:[^\s/'\"()<>]+/)+[^\s'\"()<>,;
 class AssistantError(Exception):
     """Base of every error this project raises on purpose."""
 
-    status = 500
-    headers: dict[str, str] | None = None   # extra HTTP headers for the answer
+    def __init__(self, message: str = "", field: str | None = None) -> None:
+        super().__init__(f"{field}: {message}" if field else message)
+        self.field = field
 
 
 def public_message(exc: BaseException) -> str:
@@ -30,48 +34,39 @@ class ConfigError(AssistantError):
 
 
 class BadRequest(AssistantError):
-    """The request is well-formed JSON but asks for something invalid."""
-
-    status = 400
+    """An input value is invalid: a request field, a name, a CLI option."""
 
 
 class Unauthorized(AssistantError):
-    status = 401
+    """No API key, or one that is unknown or revoked."""
 
 
 class Forbidden(AssistantError):
-    status = 403
+    """The caller is known but their role may not do this."""
 
 
 class NotFound(AssistantError):
     """Unknown id, or one that belongs to another user (never say which)."""
 
-    status = 404
-
 
 class Conflict(AssistantError):
-    status = 409
+    """The request clashes with what exists (a taken name, the last admin)."""
 
 
 class Gone(AssistantError):
     """What the request was about was deleted while it ran (an erase mid-answer)."""
 
-    status = 410
-
 
 class TooLarge(AssistantError):
-    status = 413
+    """An input is over a configured size limit."""
 
 
 class TooManyRequests(AssistantError):
     """A key went over its rate limit; Retry-After says when to come back."""
 
-    status = 429
-
     def __init__(self, message: str, retry_after: int) -> None:
         super().__init__(message)
         self.retry_after = retry_after
-        self.headers = {"Retry-After": str(retry_after)}
 
 
 class ModelError(AssistantError):
@@ -80,3 +75,9 @@ class ModelError(AssistantError):
 
 class TrainingError(AssistantError):
     """A training run failed; the previous adapter keeps serving."""
+
+
+class InvalidData(AssistantError):
+    """Data handed to the learning code is unusable: arrays of the wrong shape, an item that
+    is not (messages, answer), a conversation the chat template refuses. Training reports it
+    on the run; it is not about an HTTP request's fields."""

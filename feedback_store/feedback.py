@@ -28,7 +28,7 @@ MAX_ID = 2**63 - 1  # SQLite's INTEGER range; larger ids would raise OverflowErr
 
 def check_id(value: object, field: str) -> int:
     if not isinstance(value, int) or isinstance(value, bool):
-        raise BadRequest(f"{field}: must be an integer message id; got {value!r}")
+        raise BadRequest(f"must be an integer message id; got {value!r}", field=field)
     if not 1 <= value <= MAX_ID:
         raise NotFound(f"message {value} not found")
     return value
@@ -39,12 +39,12 @@ def check_reasons(reasons: object, allowed: Iterable[str], field: str = "reasons
     if reasons is None:
         return []
     if not isinstance(reasons, list) or not all(isinstance(r, str) for r in reasons):
-        raise BadRequest(f"{field}: must be a list of strings; got {reasons!r}")
+        raise BadRequest(f"must be a list of strings; got {reasons!r}", field=field)
     vocabulary = set(allowed)
     unknown = [r for r in reasons if r not in vocabulary]
     if unknown:
-        raise BadRequest(f"{field}: unknown reason {unknown[0]!r}; "
-                         f"choose from {', '.join(sorted(vocabulary))}")
+        raise BadRequest(f"unknown reason {unknown[0]!r}; "
+                         f"choose from {', '.join(sorted(vocabulary))}", field=field)
     return sorted(set(reasons))
 
 
@@ -52,21 +52,21 @@ def check_comment(comment: object) -> str | None:
     if comment is None:
         return None
     if not isinstance(comment, str):
-        raise BadRequest(f"comment: must be a string; got {type(comment).__name__}")
+        raise BadRequest(f"must be a string; got {type(comment).__name__}", field="comment")
     if len(comment) > COMMENT_MAX:
-        raise BadRequest(f"comment: {len(comment)} characters is over {COMMENT_MAX}")
+        raise BadRequest(f"{len(comment)} characters is over {COMMENT_MAX}", field="comment")
     return comment.strip() or None
 
 
 def check_choice(choice: object) -> str:
     if choice not in CHOICES:
-        raise BadRequest(f"choice: must be one of {', '.join(CHOICES)}; got {choice!r}")
+        raise BadRequest(f"must be one of {', '.join(CHOICES)}; got {choice!r}", field="choice")
     return choice
 
 
 def check_thumb_value(value: object) -> str:
     if value not in THUMBS:
-        raise BadRequest(f"value: must be 'up' or 'down'; got {value!r}")
+        raise BadRequest(f"must be 'up' or 'down'; got {value!r}", field="value")
     return value
 
 
@@ -74,14 +74,14 @@ def check_id_list(ids: object, lo: int, hi: int | None = None) -> list[int]:
     """message_ids: a list of lo..hi distinct ids (hi None = no upper bound)."""
     size = f"exactly {lo}" if hi == lo else f"at least {lo}"
     if not isinstance(ids, list) or len(ids) < lo or (hi is not None and len(ids) > hi):
-        raise BadRequest(f"message_ids: must be a list of {size} message ids; got {ids!r}")
+        raise BadRequest(f"must be a list of {size} message ids; got {ids!r}", field="message_ids")
     if any(isinstance(i, list) for i in ids):
-        raise BadRequest("message_ids: ties are not allowed; list each id once, best first")
+        raise BadRequest("ties are not allowed; list each id once, best first", field="message_ids")
     checked = [check_id(i, "message_ids") for i in ids]
     seen: set[int] = set()
     for i in checked:
         if i in seen:
-            raise BadRequest(f"message_ids: duplicate id {i}; each candidate appears once")
+            raise BadRequest(f"duplicate id {i}; each candidate appears once", field="message_ids")
         seen.add(i)
     return checked
 
@@ -90,8 +90,8 @@ def rated_message(db: Database, user_id: int, message_id: int) -> dict:
     """An assistant answer the user owns: 404 if unknown/foreign, 400 if a user turn."""
     message = conv.get_message(db, user_id, check_id(message_id, "message_id"))
     if message["role"] != "assistant":
-        raise BadRequest(f"message_id: message {message_id} is a {message['role']} turn; "
-                         "only assistant answers can be rated")
+        raise BadRequest(f"message {message_id} is a {message['role']} turn; "
+                         "only assistant answers can be rated", field="message_id")
     return message
 
 
@@ -99,7 +99,7 @@ def same_turn(db: Database, user_id: int, ids: list[int]) -> list[dict]:
     """The candidates, checked to be assistant answers to one user turn, in the given order."""
     messages = [rated_message(db, user_id, i) for i in ids]
     if len({m["candidate_group"] for m in messages}) != 1:
-        raise BadRequest("message_ids: the candidates must answer the same user turn")
+        raise BadRequest("the candidates must answer the same user turn", field="message_ids")
     return messages
 
 
@@ -128,6 +128,10 @@ def _decoded(row: dict, *fields: str) -> dict:
 def events(db: Database, user_id: int) -> list[dict]:
     rows = db["feedback_events"].rows_where("user_id = ?", [user_id], order_by="id")
     return [_decoded(r, "message_ids", "reasons") for r in rows]
+
+
+def has_events(db: Database, user_id: int) -> bool:
+    return bool(db["feedback_events"].count_where("user_id = ?", [user_id]))
 
 
 def new_events(db: Database, user_id: int) -> list[dict]:
@@ -270,6 +274,15 @@ def all_thumbs(db: Database, user_id: int) -> list[dict]:
     return [_decoded(r, "reasons") for r in rows]
 
 
+def thumbs_by_turn(db: Database, user_id: int) -> list[dict]:
+    """message_id, value, event_id and candidate_group (the turn) of each current thumb,
+    grouped by turn."""
+    return list(db.query(
+        "select t.message_id, t.value, t.event_id, m.candidate_group from thumbs t "
+        "join messages m on m.id = t.message_id and m.user_id = t.user_id "
+        "where t.user_id = ? order by m.candidate_group, t.message_id", [user_id]))
+
+
 # ---- summaries ----------------------------------------------------------------------------
 
 def effective_new_labels(db: Database, user_id: int) -> int:
@@ -326,4 +339,6 @@ def verdicts_in_conversation(db: Database, user_id: int, conversation_id: int) -
 
 def counts_by_user(db: Database) -> dict[int, dict]:
     """counts() for every user (the admin page's per-user feedback column)."""
-    return {u["id"]: counts(db, u["id"]) for u in db["users"].rows}
+    from feedback_store.users import list_users
+
+    return {u["id"]: counts(db, u["id"]) for u in list_users(db)}

@@ -51,6 +51,7 @@ def request_training(db: Database, user_name: str | None, force: bool, min_new_e
                      requested_by: str) -> list[dict]:
     """Queue runs for one named user or for every due user; `force` ignores the minimum
     (but a user still needs some feedback: a reward head cannot learn from nothing)."""
+    from feedback_store.feedback import has_events
     from feedback_store.users import get_user_by_name
 
     if user_name is not None:
@@ -60,7 +61,7 @@ def request_training(db: Database, user_name: str | None, force: bool, min_new_e
             raise BadRequest(f"user {user_name!r} has {count} new labels (feedback events, a "
                              f"changed vote counted once); training "
                              f"needs at least {min_new_events} (or force)")
-        if not db["feedback_events"].count_where("user_id = ?", [user["id"]]):
+        if not has_events(db, user["id"]):
             raise BadRequest(f"user {user_name!r} has no feedback yet: there is nothing to "
                              "train on")
         return [enqueue(db, user["id"], force, requested_by)]
@@ -94,6 +95,18 @@ def list_runs(db: Database, user_id: int | None = None, limit: int = 100) -> lis
         "select r.*, u.name as user_name from training_runs r left join users u "
         f"on u.id = r.user_id {where} order by r.id desc limit ?", [*args, limit]))
     return [_decode(r) for r in rows]
+
+
+def user_runs(db: Database, user_id: int) -> list[dict]:
+    """The user's runs as stored, oldest first (the data export)."""
+    return list(db["training_runs"].rows_where("user_id = ?", [user_id], order_by="id"))
+
+
+def last_run(db: Database, user_id: int) -> dict | None:
+    """The user's newest run as stored, or None."""
+    rows = list(db["training_runs"].rows_where("user_id = ?", [user_id], order_by="id desc",
+                                               limit=1))   # list: no cursor left open
+    return rows[0] if rows else None
 
 
 def _decode(row: dict) -> dict:

@@ -22,6 +22,7 @@ from typing import Any
 from sqlite_utils import Database
 
 from feedback_store import conversations as conv
+from feedback_store import feedback as fb
 from feedback_store.errors import BadRequest
 from feedback_store.users import get_user_by_name
 
@@ -44,7 +45,7 @@ class _Label:
 
 def check_format(fmt: object) -> str:
     if fmt not in FORMATS:
-        raise BadRequest(f"format: must be one of {', '.join(FORMATS)}; got {fmt!r}")
+        raise BadRequest(f"must be one of {', '.join(FORMATS)}; got {fmt!r}", field="format")
     return str(fmt)
 
 
@@ -64,26 +65,20 @@ def training_rows(db: Database, user_id: int, fmt: str, with_ids: bool = False) 
 def _comparison_outcomes(db: Database, user_id: int) -> list[tuple[int, int, int]]:
     """(winner, loser, event_id) of each current a/b comparison (ties say nothing)."""
     out = []
-    for c in db["comparisons"].rows_where("user_id = ? and choice in ('a', 'b')", [user_id],
-                                          order_by="id"):
+    for c in fb.comparisons(db, user_id):
+        if c["choice"] not in ("a", "b"):
+            continue
         a, b = c["message_a"], c["message_b"]
         out.append((a, b, c["event_id"]) if c["choice"] == "a" else (b, a, c["event_id"]))
     return out
 
 
-def _thumbs(db: Database, user_id: int) -> list[dict]:
-    return list(db.query(
-        "select t.message_id, t.value, t.event_id, m.candidate_group from thumbs t "
-        "join messages m on m.id = t.message_id and m.user_id = t.user_id "
-        "where t.user_id = ? order by m.candidate_group, t.message_id", [user_id]))
-
-
 def _pairs(db: Database, user_id: int) -> list[_Pair]:
     pairs = [_Pair(w, lose, [e]) for w, lose, e in _comparison_outcomes(db, user_id)]
-    for r in db["rankings"].rows_where("user_id = ?", [user_id], order_by="id"):
-        order = json.loads(r["message_ids"])
+    for r in fb.rankings(db, user_id):
+        order = r["message_ids"]
         pairs += [_Pair(hi, lo, [r["event_id"]]) for hi, lo in combinations(order, 2)]
-    thumbs = _thumbs(db, user_id)
+    thumbs = fb.thumbs_by_turn(db, user_id)
     pairs += [_Pair(u["message_id"], d["message_id"], [u["event_id"], d["event_id"]])
               for u in thumbs if u["value"] == "up"
               for d in thumbs if d["value"] == "down"
@@ -93,7 +88,7 @@ def _pairs(db: Database, user_id: int) -> list[_Pair]:
 
 def _labels(db: Database, user_id: int) -> list[_Label]:
     labels = [_Label(t["message_id"], t["value"] == "up", [t["event_id"]])
-              for t in _thumbs(db, user_id)]
+              for t in fb.thumbs_by_turn(db, user_id)]
     for winner, loser, event_id in _comparison_outcomes(db, user_id):
         labels += [_Label(winner, True, [event_id]), _Label(loser, False, [event_id])]
     return _merge(labels, lambda x: (x.message, x.label))
@@ -125,22 +120,15 @@ class _Lookup:
 
     def message(self, message_id: int) -> dict | None:
         if message_id not in self.messages:
-            rows = list(self.db["messages"].rows_where("id = ? and user_id = ?",
-                                                       [message_id, self.user_id]))
-            self.messages[message_id] = rows[0] if rows else None
+            self.messages[message_id] = conv.find_message(self.db, self.user_id, message_id)
         return self.messages[message_id]
 
     def prompt(self, turn_id: int) -> list[dict]:
         """System message, then the turns up to this user turn along its parent links,
         i.e. the exact context the candidates were generated from."""
         if turn_id not in self.prompts:
-            turn = self.db.table("messages").get(turn_id)
-            conversation = self.db.table("conversations").get(turn["conversation_id"])
-            chat = [{"role": m["role"], "content": m["content"]}
-                    for m in conv.history(self.db, turn["conversation_id"], turn_id)]
-            if conversation["system"]:
-                chat.insert(0, {"role": "system", "content": conversation["system"]})
-            self.prompts[turn_id] = chat
+            turn = conv.message_row(self.db, turn_id)
+            self.prompts[turn_id] = conv.prompt_messages(self.db, turn["conversation_id"], turn_id)
         return self.prompts[turn_id]
 
 

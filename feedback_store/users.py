@@ -92,8 +92,26 @@ def revoke_keys(db: Database, user_id: int) -> int:
     return cursor.rowcount
 
 
+def admin_count(db: Database) -> int:
+    return db["users"].count_where("role = 'admin'")
+
+
 def admin_exists(db: Database) -> bool:
-    return bool(db["users"].count_where("role = 'admin'"))
+    return bool(admin_count(db))
+
+
+def first_admin(db: Database) -> int | None:
+    """The lowest admin id, or None when there is no admin."""
+    row = db.execute("select min(id) from users where role = 'admin'").fetchone()
+    return row[0] if row else None
+
+
+def user_exists(db: Database, user_id: int) -> bool:
+    return bool(db["users"].count_where("id = ?", [user_id]))
+
+
+def other_user_ids(db: Database, user_id: int) -> list[int]:
+    return [u["id"] for u in db["users"].rows_where("id != ?", [user_id], order_by="id")]
 
 
 def set_current_version(db: Database, user_id: int, version: int | None) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from adapters.features import features_id, store_features
+from adapters.feature_cache import features_id, store_features
 from adapters.reward_head import RewardHead, save_head_version
 from feedback_store.clock import now
 from feedback_store.db import open_db, transaction

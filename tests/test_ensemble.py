@@ -8,7 +8,7 @@ import pytest
 from adapters.calibration import expected_calibration_error, fit_temperature, pair_ece, sigmoid
 from adapters.ensemble import EnsembleHead, fit_ensemble
 from adapters.reward_head import HeadSettings, fit_head
-from feedback_store.errors import BadRequest, NotFound
+from feedback_store.errors import InvalidData, NotFound
 
 DIM = 12
 NO_THUMBS = (np.zeros((0, DIM)), np.zeros(0))
@@ -87,9 +87,9 @@ def test_save_load_round_trip(tmp_path):
 def test_bad_sizes_rejected():
     rng = np.random.default_rng(5)
     C, R = _bt_pairs(rng, rng.normal(size=DIM), 10)
-    with pytest.raises(BadRequest):
+    with pytest.raises(InvalidData):
         fit_ensemble(C, R, *NO_THUMBS, PLAIN, k=0)
-    with pytest.raises(BadRequest):
+    with pytest.raises(InvalidData):
         EnsembleHead([])
 
 

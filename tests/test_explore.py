@@ -211,7 +211,7 @@ def test_exploring_stream_sends_each_shown_answer(explore_server):
 
 def test_a_user_with_an_ensemble_head_gets_uncertainty_selection(explore_server, tmp_path):
     from adapters.ensemble import fit_ensemble
-    from adapters.features import features_id
+    from adapters.feature_cache import features_id
 
     key = explore_server.add_user("gus")
     state = explore_server.state

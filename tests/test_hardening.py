@@ -7,6 +7,7 @@ own server, since the limit is a server setting.
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 import threading
 
@@ -331,7 +332,7 @@ def test_rate_limiter_token_bucket():
         limiter.charge("k")
     with pytest.raises(TooManyRequests) as caught:
         limiter.charge("k")
-    assert caught.value.headers == {"Retry-After": "1"}
+    assert caught.value.retry_after == 1           # Retry-After: assistant/http_errors
     limiter.charge("other")                      # per key
     now[0] += 1.0
     limiter.charge("k")                          # one token back after a second
@@ -361,3 +362,69 @@ def test_rate_limit_answers_429_with_retry_after(tmp_path, tokenizer):
         server.should_exit = True
         thread.join(timeout=10)
         engine.close()
+
+
+# ---- issue 15 item 4: the field in 4xx bodies, OpenAI param from the field ------------------
+
+def test_native_error_body_names_the_field(live):
+    r = call(live, "POST", "/api/chat", new_user(live)[1], {"content": "hi", "n": 0})
+    assert r.status_code == 400, r.text
+    assert r.json()["field"] == "n" and r.json()["detail"].startswith("n: "), r.text
+
+
+def test_openai_param_is_the_field_not_a_guess_from_the_message(live, monkeypatch):
+    _, key = new_user(live)
+    r = call(live, "POST", "/v1/chat/completions", key,
+             {"model": "base", "messages": HI + [{"role": "user", "content": "x"}]})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "messages[1].role", r.text
+
+    async def broken(req):
+        from feedback_store.errors import ModelError
+
+        raise ModelError("tokenizer: the worker crashed")
+
+    monkeypatch.setattr(live.state.engine, "generate", broken)
+    r = call(live, "POST", "/v1/chat/completions", key,
+             {"model": "base", "messages": HI, "max_tokens": 2})
+    assert r.status_code == 500, r.text
+    assert r.json()["error"]["param"] is None, r.text      # "tokenizer" is no request field
+
+
+# ---- issue 15 item 4: a stream failing after its headers ends with an error event ----------
+
+def _fail_after_one_delta(live, monkeypatch) -> None:
+    from assistant.engine import Delta
+
+    async def failing(req, on_abandon=None):
+        yield Delta(0, "Hel")
+        raise RuntimeError("kernel exploded")
+
+    monkeypatch.setattr(live.state.engine, "stream", failing)
+
+
+def _events(text: str) -> list[tuple[str, dict]]:
+    out = []
+    for block in text.strip().split("\n\n"):
+        lines = dict(line.split(": ", 1) for line in block.splitlines())
+        out.append((lines.get("event", "message"), json.loads(lines["data"])
+                    if lines["data"] != "[DONE]" else {}))
+    return out
+
+
+def test_native_stream_sends_an_error_event_when_generation_fails(live, monkeypatch):
+    _fail_after_one_delta(live, monkeypatch)
+    r = call(live, "POST", "/api/chat", new_user(live)[1],
+             {"content": "hi", "max_tokens": 4, "stream": True})
+    events = _events(r.text)
+    assert [e for e, _ in events] == ["start", "delta", "error"], r.text
+    assert events[-1][1]["status"] == 500
+    assert events[-1][1]["detail"] == "internal error: RuntimeError"   # no internals shown
+
+
+def test_openai_stream_sends_an_error_chunk_when_generation_fails(live, monkeypatch):
+    _fail_after_one_delta(live, monkeypatch)
+    r = call(live, "POST", "/v1/chat/completions", new_user(live)[1],
+             {"model": "base", "messages": HI, "max_tokens": 4, "stream": True})
+    events = _events(r.text)
+    assert events[-1][1]["error"]["type"] == "server_error", r.text
+    assert "[DONE]" not in r.text

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from adapters import feature_cache as fcache
 from adapters import features as feat
 from adapters.reward_head import (
     HeadSettings,
@@ -14,7 +15,7 @@ from adapters.reward_head import (
     pair_accuracy,
     save_head_version,
 )
-from feedback_store.errors import BadRequest
+from feedback_store.errors import BadRequest, InvalidData
 
 ITEMS = [
     ([{"role": "user", "content": "How do I boil an egg?"}], "Put it in boiling water."),
@@ -86,37 +87,37 @@ def _counting(monkeypatch):
 def test_db_cache_computes_once_per_base(db, tiny_model, tokenizer, monkeypatch):
     calls = _counting(monkeypatch)
     items = {10: ITEMS[0], 11: ITEMS[1]}
-    first = feat.ensure_features(db, tiny_model, tokenizer, "base@a", items)
-    again = feat.ensure_features(db, tiny_model, tokenizer, "base@a", items)
+    first = fcache.ensure_features(db, tiny_model, tokenizer, "base@a", items)
+    again = fcache.ensure_features(db, tiny_model, tokenizer, "base@a", items)
     assert calls == [2]
     for mid in items:
         np.testing.assert_array_equal(first[mid], again[mid])
-    feat.ensure_features(db, tiny_model, tokenizer, "base@a", {**items, 12: ITEMS[2]})
-    feat.ensure_features(db, tiny_model, tokenizer, "base@b", items)
+    fcache.ensure_features(db, tiny_model, tokenizer, "base@a", {**items, 12: ITEMS[2]})
+    fcache.ensure_features(db, tiny_model, tokenizer, "base@b", items)
     assert calls == [2, 1, 2]
-    assert set(feat.cached_features(db, [10, 11, 12, 99], "base@a")) == {10, 11, 12}
+    assert set(fcache.cached_features(db, [10, 11, 12, 99], "base@a")) == {10, 11, 12}
 
 
 def test_db_cache_is_keyed_by_feature_spec(db, tiny_model, tokenizer, monkeypatch):
     items = {10: ITEMS[0]}
-    feat.ensure_features(db, tiny_model, tokenizer, "base@a", items)
+    fcache.ensure_features(db, tiny_model, tokenizer, "base@a", items)
     stored = [r[0] for r in db.execute("SELECT base_id FROM features").fetchall()]
     assert stored == [f"base@a|{feat.feature_spec()}"]
     # Another pooling setting must not read the vectors stored under the current one.
     monkeypatch.setattr(feat, "FEATURE_POOLS", ("last",))
     monkeypatch.setattr(feat, "POOLS", 1)
-    assert feat.cached_features(db, [10], "base@a") == {}
-    fresh = feat.ensure_features(db, tiny_model, tokenizer, "base@a", items)
+    assert fcache.cached_features(db, [10], "base@a") == {}
+    fresh = fcache.ensure_features(db, tiny_model, tokenizer, "base@a", items)
     assert fresh[10].size == len(feat.FEATURE_LAYERS) * tiny_model.config.hidden_size
 
 
 def test_disk_cache_computes_once(tmp_path, tiny_model, tokenizer, monkeypatch):
     calls = _counting(monkeypatch)
-    X = feat.disk_cached_features(tiny_model, tokenizer, "base@a", ITEMS, tmp_path)
-    Y = feat.disk_cached_features(tiny_model, tokenizer, "base@a", ITEMS[::-1], tmp_path)
+    X = fcache.disk_cached_features(tiny_model, tokenizer, "base@a", ITEMS, tmp_path)
+    Y = fcache.disk_cached_features(tiny_model, tokenizer, "base@a", ITEMS[::-1], tmp_path)
     np.testing.assert_array_equal(X[::-1], Y)
     assert calls == [3]
-    feat.disk_cached_features(tiny_model, tokenizer, "base@b", ITEMS[:1], tmp_path)
+    fcache.disk_cached_features(tiny_model, tokenizer, "base@b", ITEMS[:1], tmp_path)
     assert calls == [3, 1]
 
 
@@ -176,9 +177,9 @@ def test_thumbs_only_fit():
 
 
 def test_fit_rejects_empty_and_mismatched():
-    with pytest.raises(BadRequest):
+    with pytest.raises(InvalidData):
         fit_head(np.zeros((0, 4)), np.zeros((0, 4)), np.zeros((0, 4)), np.zeros(0))
-    with pytest.raises(BadRequest):
+    with pytest.raises(InvalidData):
         fit_head(np.ones((3, 4)), np.ones((2, 4)), np.zeros((0, 4)), np.zeros(0))
 
 

@@ -127,7 +127,7 @@ def test_error_write_is_retried_while_the_database_is_busy(tmp_path):
 def test_unpublished_reward_head_is_not_the_users_head(db, tmp_path):
     import numpy as np
 
-    from adapters.features import features_id
+    from adapters.feature_cache import features_id
     from adapters.reward_head import RewardHead, publish_head, save_head_version
     from assistant.rewards import latest_head
 

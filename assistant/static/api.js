@@ -140,7 +140,7 @@ export async function streamChat(body, on, signal) {
     if (event === "start") on.start?.(data);
     else if (event === "delta") on.delta?.(data);
     else if (event === "done") { done = data; on.done?.(data); }
-    else if (event === "error") throw new ApiError(500, data?.detail || String(data));
+    else if (event === "error") throw new ApiError(data?.status || 500, data?.detail || String(data));
   }
   if (!done) throw new ApiError(0, "the answer stream ended early");
   return done;

@@ -241,168 +241,207 @@ export async function showAdmin(view) {
   try {
     users = await api.get("/admin/users");
   } catch (err) {
-    view.replaceChildren(el("div", { class: "page" }, el("p", { class: "page-h", "aria-hidden": "true", text: "Admin" }),
-      el("div", { class: "notice notice-warn", role: "alert" },
-        el("strong", { text: err.status === 403 ? "Admin role needed." : "Could not load the admin page." }),
-        " ", err.status === 403 ? "Your key does not have the admin role; ask an administrator." : err.message)));
+    view.replaceChildren(adminError(err));
     return;
   }
-  let counts = {};
-  let runs = [];
-  let totalSteps = null;
-  api.get("/api/me").then((me) => { totalSteps = me.limits?.rl_steps ?? null; }).catch(() => {});
-  const keyBox = el("div", { class: "key-reveal", hidden: true, role: "status" });
-  const showKey = (who, key) => {
-    keyBox.hidden = false;
-    const code = el("code", { class: "key", text: key });
-    keyBox.replaceChildren(el("p", {}, el("strong", { text: `API key for ${who}` }), " — shown once; copy it now."),
-      el("div", { class: "row" }, code, button({ label: "Copy key", text: "Copy key", cls: "btn btn-small",
-        onclick: () => navigator.clipboard.writeText(key).then(() => toast("Copied"), () => toast("Select and copy the key", "error")) })));
-  };
-  const usersBox = el("div");
-  const runsBox = el("div", {}, el("p", { class: "muted", text: "Loading…" }));
-  const versionsBox = el("div", { class: "versions-box" });
-  const exportUser = el("select", { class: "input", "aria-label": "User to export" });
-  const activeRun = (u) => runs.find((r) => r.user_id === u.id && (r.status === "queued" || r.status === "running"));
-  const feedbackOf = (u) => {
-    const c = counts[String(u.id)];
-    if (!c) return "—";
-    return el("span", { title: "thumbs up / down, comparisons, rankings; new since last training" },
-      `${c.thumbs_up}↑ ${c.thumbs_down}↓ · ${c.comparisons} cmp · ${c.rankings} rank · `,
-      el("strong", { text: `${newLabels(c)} new` }));
-  };
-  const hasFeedback = (u) => {
-    const c = counts[String(u.id)];
-    return !c || c.thumbs_up + c.thumbs_down + c.comparisons + c.rankings + newLabels(c) > 0;
-  };
-  const refreshUsers = async () => {
-    [users, counts] = await Promise.all([api.get("/admin/users"), api.get("/admin/feedback-counts").catch(() => ({}))]);
-    paintUsers();
-  };
-  const paintUsers = () => {
-    const picked = exportUser.value;
-    exportUser.replaceChildren(...users.map((u) => el("option", { value: u.name, text: u.name, selected: u.name === picked })));
-    usersBox.replaceChildren(table([
-      ["Name", (u) => el("span", { class: "strong", text: u.name })],
-      ["Role", (u) => el("span", { class: u.role === "admin" ? "pill pill-admin" : "pill", text: u.role })],
-      ["Version", (u) => has(u.current_version) ? `v${u.current_version}` : "base"],
-      ["Feedback", feedbackOf],
-      ["Created", (u) => fmtDate(u.created_at)],
-      ["Actions", (u) => {
-        const active = activeRun(u);
-        const retrainTitle = active ? `A run is already ${active.status}` : !hasFeedback(u) ? "No feedback to train on yet" : `Retrain ${u.name} now`;
-        return el("div", { class: "row row-tight" },
-          button({ label: `Retrain ${u.name}`, text: "Retrain", cls: "btn btn-small", title: retrainTitle,
-            disabled: Boolean(active) || !hasFeedback(u), onclick: () => train(u.name) }),
-          button({ label: `Versions of ${u.name}`, text: "Versions", cls: "btn btn-small", onclick: () => showVersions(u) }),
-          button({ label: `Rotate key of ${u.name}`, text: "Rotate key", cls: "btn btn-small", onclick: async () => {
-            const ok = await confirmDialog({ title: `Rotate ${u.name}'s key?`, body: "Their current key stops working immediately.", confirm: "Rotate key" });
-            if (!ok) return;
-            try { const r = await api.post(`/admin/users/${u.id}/rotate-key`); showKey(u.name, r.api_key); } catch (e) { toast(e.message, "error"); }
-          } }),
-          button({ label: `Delete ${u.name}`, text: "Delete", cls: "btn btn-small btn-danger-outline", onclick: async () => {
-            const ok = await confirmDialog({ title: `Delete ${u.name}?`, body: "Their conversations, feedback and adapters are deleted for good.", confirm: "Delete user", danger: true });
-            if (!ok) return;
-            try {
-              await progressDialog(`Deleting ${u.name}`, "Deleting their conversations, feedback and versions…", () => api.del(`/admin/users/${u.id}`));
-              toast(`${u.name} deleted`);
-              await refreshUsers();
-            } catch (e) { toast(e.message, "error"); }
-          } }));
-      }],
-    ], users, { caption: "Users" }));
-  };
+  const page = adminState(users);
+  api.get("/api/me").then((me) => { page.totalSteps = me.limits?.rl_steps ?? null; }).catch(() => {});
+  view.replaceChildren(el("div", { class: "page" },
+    el("p", { class: "page-h", "aria-hidden": "true", text: "Admin" }),
+    card("Users", createUserForm(page), page.keyBox, page.usersBox, page.versionsBox),
+    trainingCard(page),
+    exportCard(page)));
+  paintUsers(page);
+  await refreshUsers(page).catch(() => {});
+  await refreshRuns(page);
+  pollWhileActive(page.runsBox, () => page.runs, () => refreshRuns(page));
+}
 
-  async function showVersions(u) {
-    versionsBox.replaceChildren(el("p", { class: "muted", text: `Loading versions of ${u.name}…` }));
-    let list;
-    try { list = await api.get(`/admin/users/${u.id}/versions`); } catch (e) { versionsBox.replaceChildren(el("p", { class: "error", text: e.message })); return; }
-    const head = el("div", { class: "row space" }, el("h3", { class: "small-h", text: `Versions of ${u.name}` }),
-      button({ label: "Close versions", iconName: "close", cls: "btn-icon", onclick: () => versionsBox.replaceChildren() }));
-    if (!list.length) { versionsBox.replaceChildren(head, el("p", { class: "muted", text: `${u.name} has no personal versions; the base model answers them.` })); return; }
-    versionsBox.replaceChildren(head, table([
-      ["Version", (v) => el("span", {}, `v${v.version} `, v.current ? el("span", { class: "pill pill-succeeded", text: "serving" }) : null)],
-      ["Created", (v) => fmtDate(v.created_at)],
-      ["Check", (v) => { const g = v.metrics?.gate; return g && typeof g.win_rate === "number" ? `won ${pct(g.win_rate)} vs ${g.baseline === "base" ? "base" : "previous"}` : "—"; }],
-      ["", (v) => (v.current ? "" : button({ label: `Serve v${v.version} to ${u.name}`, text: `Serve v${v.version}`, cls: "btn btn-small", onclick: async () => {
-        const ok = await confirmDialog({ title: `Serve v${v.version} to ${u.name}?`, body: "Their answers come from this version from their next message on. Newer versions are kept.", confirm: `Serve v${v.version}` });
-        if (!ok) return;
-        try { await api.post(`/admin/users/${u.id}/rollback`, { version: v.version }); toast(`${u.name} now uses v${v.version}`); await refreshUsers(); showVersions(u); } catch (e) { toast(e.message, "error"); }
-      } }))],
-    ], list, { caption: `Versions of ${u.name}` }));
-    versionsBox.scrollIntoView({ block: "nearest" });
+function adminError(err) {
+  const forbidden = err.status === 403;
+  return el("div", { class: "page" }, el("p", { class: "page-h", "aria-hidden": "true", text: "Admin" }),
+    el("div", { class: "notice notice-warn", role: "alert" },
+      el("strong", { text: forbidden ? "Admin role needed." : "Could not load the admin page." }),
+      " ", forbidden ? "Your key does not have the admin role; ask an administrator." : err.message));
+}
+
+/** What the admin page's parts share: the loaded lists and the boxes they paint into. */
+function adminState(users) {
+  return {
+    users, counts: {}, runs: [], totalSteps: null,
+    keyBox: el("div", { class: "key-reveal", hidden: true, role: "status" }),
+    usersBox: el("div"),
+    runsBox: el("div", {}, el("p", { class: "muted", text: "Loading…" })),
+    versionsBox: el("div", { class: "versions-box" }),
+    exportUser: el("select", { class: "input", "aria-label": "User to export" }),
+  };
+}
+
+function showKey(page, who, key) {
+  page.keyBox.hidden = false;
+  const code = el("code", { class: "key", text: key });
+  page.keyBox.replaceChildren(el("p", {}, el("strong", { text: `API key for ${who}` }), " — shown once; copy it now."),
+    el("div", { class: "row" }, code, button({ label: "Copy key", text: "Copy key", cls: "btn btn-small",
+      onclick: () => navigator.clipboard.writeText(key).then(() => toast("Copied"), () => toast("Select and copy the key", "error")) })));
+}
+
+const activeRun = (page, u) => page.runs.find((r) => r.user_id === u.id && (r.status === "queued" || r.status === "running"));
+
+function feedbackOf(page, u) {
+  const c = page.counts[String(u.id)];
+  if (!c) return "—";
+  return el("span", { title: "thumbs up / down, comparisons, rankings; new since last training" },
+    `${c.thumbs_up}↑ ${c.thumbs_down}↓ · ${c.comparisons} cmp · ${c.rankings} rank · `,
+    el("strong", { text: `${newLabels(c)} new` }));
+}
+
+function hasFeedback(page, u) {
+  const c = page.counts[String(u.id)];
+  return !c || c.thumbs_up + c.thumbs_down + c.comparisons + c.rankings + newLabels(c) > 0;
+}
+
+async function refreshUsers(page) {
+  [page.users, page.counts] = await Promise.all([api.get("/admin/users"), api.get("/admin/feedback-counts").catch(() => ({}))]);
+  paintUsers(page);
+}
+
+function paintUsers(page) {
+  const picked = page.exportUser.value;
+  page.exportUser.replaceChildren(...page.users.map((u) => el("option", { value: u.name, text: u.name, selected: u.name === picked })));
+  page.usersBox.replaceChildren(table([
+    ["Name", (u) => el("span", { class: "strong", text: u.name })],
+    ["Role", (u) => el("span", { class: u.role === "admin" ? "pill pill-admin" : "pill", text: u.role })],
+    ["Version", (u) => has(u.current_version) ? `v${u.current_version}` : "base"],
+    ["Feedback", (u) => feedbackOf(page, u)],
+    ["Created", (u) => fmtDate(u.created_at)],
+    ["Actions", (u) => userActions(page, u)],
+  ], page.users, { caption: "Users" }));
+}
+
+function userActions(page, u) {
+  const active = activeRun(page, u);
+  const retrainTitle = active ? `A run is already ${active.status}` : !hasFeedback(page, u) ? "No feedback to train on yet" : `Retrain ${u.name} now`;
+  return el("div", { class: "row row-tight" },
+    button({ label: `Retrain ${u.name}`, text: "Retrain", cls: "btn btn-small", title: retrainTitle,
+      disabled: Boolean(active) || !hasFeedback(page, u), onclick: () => train(page, u.name) }),
+    button({ label: `Versions of ${u.name}`, text: "Versions", cls: "btn btn-small", onclick: () => showVersions(page, u) }),
+    button({ label: `Rotate key of ${u.name}`, text: "Rotate key", cls: "btn btn-small", onclick: () => rotateKey(page, u) }),
+    button({ label: `Delete ${u.name}`, text: "Delete", cls: "btn btn-small btn-danger-outline", onclick: () => deleteUser(page, u) }));
+}
+
+async function rotateKey(page, u) {
+  const ok = await confirmDialog({ title: `Rotate ${u.name}'s key?`, body: "Their current key stops working immediately.", confirm: "Rotate key" });
+  if (!ok) return;
+  try { const r = await api.post(`/admin/users/${u.id}/rotate-key`); showKey(page, u.name, r.api_key); } catch (e) { toast(e.message, "error"); }
+}
+
+async function deleteUser(page, u) {
+  const ok = await confirmDialog({ title: `Delete ${u.name}?`, body: "Their conversations, feedback and adapters are deleted for good.", confirm: "Delete user", danger: true });
+  if (!ok) return;
+  try {
+    await progressDialog(`Deleting ${u.name}`, "Deleting their conversations, feedback and versions…", () => api.del(`/admin/users/${u.id}`));
+    toast(`${u.name} deleted`);
+    await refreshUsers(page);
+  } catch (e) { toast(e.message, "error"); }
+}
+
+async function showVersions(page, u) {
+  const box = page.versionsBox;
+  box.replaceChildren(el("p", { class: "muted", text: `Loading versions of ${u.name}…` }));
+  let list;
+  try { list = await api.get(`/admin/users/${u.id}/versions`); } catch (e) { box.replaceChildren(el("p", { class: "error", text: e.message })); return; }
+  const head = el("div", { class: "row space" }, el("h3", { class: "small-h", text: `Versions of ${u.name}` }),
+    button({ label: "Close versions", iconName: "close", cls: "btn-icon", onclick: () => box.replaceChildren() }));
+  if (!list.length) { box.replaceChildren(head, el("p", { class: "muted", text: `${u.name} has no personal versions; the base model answers them.` })); return; }
+  box.replaceChildren(head, table([
+    ["Version", (v) => el("span", {}, `v${v.version} `, v.current ? el("span", { class: "pill pill-succeeded", text: "serving" }) : null)],
+    ["Created", (v) => fmtDate(v.created_at)],
+    ["Check", (v) => { const g = v.metrics?.gate; return g && typeof g.win_rate === "number" ? `won ${pct(g.win_rate)} vs ${g.baseline === "base" ? "base" : "previous"}` : "—"; }],
+    ["", (v) => (v.current ? "" : button({ label: `Serve v${v.version} to ${u.name}`, text: `Serve v${v.version}`, cls: "btn btn-small",
+      onclick: () => serveVersion(page, u, v) }))],
+  ], list, { caption: `Versions of ${u.name}` }));
+  box.scrollIntoView({ block: "nearest" });
+}
+
+async function serveVersion(page, u, v) {
+  const ok = await confirmDialog({ title: `Serve v${v.version} to ${u.name}?`, body: "Their answers come from this version from their next message on. Newer versions are kept.", confirm: `Serve v${v.version}` });
+  if (!ok) return;
+  try { await api.post(`/admin/users/${u.id}/rollback`, { version: v.version }); toast(`${u.name} now uses v${v.version}`); await refreshUsers(page); showVersions(page, u); } catch (e) { toast(e.message, "error"); }
+}
+
+async function refreshRuns(page) {
+  try {
+    page.runs = await api.get("/admin/runs");
+    page.runsBox.replaceChildren(page.runs.length ? runsTable(page.runs, { withUser: true, totalSteps: page.totalSteps }) : el("p", { class: "muted", text: "No training runs yet." }));
+    paintUsers(page);
+  } catch (e) {
+    page.runsBox.replaceChildren(el("p", { class: "muted", text: e.message }));
   }
+}
 
-  const refreshRuns = async () => {
-    try {
-      runs = await api.get("/admin/runs");
-      runsBox.replaceChildren(runs.length ? runsTable(runs, { withUser: true, totalSteps }) : el("p", { class: "muted", text: "No training runs yet." }));
-      paintUsers();
-    } catch (e) {
-      runsBox.replaceChildren(el("p", { class: "muted", text: e.message }));
-    }
-  };
-  async function train(user) {
-    const body = user ? { user, force: true } : { force: true };
-    try {
-      const r = await api.post("/admin/train", body);
-      const queued = Array.isArray(r?.queued) ? r.queued : [];
-      const before = new Set(runs.map((x) => x.id));
-      const fresh = queued.filter((x) => !before.has(x.id));
-      const already = queued.filter((x) => before.has(x.id));
-      if (!queued.length) toast("Nothing to train: no user has new feedback (or their runs are already queued).");
-      else if (user && !fresh.length) toast(`${user} already has a run ${already[0].status}.`);
-      else toast(`${fresh.length} run${fresh.length === 1 ? "" : "s"} queued${already.length ? `; ${already.length} already going` : ""}.`);
-      await refreshRuns();
-    } catch (e) {
-      toast(e.message, "error");
-    }
+async function train(page, user) {
+  const body = user ? { user, force: true } : { force: true };
+  try {
+    const r = await api.post("/admin/train", body);
+    toast(queuedMessage(page.runs, user, Array.isArray(r?.queued) ? r.queued : []));
+    await refreshRuns(page);
+  } catch (e) {
+    toast(e.message, "error");
   }
+}
 
+/** What a train request did: runs newly queued vs ones already queued or running. */
+function queuedMessage(runs, user, queued) {
+  const before = new Set(runs.map((x) => x.id));
+  const fresh = queued.filter((x) => !before.has(x.id));
+  const already = queued.filter((x) => before.has(x.id));
+  if (!queued.length) return "Nothing to train: no user has new feedback (or their runs are already queued).";
+  if (user && !fresh.length) return `${user} already has a run ${already[0].status}.`;
+  return `${fresh.length} run${fresh.length === 1 ? "" : "s"} queued${already.length ? `; ${already.length} already going` : ""}.`;
+}
+
+function createUserForm(page) {
   const nameInput = el("input", { class: "input", id: "new-user-name", "aria-label": "New user name", placeholder: "name", autocomplete: "off", required: true });
   const adminBox = el("input", { type: "checkbox", id: "new-user-admin" });
-  const create = el("form", { class: "row create-user", onsubmit: async (e) => {
+  return el("form", { class: "row create-user", onsubmit: async (e) => {
     e.preventDefault();
     try {
       const u = await api.post("/admin/users", { name: nameInput.value.trim(), admin: adminBox.checked });
-      showKey(u.name, u.api_key);
+      showKey(page, u.name, u.api_key);
       nameInput.value = "";
       adminBox.checked = false;
-      await refreshUsers();
+      await refreshUsers(page);
     } catch (err) { toast(err.message, "error"); }
   } }, nameInput, el("label", { class: "check", for: "new-user-admin" }, adminBox, " admin"),
   el("button", { type: "submit", class: "btn btn-primary" }, "Create user"));
+}
 
+function trainingCard(page) {
+  return card("Training",
+    el("div", { class: "row space" },
+      el("p", { class: "muted", text: "Runs queue per user; “Retrain” forces a run for one user even with little new feedback." }),
+      el("div", { class: "row row-tight" },
+        button({ label: "Refresh training runs", text: "Refresh", cls: "btn btn-ghost btn-small", onclick: () => refreshRuns(page) }),
+        button({ label: "Retrain everyone…", text: "Retrain everyone…", cls: "btn btn-small", onclick: async () => {
+          const ok = await confirmDialog({ title: "Retrain every user with feedback?",
+            body: "A run is queued for each user with any new feedback. Runs take minutes each and share this machine with chat.",
+            confirm: "Retrain everyone" });
+          if (ok) train(page, null);
+        } }))),
+    page.runsBox);
+}
+
+function exportCard(page) {
   const exportFormat = el("select", { class: "input", "aria-label": "Export format" },
     el("option", { value: "preference", text: "preference pairs" }), el("option", { value: "unpaired", text: "unpaired (thumbs)" }));
-
-  view.replaceChildren(el("div", { class: "page" },
-    el("p", { class: "page-h", "aria-hidden": "true", text: "Admin" }),
-    card("Users", create, keyBox, usersBox, versionsBox),
-    card("Training",
-      el("div", { class: "row space" },
-        el("p", { class: "muted", text: "Runs queue per user; “Retrain” forces a run for one user even with little new feedback." }),
-        el("div", { class: "row row-tight" },
-          button({ label: "Refresh training runs", text: "Refresh", cls: "btn btn-ghost btn-small", onclick: refreshRuns }),
-          button({ label: "Retrain everyone…", text: "Retrain everyone…", cls: "btn btn-small", onclick: async () => {
-            const ok = await confirmDialog({ title: "Retrain every user with feedback?",
-              body: "A run is queued for each user with any new feedback. Runs take minutes each and share this machine with chat.",
-              confirm: "Retrain everyone" });
-            if (ok) train(null);
-          } }))),
-      runsBox),
-    card("Export feedback",
-      el("p", { class: "muted", text: "JSON Lines for training elsewhere." }),
-      el("div", { class: "row" }, exportUser, exportFormat,
-        button({ label: "Download export", text: "Download", cls: "btn", onclick: () => {
-          const user = exportUser.value, fmt = exportFormat.value;
-          download(`/admin/export?user=${encodeURIComponent(user)}&format=${fmt}`, `${user}-${fmt}-${today()}.jsonl`)
-            .catch((e) => toast(e.message, "error"));
-        } })))));
-  paintUsers();
-  await refreshUsers().catch(() => {});
-  await refreshRuns();
-  pollWhileActive(runsBox, () => runs, refreshRuns);
+  return card("Export feedback",
+    el("p", { class: "muted", text: "JSON Lines for training elsewhere." }),
+    el("div", { class: "row" }, page.exportUser, exportFormat,
+      button({ label: "Download export", text: "Download", cls: "btn", onclick: () => {
+        const user = page.exportUser.value, fmt = exportFormat.value;
+        download(`/admin/export?user=${encodeURIComponent(user)}&format=${fmt}`, `${user}-${fmt}-${today()}.jsonl`)
+          .catch((e) => toast(e.message, "error"));
+      } })));
 }
 
 /** Refresh every few seconds while a run is queued or running and `node` is on screen. */
