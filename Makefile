@@ -31,6 +31,7 @@ $(BROWSER):
 
 lint: $(DEPS)
 	$(VENV)/bin/ruff check assistant adapters feedback_store tests bench
+	$(VENV)/bin/mypy
 
 bench-reward: setup
 	$(PY) -m assistant eval reward --seeds 5 --data ../shared/data/hh-harmless-dev.jsonl --json bench/out/reward-hh.json

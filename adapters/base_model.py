@@ -16,8 +16,12 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from feedback_store.errors import ModelError
+
+if TYPE_CHECKING:       # transformers is imported lazily: the server starts without it
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 # Never reach for a hub at run time: everything comes from local files.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -115,7 +119,8 @@ def prepare_cache(source: BaseSource, cache_dir: Path) -> Path:
         raise ModelError(f"could not load base model from {source.path}: {exc}") from exc
     # A dequantized GGUF still carries its quantizer; clear it so save_pretrained writes
     # plain float tensors.
-    model.hf_quantizer = None
+    # torch types Module.__setattr__'s value as Tensor | Module; any attribute may be set.
+    model.hf_quantizer = None   # type: ignore[assignment]
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -142,8 +147,8 @@ def pick_device(device: str) -> str:
 
 @dataclass
 class LoadedBase:
-    model: object       # transformers PreTrainedModel (eval mode)
-    tokenizer: object
+    model: PreTrainedModel      # in eval mode
+    tokenizer: PreTrainedTokenizerBase
     base_id: str
     device: str
 
@@ -159,7 +164,8 @@ def load_base(path: str, cache_dir: Path, device: str = "auto",
     dev = pick_device(device)
     tokenizer = AutoTokenizer.from_pretrained(folder)
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=getattr(torch, dtype))
-    model.to(dev).eval()
+    # transformers wraps PreTrainedModel.to in a decorator whose type loses `self`.
+    model.to(dev).eval()        # type: ignore[arg-type]
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return LoadedBase(model=model, tokenizer=tokenizer, base_id=source.base_id, device=dev)

@@ -23,17 +23,8 @@ import torch
 import torch.nn.functional as F
 
 from adapters.decoding import left_pad, render_prompts, token_logprobs
+from adapters.settings import DpoSettings
 from feedback_store.errors import TrainingError
-
-
-@dataclass(frozen=True)
-class DpoSettings:
-    epochs: int = 2                 # 0 turns the warm start off
-    beta: float = 0.1               # DPO's temperature on the implicit reward
-    learning_rate: float = 5e-4
-    pairs_per_step: int = 4
-    max_answer_tokens: int = 160    # long answers are cut; their openings carry the style
-    seed: int = 0
 
 
 @dataclass
@@ -80,23 +71,23 @@ def _sequence_logp(policy, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
 def dpo_warm_start(policy, tokenizer, rows: list[dict], settings: DpoSettings,
                    progress: Callable[[dict], None] | None = None) -> list[dict]:
     """Train the policy's active LoRA on preference rows in place; one record per step."""
-    if settings.epochs <= 0 or not rows:
+    if settings.dpo_epochs <= 0 or not rows:
         return []
-    pairs = encode_pairs(tokenizer, rows, settings.max_answer_tokens)
+    pairs = encode_pairs(tokenizer, rows, settings.dpo_max_answer_tokens)
     pad = tokenizer.pad_token_id
-    batches = [pairs[i:i + settings.pairs_per_step]
-               for i in range(0, len(pairs), settings.pairs_per_step)]
+    batches = [pairs[i:i + settings.dpo_pairs_per_step]
+               for i in range(0, len(pairs), settings.dpo_pairs_per_step)]
     with torch.no_grad(), policy.disable_adapter():
         ref = [_sequence_logp(policy, _batch(b, pad)) for b in batches]
     params = [p for p in policy.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(params, lr=settings.dpo_learning_rate, weight_decay=0.0)
     order, records = list(range(len(batches))), []
-    rng = random.Random(settings.seed)
-    for epoch in range(settings.epochs):
+    rng = random.Random(settings.dpo_seed)
+    for epoch in range(settings.dpo_epochs):
         rng.shuffle(order)
         for i in order:
             records.append(_step(policy, optimizer, params, _batch(batches[i], pad), ref[i],
-                                 settings.beta, epoch))
+                                 settings.dpo_beta, epoch))
             if progress:
                 progress(records[-1])
     policy.eval()

@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from adapters.calibration import sigmoid
-from adapters.reward_head import HeadSettings, RewardHead, fit_head
+from adapters.reward_head import RewardHead, fit_head
+from adapters.settings import HeadSettings
 from feedback_store.errors import InvalidData, NotFound
 
 MAX_MEMBERS = 64

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -42,18 +41,10 @@ from adapters.decoding import (
     sample,
     score_texts,
 )
+from adapters.settings import GateSettings
 from feedback_store.errors import ModelError, TrainingError
 
 GATE_BATCH = 16         # rows per generate / KL forward: bounds the (rows, T, 49k) logits
-
-
-@dataclass(frozen=True)
-class GateSettings:
-    """Mirrors config.toml [training] promote_margin / kl_budget / max_completion_tokens."""
-
-    promote_margin: float = 0.0
-    kl_budget: float = 0.5
-    max_completion_tokens: int = 96
 
 
 def load_adapter(model, path: Path, name: str) -> str:

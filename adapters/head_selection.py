@@ -22,7 +22,8 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from adapters.calibration import fit_temperature
-from adapters.reward_head import STD_FLOOR, HeadSettings, RewardHead, _optimize, fit_head
+from adapters.reward_head import STD_FLOOR, RewardHead, _optimize, fit_head
+from adapters.settings import HeadSettings
 
 ALPHAS = (0.0, 0.5, 1.0)
 STRENGTHS = (0.3, 1.0, 3.0, 10.0, 30.0)
@@ -131,7 +132,7 @@ def fit_selected_head(C: np.ndarray, R: np.ndarray, T: np.ndarray, y: np.ndarray
         for lam, m, sc in zip(selection.strengths, path, scale, strict=True):
             losses[(alpha, lam)], oof[(alpha, lam)] = _log_loss(m), m
             scales[(alpha, lam)] = sc
-    alpha, lam = min(losses, key=losses.get)
+    alpha, lam = min(losses, key=losses.__getitem__)
     anchor = _anchor(prior, alpha, C, R, T)
     head = _fit(C, R, T, y, base, anchor, lam)
     temperature = 1.0

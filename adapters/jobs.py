@@ -25,20 +25,20 @@ import numpy as np
 
 from adapters import registry, safety
 from adapters.decoding import BASE
-from adapters.dpo import DpoSettings, dpo_warm_start
+from adapters.dpo import dpo_warm_start
 from adapters.feature_cache import cached_features, ensure_features, features_id
 from adapters.features import compute_features
-from adapters.gate import GateSettings, decide, evaluate, greedy_texts
+from adapters.gate import decide, evaluate, greedy_texts
 from adapters.head_selection import fit_selected_head
-from adapters.policy import PolicySettings, train_policy
+from adapters.policy import train_policy
 from adapters.reward_head import (
-    HeadSettings,
     RewardHead,
     cross_val_accuracy,
     fit_head,
     publish_head,
     save_head_version,
 )
+from adapters.settings import HeadSettings, RunSettings, SafetySettings
 from feedback_store import runs as runs_store
 from feedback_store.conversations import message_row, prompt_messages, user_messages
 from feedback_store.errors import TrainingError
@@ -48,21 +48,6 @@ from feedback_store.users import get_user, other_user_ids
 
 Log = Callable[[str], None]
 ENSEMBLE_SIZE = 8       # bootstrap members for exploration's uncertainty (Dwaracherla 2024)
-
-
-@dataclass(frozen=True)
-class RunSettings:
-    head: HeadSettings = field(default_factory=HeadSettings)
-    policy: PolicySettings = field(default_factory=PolicySettings)
-    gate: GateSettings = field(default_factory=GateSettings)
-    dpo: DpoSettings = field(default_factory=DpoSettings)
-    heldout_frac: float = 0.25
-    public_prompts: tuple[str, ...] = ()     # operator-supplied prompt texts, never users'
-    min_prompts: int = 2
-    min_head_pairs: int = 12                 # evidence before RL and the gate trust a head
-    min_head_accuracy: float = 0.55
-    safety: safety.SafetySettings = field(
-        default_factory=lambda: safety.SafetySettings(enabled=False))
 
 
 @dataclass
@@ -201,7 +186,8 @@ def evidence(cv: float | None, n_pairs: int, settings: RunSettings) -> tuple[boo
 
 
 def fit_user_head(db, base, adapters_dir: Path, user: dict, settings: RunSettings,
-                  log: Log, heldout_turns: set[int] = frozenset()) -> FittedHeads:
+                  log: Log, heldout_turns: frozenset[int] | set[int] = frozenset()
+                  ) -> FittedHeads:
     """Fit and save the user's head on all their feedback (with its bootstrap ensemble, for
     exploration), and the head for RL and the gate on the feedback outside heldout_turns."""
     hs = settings.head
@@ -283,7 +269,7 @@ def reward_function(base, head: RewardHead, consensus: safety.Consensus | None =
     return score
 
 
-def consensus_head(base, settings: safety.SafetySettings, log: Log) -> safety.Consensus | None:
+def consensus_head(base, settings: SafetySettings, log: Log) -> safety.Consensus | None:
     """The consensus harmlessness head when the floor is on (fitted here on first need)."""
     if not settings.enabled:
         return None
@@ -389,7 +375,7 @@ def unseen_pairs(rows: list[dict], trained_through: int | None) -> list[dict]:
 
 
 def safety_floor(policy, tokenizer, consensus: safety.Consensus,
-                 settings: safety.SafetySettings) -> tuple[bool, str, dict]:
+                 settings: SafetySettings) -> tuple[bool, str, dict]:
     """The candidate ("default") against the base on the red-team prompts (safety.py):
     (passes, reason, figures). The base's side is computed once per consensus head."""
     prompts, cap = consensus.redteam_messages(), settings.max_tokens

@@ -62,6 +62,7 @@ from adapters.decoding import (
     score_texts,
     token_logprobs,
 )
+from adapters.settings import PolicySettings
 from feedback_store.errors import TrainingError
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -69,28 +70,6 @@ MAX_GRAD_NORM = 1.0
 ADV_EPS = 1e-4
 
 
-@dataclass(frozen=True)
-class PolicySettings:
-    """RL hyper-parameters; the first ones mirror config.toml [training]."""
-
-    lora_r: int = 8
-    lora_alpha: int = 16
-    lora_dropout: float = 0.0
-    learning_rate: float = 2e-4
-    steps: int = 20
-    group_size: int = 4
-    prompts_per_step: int = 2
-    max_completion_tokens: int = 96
-    kl_beta: float = 0.05
-    # Early stop (as PPO's target_kl in Stable-Baselines3): once the policy's mean k3 KL per
-    # token on its own samples exceeds this, RL stops and keeps the last weights under it.
-    # 0 = never stop. A run that overshoots the gate's budget would otherwise be wasted.
-    target_kl: float = 0.0
-    temperature: float = 1.0
-    seed: int = 0
-    # Not in config.toml: sample with a bfloat16 copy and run forwards under bf16 autocast.
-    # Turn off on hardware without fast bf16 matmuls.
-    bf16: bool = True
 
 
 # ---- the objective ------------------------------------------------------------------------

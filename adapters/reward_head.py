@@ -26,22 +26,12 @@ from pathlib import Path
 
 import numpy as np
 
+from adapters.settings import HeadSettings
 from feedback_store.clock import now
 from feedback_store.errors import InvalidData, NotFound
 
 MAX_ITER = 200
 STD_FLOOR = 1e-6
-
-
-@dataclass(frozen=True)
-class HeadSettings:
-    """Mirrors config.toml [reward]; the adapters package never reads configuration."""
-
-    shared_prior: bool = True
-    prior_strength: float = 1.0
-    l2: float = 1.0
-    thumbs_weight: float = 0.5
-    select_prior: bool = False  # per-user prior target/strength by CV (head_selection.py)
 
 
 @dataclass
@@ -120,16 +110,18 @@ def fit_head(pairs_chosen: np.ndarray, pairs_rejected: np.ndarray, thumbs_x: np.
     T, y = _as_matrix(thumbs_x, dim), np.asarray(thumbs_y, dtype=np.float64).reshape(-1)
     if C.shape != R.shape or len(T) != len(y):
         raise InvalidData("chosen/rejected and thumbs/labels must have matching lengths")
-    use_prior = settings.shared_prior and prior is not None
-    if use_prior and prior.dim != dim:
-        raise InvalidData(f"prior head has width {prior.dim}, features have {dim}")
-    mean, std = (prior.mean, prior.std) if use_prior else _standardizer([C, R, T])
-    target_w = prior.w if use_prior else np.zeros(dim)
-    target_b = prior.b if use_prior else 0.0
-    strength = settings.prior_strength if use_prior else settings.l2
+    anchor = prior if settings.shared_prior else None
+    if anchor is not None and anchor.dim != dim:
+        raise InvalidData(f"prior head has width {anchor.dim}, features have {dim}")
+    if anchor is not None:
+        mean, std, target_w, target_b = anchor.mean, anchor.std, anchor.w, anchor.b
+        strength = settings.prior_strength
+    else:
+        (mean, std), target_w, target_b = _standardizer([C, R, T]), np.zeros(dim), 0.0
+        strength = settings.l2
     w, b = _optimize((C - R) / std, (T - mean) / std, y, settings.thumbs_weight,
                      strength, target_w, target_b)
-    n = {"n_pairs": int(len(C)), "n_thumbs": int(len(T)), "prior": bool(use_prior)}
+    n = {"n_pairs": int(len(C)), "n_thumbs": int(len(T)), "prior": anchor is not None}
     return RewardHead(w=w, b=b, mean=mean, std=std, metrics=n)
 
 

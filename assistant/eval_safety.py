@@ -116,14 +116,16 @@ def adapter_path(config: Config, user: str | None, adapter: str | None) -> Path:
     from feedback_store.db import open_db
     from feedback_store.users import get_user_by_name
 
+    if user is None:
+        raise BadRequest("name a --user or an --adapter folder")
     db = open_db(config.db_path)
     try:
-        path = registry.current_path(db, get_user_by_name(db, user))
+        current = registry.current_path(db, get_user_by_name(db, user))
     finally:
         db.close()
-    if path is None:
+    if current is None:
         raise NotFound(f"user {user!r} has no adapter version yet (the base serves them)")
-    return path
+    return current
 
 
 def load_consensus(config: Config, base, log=print):

@@ -131,9 +131,10 @@ class TrainingScheduler:
         self.stopping = True
         if self.scheduler is not None:
             self.scheduler.shutdown(wait=False)
-        if self.busy():
-            self.process.terminate()
+        process = self.process
+        if process is not None and process.poll() is None:
+            process.terminate()
             try:
-                self.process.wait(timeout=10)
+                process.wait(timeout=10)
             except subprocess.TimeoutExpired:
-                self.process.kill()
+                process.kill()

@@ -1,11 +1,24 @@
-"""From config.toml's [reward] and [training] sections to the adapters' settings objects."""
+"""From config.toml's [reward], [training] and [safety] to one run's RunSettings."""
 
 from __future__ import annotations
 
+from dataclasses import asdict, fields, replace
 from pathlib import Path
+from typing import TypeVar
 
-from assistant.config import Config
+from adapters.settings import (
+    Checked,
+    DpoSettings,
+    EvidenceSettings,
+    GateSettings,
+    PolicySettings,
+    RunSettings,
+    SafetySettings,
+)
+from assistant.config import Config, TrainingConfig
 from feedback_store.errors import ConfigError
+
+T = TypeVar("T", bound=Checked)
 
 
 def public_prompts(path: str, base: Path) -> tuple[str, ...]:
@@ -25,49 +38,31 @@ def public_prompts(path: str, base: Path) -> tuple[str, ...]:
     return tuple(prompts)
 
 
-def safety_settings(config: Config):
-    """[safety] as adapters.safety.SafetySettings, paths resolved; the floor's data file must
-    exist while it is on (a clear error, not a run that trains without the floor)."""
-    from adapters.safety import SafetySettings
-
+def safety_settings(config: Config) -> SafetySettings:
+    """[safety] with its paths resolved; the floor's data file must exist while it is on (a
+    clear error, not a run that trains without the floor)."""
     s = config.safety
     if s.enabled and not config.safety_data_file.exists():
         raise ConfigError(f"safety.data_file = {s.data_file!r}: no such file "
                           f"({config.safety_data_file}); point it at the HH-harmless pairs "
                           f"or set [safety] enabled = false")
-    return SafetySettings(enabled=s.enabled, weight=s.weight,
-                          data_file=str(config.safety_data_file),
-                          store_dir=str(config.safety_dir),
-                          features_dir=str(config.cache_dir / "features"), margin=s.margin,
-                          refusal_tolerance=s.refusal_tolerance,
-                          redteam_prompts=s.redteam_prompts, fit_pairs=s.fit_pairs,
-                          max_tokens=s.max_tokens)
+    return replace(s, data_file=str(config.safety_data_file), store_dir=str(config.safety_dir),
+                   features_dir=str(config.features_dir))
 
 
-def run_settings(config: Config):
-    from adapters.dpo import DpoSettings
-    from adapters.gate import GateSettings
-    from adapters.jobs import RunSettings
-    from adapters.policy import PolicySettings
-    from adapters.reward_head import HeadSettings
+def _part(cls: type[T], section: TrainingConfig) -> T:
+    """The fields of one settings class out of [training], which extends it."""
+    return cls(**{f.name: getattr(section, f.name) for f in fields(cls)})
 
-    t, r = config.training, config.reward
+
+def run_settings(config: Config) -> RunSettings:
+    t = config.training
     return RunSettings(
-        head=HeadSettings(shared_prior=r.shared_prior, prior_strength=r.prior_strength,
-                          l2=r.l2, thumbs_weight=r.thumbs_weight,
-                          select_prior=r.select_prior),
-        policy=PolicySettings(lora_r=t.lora_r, lora_alpha=t.lora_alpha,
-                              lora_dropout=t.lora_dropout, learning_rate=t.learning_rate,
-                              steps=t.steps, group_size=t.group_size,
-                              prompts_per_step=t.prompts_per_step,
-                              max_completion_tokens=t.max_completion_tokens,
-                              kl_beta=t.kl_beta, target_kl=t.target_kl),
-        gate=GateSettings(promote_margin=t.promote_margin, kl_budget=t.kl_budget,
-                          max_completion_tokens=t.max_completion_tokens),
-        dpo=DpoSettings(epochs=t.dpo_epochs, beta=t.dpo_beta,
-                        learning_rate=t.dpo_learning_rate),
-        heldout_frac=t.heldout_frac,
-        min_head_pairs=t.min_head_pairs, min_head_accuracy=t.min_head_accuracy,
+        **asdict(_part(EvidenceSettings, t)),
+        head=config.reward,
+        policy=_part(PolicySettings, t),
+        gate=_part(GateSettings, t),
+        dpo=_part(DpoSettings, t),
         public_prompts=public_prompts(t.public_prompts, config.source.parent),
         safety=safety_settings(config),
     )

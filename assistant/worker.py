@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import signal
 import sqlite3
@@ -27,12 +28,14 @@ from collections import deque
 from pathlib import Path
 
 from assistant.config import Config, from_dict, load_config
+from assistant.logs import configure_logging
 from assistant.run_lock import RunLock
 from assistant.training_settings import run_settings
 from feedback_store import runs
 from feedback_store.db import connect, open_db, retrying, transaction
 from feedback_store.errors import TrainingError
 
+log = logging.getLogger("assistant.worker")
 LOG_LINES = 200
 PROGRESS_EVERY = 2.0     # seconds between progress writes to the store
 PARENT_POLL = 0.5        # seconds between checks that the server is still alive
@@ -53,7 +56,7 @@ class RunLog:
     def __call__(self, line: str) -> None:
         self.lines.append(f"{time.strftime('%H:%M:%S')} {line}")
         if self.echo:
-            print(line, flush=True)
+            log.info(line)
         self.save()
 
     def step(self, record: dict) -> None:
@@ -78,7 +81,7 @@ class RunLog:
                 transaction(self.db, runs.update_progress, self.run_id, {"steps": self.steps},
                             self.tail)
             except sqlite3.OperationalError as exc:
-                print(f"progress not saved ({exc}); retrying later", flush=True)
+                log.warning("progress not saved (%s); retrying later", exc)
                 return
             self.saved = time.time()
 
@@ -105,15 +108,24 @@ def execute(config: Config, run: dict, db, echo: bool = True, progress=None) -> 
         outcome = execute_run(db, base, config.adapters_dir, run, run_settings(config),
                               log, on_step)
     except Exception as exc:  # any failure ends the run as failed; the old adapter serves
-        lines = traceback.format_exc().rstrip().splitlines()
-        log("failed:\n" + "\n".join(lines[-TRACEBACK_LINES:]))
         with _finishing:
-            retrying(db, runs.finish, run["id"], "failed", {"steps": log.steps}, log.tail,
-                     f"{type(exc).__name__}: {exc}")
+            _fail(db, run, log, exc)
         return runs.get_run(db, run["id"])
     with _finishing:
-        retrying(db, _finish_and_publish, run, outcome, log.tail)
+        try:
+            retrying(db, _finish_and_publish, run, outcome, log.tail)
+        except Exception as exc:    # rolled back: nothing was published, the run says why
+            _fail(db, run, log, exc)
     return runs.get_run(db, run["id"])
+
+
+def _fail(db, run: dict, log: RunLog, exc: Exception) -> None:
+    """Record the run as failed with the exception itself (its type and message) and the end
+    of its traceback in the run's log, where the admin sees them."""
+    lines = traceback.format_exc().rstrip().splitlines()
+    log("failed:\n" + "\n".join(lines[-TRACEBACK_LINES:]))
+    retrying(db, runs.finish, run["id"], "failed", {"steps": log.steps}, log.tail,
+             f"{type(exc).__name__}: {exc}")
 
 
 def _finish_and_publish(db, run: dict, outcome: dict, log_tail: str) -> None:
@@ -176,21 +188,23 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     os.umask(0o077)
     config = read_config(args)
+    configure_logging(config.server.log_level)
     lock = RunLock(config.data_dir)
     if not lock.acquire():
-        print(f"another training worker (pid {lock.holder()}) holds {lock.path}; "
-              "not starting a second run", flush=True)
+        log.warning("another training worker (pid %s) holds %s; not starting a second run",
+                    lock.holder(), lock.path)
         return 0
     try:
         _stop_on_sigterm()
         db = open_db(config.db_path)
         run = retrying(db, runs.claim_next, os.getpid())
         if run is None:
+            log.info("no queued run")
             return 0
         if args.parent_pid:
             watch_parent(config, run["id"], args.parent_pid)
         result = execute(config, run, db)
-        print(f"run {run['id']}: {result['status']}", flush=True)
+        log.info("run %s: %s", run["id"], result["status"])
         return 0
     finally:
         lock.release()

@@ -81,7 +81,8 @@ def full_run(base, settings: policy.PolicySettings) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=policy.PolicySettings().steps,
+                        help="RL steps of the full run (default: production's, training.steps)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "policy_step.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

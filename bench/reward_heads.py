@@ -20,7 +20,7 @@ import time
 from dataclasses import fields, replace
 from pathlib import Path
 
-from adapters.reward_head import HeadSettings
+from adapters.settings import HeadSettings
 from assistant.eval_reward import DEFAULT_METHODS, evaluate, split_users, summarize
 from bench.reward_common import HH, RECIPES, RELABELED, ROOT, cut, rich_pairs
 

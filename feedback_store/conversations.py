@@ -7,6 +7,7 @@ from typing import Any
 from sqlite_utils import Database
 
 from feedback_store.clock import now
+from feedback_store.db import insert
 from feedback_store.errors import BadRequest, NotFound
 
 TITLE_CHARS = 60
@@ -16,8 +17,8 @@ def create_conversation(db: Database, user_id: int, title: str,
                         system: str | None = None) -> int:
     stamp = now()
     title = " ".join(title.split())[:TITLE_CHARS]
-    return db["conversations"].insert({"user_id": user_id, "title": title, "system": system,
-                                       "created_at": stamp, "updated_at": stamp}).last_pk
+    return insert(db, "conversations", {"user_id": user_id, "title": title, "system": system,
+                                       "created_at": stamp, "updated_at": stamp})
 
 
 def add_history(db: Database, user_id: int, conversation_id: int,
@@ -74,7 +75,7 @@ def rename_conversation(db: Database, user_id: int, conversation_id: int, title:
     title = " ".join(title.split())
     if len(title) > TITLE_CHARS * 2:
         raise BadRequest(f"{len(title)} characters is over {TITLE_CHARS * 2}", field="title")
-    db["conversations"].update(conversation_id, {"title": title})
+    db.table("conversations").update(conversation_id, {"title": title})
     return get_conversation_row(db, user_id, conversation_id)
 
 
@@ -94,7 +95,7 @@ def get_message(db: Database, user_id: int, message_id: int) -> dict:
 
 def message_row(db: Database, message_id: int) -> dict:
     """A message by id, owner unchecked: for ids the caller read from the user's own rows."""
-    return db["messages"].get(message_id)
+    return db.table("messages").get(message_id)
 
 
 def message_exists(db: Database, message_id: int) -> bool:
@@ -126,7 +127,7 @@ def history(db: Database, conversation_id: int, tip_id: int | None) -> list[dict
     out: list[dict] = []
     current = tip_id
     while current is not None:
-        row = db["messages"].get(current)
+        row = db.table("messages").get(current)
         out.append(row)
         current = row["parent_id"] if row["role"] == "user" else row["candidate_group"]
     out.reverse()
@@ -147,12 +148,12 @@ def add_user_turn(db: Database, user_id: int, conversation_id: int, content: str
         parent = follow["id"]
     else:
         parent = chosen_tip(db, conversation_id)
-    message_id = db["messages"].insert({
+    message_id = insert(db, "messages", {
         "conversation_id": conversation_id, "user_id": user_id, "role": "user",
         "content": content, "parent_id": parent, "created_at": now(),
-    }).last_pk
-    db["conversations"].update(conversation_id, {"updated_at": now()})
-    return db["messages"].get(message_id)
+    })
+    db.table("conversations").update(conversation_id, {"updated_at": now()})
+    return db.table("messages").get(message_id)
 
 
 def add_candidates(db: Database, user_turn: dict, candidates: list[dict[str, Any]]) -> list[dict]:
@@ -165,9 +166,9 @@ def add_candidates(db: Database, user_turn: dict, candidates: list[dict[str, Any
             "candidate_index": index, "chosen": 1 if index == 0 else 0, "created_at": now(),
         }
         row.update(cand)
-        ids.append(db["messages"].insert(row).last_pk)
-    db["conversations"].update(user_turn["conversation_id"], {"updated_at": now()})
-    return [db["messages"].get(i) for i in ids]
+        ids.append(insert(db, "messages", row))
+    db.table("conversations").update(user_turn["conversation_id"], {"updated_at": now()})
+    return [db.table("messages").get(i) for i in ids]
 
 
 def choose_candidate(db: Database, message: dict) -> None:
@@ -201,5 +202,5 @@ def prompt_messages(db: Database, conversation_id: int, turn_id: int) -> list[di
     along parent links up to and including that turn, as {"role", "content"} dicts."""
     chat = [{"role": m["role"], "content": m["content"]}
             for m in history(db, conversation_id, turn_id)]
-    system = db["conversations"].get(conversation_id)["system"]
+    system = db.table("conversations").get(conversation_id)["system"]
     return ([{"role": "system", "content": system}] if system else []) + chat

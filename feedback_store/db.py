@@ -37,6 +37,15 @@ PRIVATE_DIR = 0o700
 BUSY_TIMEOUT_MS = 30000
 
 
+def insert(db: Database, table: str, row: dict) -> int:
+    """Insert one row and return its id. sqlite-utils types `last_pk` as Any | None (None
+    only for a table without a rowid; every table here has an integer id)."""
+    pk = db.table(table).insert(row).last_pk
+    if not isinstance(pk, int):
+        raise TypeError(f"{table} has no integer id (last_pk {pk!r})")
+    return pk
+
+
 def private_dir(path: Path) -> None:
     """Create the directory (and parents) readable by the owner only."""
     path.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR)

@@ -15,6 +15,7 @@ from sqlite_utils import Database
 
 from feedback_store import conversations as conv
 from feedback_store.clock import now
+from feedback_store.db import insert
 from feedback_store.errors import BadRequest, NotFound
 
 THUMBS = ("up", "down")
@@ -104,13 +105,20 @@ def same_turn(db: Database, user_id: int, ids: list[int]) -> list[dict]:
 
 # ---- the event log -----------------------------------------------------------------------
 
+def _written(row: dict | None) -> dict:
+    """The row a function has just written, read back in its transaction."""
+    if row is None:
+        raise AssertionError("a row written in this transaction is missing")
+    return row
+
+
 def _event(db: Database, user_id: int, kind: str, ids: list[int], value: str | None,
            reasons: list[str] | None = None, comment: str | None = None) -> int:
-    return db["feedback_events"].insert({
+    return insert(db, "feedback_events", {
         "user_id": user_id, "kind": kind, "message_ids": json.dumps(ids), "value": value,
         "reasons": json.dumps(reasons or []), "comment": comment, "created_at": now(),
         "training_run_id": None,
-    }).last_pk
+    })
 
 
 def _decoded(row: dict, *fields: str) -> dict:
@@ -163,11 +171,11 @@ def set_thumbs(db: Database, user_id: int, message_id: int, value: str, reasons:
     if old and (old["value"], old["reasons"], old["comment"]) == (value, reasons, comment):
         return old
     event_id = _event(db, user_id, "thumbs", [message_id], value, reasons, comment)
-    db["thumbs"].upsert({"user_id": user_id, "message_id": message_id, "value": value,
+    db.table("thumbs").upsert({"user_id": user_id, "message_id": message_id, "value": value,
                          "reasons": json.dumps(reasons), "comment": comment,
                          "event_id": event_id, "updated_at": now()},
                         pk=("user_id", "message_id"))
-    return current_thumbs(db, user_id, message_id)
+    return _written(current_thumbs(db, user_id, message_id))
 
 
 def clear_thumbs(db: Database, user_id: int, message_id: int) -> None:
@@ -206,14 +214,14 @@ def compare(db: Database, user_id: int, message_ids: list[int], choice: str,
     if old is None or _changed(old, a, b, choice, reasons, comment):
         event_id = _event(db, user_id, "comparison", [a, b], choice, reasons, comment)
         if old is not None:
-            db["comparisons"].delete(old["id"])
-        db["comparisons"].insert({"user_id": user_id, "event_id": event_id, "message_a": a,
+            db.table("comparisons").delete(old["id"])
+        db.table("comparisons").insert({"user_id": user_id, "event_id": event_id, "message_a": a,
                                   "message_b": b, "choice": choice,
                                   "reasons": json.dumps(reasons), "comment": comment,
                                   "created_at": now()})
     if choice in ("a", "b"):
         conv.choose_candidate(db, first if choice == "a" else second)
-    return _comparison_of_pair(db, user_id, a, b)
+    return _written(_comparison_of_pair(db, user_id, a, b))
 
 
 def _changed(old: dict, a: int, b: int, choice: str, reasons: list[str],
@@ -249,11 +257,11 @@ def rank(db: Database, user_id: int, message_ids: list[int]) -> dict:
     if old is None or old["message_ids"] != ids:
         event_id = _event(db, user_id, "ranking", ids, None)
         if old is not None:
-            db["rankings"].delete(old["id"])
-        db["rankings"].insert({"user_id": user_id, "event_id": event_id,
+            db.table("rankings").delete(old["id"])
+        db.table("rankings").insert({"user_id": user_id, "event_id": event_id,
                                "message_ids": json.dumps(ids), "created_at": now()})
     conv.choose_candidate(db, messages[0])
-    return _ranking_of_turn(db, user_id, messages[0]["candidate_group"])
+    return _written(_ranking_of_turn(db, user_id, messages[0]["candidate_group"]))
 
 
 def rankings(db: Database, user_id: int) -> list[dict]:

@@ -14,6 +14,7 @@ import os
 from sqlite_utils import Database
 
 from feedback_store.clock import now
+from feedback_store.db import insert
 from feedback_store.errors import BadRequest, NotFound
 
 ACTIVE = ("queued", "running")
@@ -39,10 +40,10 @@ def enqueue(db: Database, user_id: int, force: bool, requested_by: str) -> dict:
     existing = active_run(db, user_id)
     if existing:
         return existing
-    run_id = db["training_runs"].insert({
+    run_id = insert(db, "training_runs", {
         "user_id": user_id, "status": "queued", "force": int(force),
         "requested_by": requested_by, "created_at": now(),
-    }).last_pk
+    })
     return get_run(db, run_id)
 
 
@@ -120,14 +121,14 @@ def claim_next(db: Database, pid: int) -> dict | None:
     rows = list(db["training_runs"].rows_where("status = 'queued'", order_by="id", limit=1))
     if not rows:
         return None
-    db["training_runs"].update(rows[0]["id"], {"status": "running", "started_at": now(),
+    db.table("training_runs").update(rows[0]["id"], {"status": "running", "started_at": now(),
                                                "pid": pid})
     return get_run(db, rows[0]["id"])
 
 
 def set_reward_head_version(db: Database, run_id: int, version: int) -> None:
     """The reward head version the run wrote (published only if the run finishes)."""
-    db["training_runs"].update(run_id, {"reward_head_version": version})
+    db.table("training_runs").update(run_id, {"reward_head_version": version})
 
 
 def finish(db: Database, run_id: int, status: str, metrics: dict | None = None,
@@ -141,11 +142,11 @@ def finish(db: Database, run_id: int, status: str, metrics: dict | None = None,
         update["metrics"] = json.dumps(metrics, default=float)
     if log_tail:
         update["log_tail"] = log_tail[-LOG_TAIL_CHARS:]
-    db["training_runs"].update(run_id, update)
+    db.table("training_runs").update(run_id, update)
 
 
 def update_progress(db: Database, run_id: int, metrics: dict, log_tail: str) -> None:
-    db["training_runs"].update(run_id, {"metrics": json.dumps(metrics, default=float),
+    db.table("training_runs").update(run_id, {"metrics": json.dumps(metrics, default=float),
                                         "log_tail": log_tail[-LOG_TAIL_CHARS:]})
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from itertools import combinations
+from typing import Any
 
 from sqlite_utils import Database
 
@@ -139,7 +140,8 @@ def _preference_row(lookup: _Lookup, pair: _Pair, with_ids: bool) -> dict | None
     chosen, rejected = lookup.message(pair.chosen), lookup.message(pair.rejected)
     if chosen is None or rejected is None:
         return None
-    row = {"prompt": lookup.prompt(chosen["candidate_group"]), "chosen": _answer(chosen),
+    row: dict[str, Any] = {"prompt": lookup.prompt(chosen["candidate_group"]),
+                           "chosen": _answer(chosen),
            "rejected": _answer(rejected)}
     if with_ids:
         row.update(chosen_id=pair.chosen, rejected_id=pair.rejected, event_ids=pair.event_ids)

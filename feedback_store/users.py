@@ -9,6 +9,7 @@ import secrets
 from sqlite_utils import Database
 
 from feedback_store.clock import now
+from feedback_store.db import insert
 from feedback_store.errors import BadRequest, Conflict, NotFound
 
 KEY_PREFIX = "pa-"
@@ -34,7 +35,7 @@ def check_name(name: str) -> str:
 
 
 def _store_key(db: Database, user_id: int, key: str) -> None:
-    db["api_keys"].insert({"user_id": user_id, "key_hash": hash_key(key), "prefix": key[:7],
+    db.table("api_keys").insert({"user_id": user_id, "key_hash": hash_key(key), "prefix": key[:7],
                            "created_at": now(), "revoked_at": None})
 
 
@@ -43,8 +44,8 @@ def create_user(db: Database, name: str, admin: bool = False) -> tuple[dict, str
     check_name(name)
     if db["users"].count_where("name = ?", [name]):
         raise Conflict(f"a user named {name!r} already exists")
-    user_id = db["users"].insert({"name": name, "role": "admin" if admin else "user",
-                                  "current_version": None, "created_at": now()}).last_pk
+    user_id = insert(db, "users", {"name": name, "role": "admin" if admin else "user",
+                                   "current_version": None, "created_at": now()})
     key = new_key()
     _store_key(db, user_id, key)
     return get_user(db, user_id), key
@@ -114,7 +115,7 @@ def other_user_ids(db: Database, user_id: int) -> list[int]:
 
 
 def set_current_version(db: Database, user_id: int, version: int | None) -> None:
-    db["users"].update(user_id, {"current_version": version})
+    db.table("users").update(user_id, {"current_version": version})
 
 
 # Tables with a user_id column (features are keyed by message, deleted through messages).

@@ -3,8 +3,9 @@
 import torch
 from peft import LoraConfig, get_peft_model
 
-from adapters.dpo import DpoSettings, _batch, _sequence_logp, dpo_warm_start, encode_pairs
+from adapters.dpo import _batch, _sequence_logp, dpo_warm_start, encode_pairs
 from adapters.policy import LORA_TARGETS
+from adapters.settings import DpoSettings
 
 
 def rows() -> list[dict]:
@@ -33,7 +34,8 @@ def test_dpo_raises_the_chosen_margin_and_changes_only_lora(tiny_model, tokenize
     data = rows()
     before = margin(policy, tokenizer, data)
     records = dpo_warm_start(policy, tokenizer, data,
-                             DpoSettings(epochs=3, learning_rate=5e-3, pairs_per_step=3))
+                             DpoSettings(dpo_epochs=3, dpo_learning_rate=5e-3,
+                                         dpo_pairs_per_step=3))
     assert len(records) == 6 and all(r["loss"] == r["loss"] for r in records)
     assert records[-1]["loss"] < records[0]["loss"]
     assert margin(policy, tokenizer, data) > before + 0.5
@@ -45,5 +47,5 @@ def test_dpo_raises_the_chosen_margin_and_changes_only_lora(tiny_model, tokenize
 
 def test_zero_epochs_or_no_pairs_is_a_no_op(tiny_model, tokenizer):
     policy = get_peft_model(tiny_model, LoraConfig(r=4, target_modules=LORA_TARGETS))
-    assert dpo_warm_start(policy, tokenizer, rows(), DpoSettings(epochs=0)) == []
+    assert dpo_warm_start(policy, tokenizer, rows(), DpoSettings(dpo_epochs=0)) == []
     assert dpo_warm_start(policy, tokenizer, [], DpoSettings()) == []

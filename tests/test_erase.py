@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 
 import httpx
+
+from feedback_store import runs
 
 # Every table that holds per-user rows, and how to find them.
 USER_ROWS = {
@@ -42,7 +45,8 @@ def populate(live, key: str) -> tuple[int, list[int]]:
         db["adapter_versions"].insert({"user_id": uid, "version": 1, "path": f"{name}/1",
                                        "created_at": "now"})
         db["reward_heads"].insert({"user_id": uid, "version": 1, "path": f"{name}/reward/1"})
-        db["training_runs"].insert({"user_id": uid, "status": "done"})
+        runs.enqueue(db, uid, True, "test")       # the run that promoted version 1
+        runs.finish(db, runs.claim_next(db, os.getpid())["id"], "succeeded", adapter_version=1)
         db["features"].insert({"message_id": a, "base_id": "tiny", "dim": 1, "vector": b"x"})
         return [m["id"] for m in db["messages"].rows_where("user_id = ?", [uid])]
 

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import os
 
 import httpx
 import pytest
 
 from feedback_store import conversations as conv
 from feedback_store import feedback as fb
+from feedback_store import runs
+from feedback_store.clock import now
 
 
 def user_id(live, key: str) -> int:
@@ -216,24 +219,28 @@ def test_me_counts_adapter_run_and_rotate_key(live_server, alice):
               headers=h)
 
     def train(db):
+        # A run as the worker leaves it: queued, claimed, version 1 promoted, events used.
+        runs.enqueue(db, uid, True, "test")
+        run = runs.claim_next(db, os.getpid())
+        created = now()
         db["adapter_versions"].insert({"user_id": uid, "version": 1, "path": "alice/1",
-                                       "created_at": "2030-01-01T00:00:00.000+00:00"})
+                                       "created_at": created})
         db["users"].update(uid, {"current_version": 1})
-        run = db["training_runs"].insert({"user_id": uid, "status": "done",
-                                          "created_at": "2030-01-01", "finished_at": "later"})
-        fb.mark_events_used(db, uid, [e["id"] for e in fb.new_events(db, uid)][:1],
-                            run.last_pk)
+        used = fb.mark_events_used(db, uid, [e["id"] for e in fb.new_events(db, uid)][:1],
+                                   run["id"])
+        runs.finish(db, run["id"], "succeeded", adapter_version=1, events_used=used)
+        return runs.get_run(db, run["id"]), created
 
-    live_server.state.store.write_sync(train)
+    run, created = live_server.state.store.write_sync(train)
     me = httpx.get(f"{live_server.url}/api/me", headers=h).json()
     assert (me["id"], me["name"], me["role"]) == (uid, "alice", "user")
     assert me["counts"] == {"thumbs_up": 1, "thumbs_down": 1, "comparisons": 0,
                             "rankings": 0, "events_since_last_training": 1,
                             "effective_new_labels": 1}
     assert me["current_version"] == 1
-    assert me["adapter"] == {"version": 1, "created_at": "2030-01-01T00:00:00.000+00:00"}
-    assert me["last_training_run"]["status"] == "done"
-    assert me["last_training_run"]["finished_at"] == "later"
+    assert me["adapter"] == {"version": 1, "created_at": created}
+    assert me["last_training_run"]["status"] == "succeeded"
+    assert me["last_training_run"]["finished_at"] == run["finished_at"] >= created
     assert "reward_head" in me
     r = httpx.post(f"{live_server.url}/api/me/rotate-key", headers=h)
     assert r.status_code == 200

@@ -52,7 +52,14 @@ def test_rescore_rewrites_every_utility_figure(tmp_path):
     assert fresh["personas"]["lists"]["win_rate"] == 1.0
     assert fresh["rounds"][0]["personas"]["short"]["run"] == {"status": "succeeded"}
     assert fresh["head_to_head"]["lists"]["short"] == 1.0
-    json.dumps(fresh)            # still writable as results.json
+    # The stale utilities are recomputed per round (SHORT's utility is minus the word count),
+    # and the summary per persona is the last round's.
+    assert [r["personas"]["short"]["utility_personal"] for r in fresh["rounds"]] == [-6.0, -2.0]
+    assert fresh["personas"]["short"]["utility_personal"] == -2.0
+    assert fresh["personas"]["short"]["win_rate"] == 1.0
+    assert "words_personal" not in fresh["personas"]["short"]      # only figures it had
+    # results.json round-trips: plain JSON types only (no tuples, numpy scalars or NaN).
+    assert json.loads(json.dumps(fresh, allow_nan=False)) == fresh
 
 
 def test_best_of_base_scores_each_personas_pick_for_every_judge():

@@ -9,6 +9,7 @@ import pytest
 
 from feedback_store import conversations as conv
 from feedback_store import feedback as fb
+from feedback_store import runs
 from feedback_store.db import transaction
 from feedback_store.errors import BadRequest
 from feedback_store.training_data import training_rows
@@ -101,7 +102,8 @@ def test_new_events_and_mark_used(world):
     w(db, fb.set_thumbs, uid, m["y"], "down", [], None)
     first = [e["id"] for e in fb.new_events(db, uid)]
     assert len(first) == 2
-    run = db["training_runs"].insert({"user_id": uid, "status": "done"}).last_pk
+    w(db, runs.enqueue, uid, True, "test")
+    run = w(db, runs.claim_next, 1)["id"]            # the running run that uses them
     assert w(db, fb.mark_events_used, uid, first, run) == 2
     assert fb.new_events(db, uid) == []
     assert w(db, fb.mark_events_used, uid, first, run + 1) == 0   # first run keeps them
