@@ -21,7 +21,7 @@ QUERY_SAMPLES = {"user": "alice", "format": "preference"}
 PUBLIC = ("/health", "/schema", "/static", "/")      # no user data behind them
 SAMPLES = {          # valid values for body fields that are not ids
     "content": "hi", "model": "personal", "value": "up", "choice": "a", "name": "newname",
-    "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4,
+    "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, "title": "renamed",
 }
 
 
