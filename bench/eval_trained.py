@@ -23,7 +23,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
-from personalize import Api, answer_heldout, fmt, load_prompts, score_answers, split_prompts, texts  # noqa: E402
+from personalize import (  # noqa: E402
+    Api,
+    answer_heldout,
+    fmt,
+    load_prompts,
+    score_answers,
+    split_prompts,
+    split_user,
+    texts,
+)
 from personas import load_personas  # noqa: E402
 
 
@@ -50,7 +59,9 @@ def user_key(admin: Api, url: str, name: str) -> tuple[str, dict]:
     """A fresh key for the user (the run's keys lived in its memory) and what serves it."""
     user = next(u for u in admin.call("GET", "/admin/users") if u["name"] == name)
     key = admin.call("POST", f"/admin/users/{user['id']}/rotate-key")["api_key"]
-    me = Api(url, key).call("GET", "/api/me")
+    api = Api(url, key)
+    me = api.call("GET", "/api/me")
+    api.close()
     return key, {"current_version": me.get("current_version"),
                  "reward_head": me.get("reward_head")}
 
@@ -62,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     admin = Api(args.url, args.admin_key)
     own, info, base = {}, {}, None
     for name in args.user:
-        persona = name.rpartition("-explore-")[0] or name
+        persona = split_user(name)[0]
         key, info[name] = user_key(admin, args.url, name)
         api = Api(args.url, key)
         if base is None:

@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from personalize import FeedbackLog, fmt  # noqa: E402
+from personalize import FeedbackLog, fmt, informative_lines, informative_rows, split_user  # noqa: E402
 from personas import Persona, load_personas  # noqa: E402
 
 
@@ -44,11 +44,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def persona_of(user: str, personas: dict[str, Persona]) -> tuple[Persona, str] | None:
-    """'<persona>-explore-<on|off>' (or a bare persona name, mode 'on')."""
-    name, sep, mode = user.rpartition("-explore-")
-    if not sep:
-        name, mode = user, "on"
-    return (personas[name], mode) if name in personas else None
+    """The user's persona and explore mode (a bare persona name: mode 'on')."""
+    name, mode = split_user(user)
+    return (personas[name], mode or "on") if name in personas else None
 
 
 def shown_turns(db_path: Path, user: str) -> list[list[dict]]:
@@ -131,54 +129,25 @@ def markdown(report: dict) -> str:
         lines.append(f"| {user} | {f['prompts']} | {fmt(f['informative_pair_share'])} | "
                      f"{blocks} | {liked or '-'} | {differ or '-'} | "
                      f"{fmt(h.get('cv_accuracy'))} ({h.get('n_pairs', '-')}) |")
-    lines += ["", "## Informative pairs: exploration on vs off, same prompts and seeds", "",
-              "| persona | off | on, same turns | on ÷ off | on, all turns |",
-              "| --- | --- | --- | --- | --- |"]
-    for persona, r in report["on_vs_off"].items():
-        lines.append(f"| {persona} | {fmt(r['off'])} | {fmt(r['on_same'])} | "
-                     f"{fmt(r['ratio'])} | {fmt(r['on_all'])} |")
-    return "\n".join(lines) + "\n"
-
-
-def on_vs_off(report: dict, turns: dict[str, list[list[dict]]],
-              personas: dict[str, Persona]) -> dict:
-    """Per persona with both users: off's share, on's share over as many turns as off had."""
-    result = {}
-    for user in report:
-        found = persona_of(user, personas)
-        if not found or found[1] != "off":
-            continue
-        persona = found[0]
-        on_user = f"{persona.name}-explore-on"
-        if on_user not in turns:
-            continue
-        k = len(turns[user])
-        off = report[user]["feedback"]["informative_pair_share"]
-        same = feedback_summary(persona, turns[on_user][:k])["informative_pair_share"]
-        result[persona.name] = {
-            "off": off, "on_same": same, "turns_compared": k,
-            "ratio": round(same / off, 2) if off and same is not None else None,
-            "on_all": report[on_user]["feedback"]["informative_pair_share"]}
-    return result
+    return "\n".join(lines + [""] + informative_lines(report["on_vs_off"])) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     personas = {p.name: p for folder in args.personas for p in load_personas(folder)}
     db_path = args.data_dir / "assistant.db"
-    turns, report = {}, {}
+    report = {}
     for user in users(db_path):
         found = persona_of(user, personas)
         if found is None:
             continue
-        turns[user] = shown_turns(db_path, user)
         report[user] = {"persona": found[0].name, "mode": found[1],
-                        "feedback": feedback_summary(found[0], turns[user])}
+                        "feedback": feedback_summary(found[0], shown_turns(db_path, user))}
     if args.heads:
         for user, head in head_accuracies(db_path, list(report)).items():
             report[user]["head"] = head
     result = {"data_dir": str(args.data_dir), "users": report,
-              "on_vs_off": on_vs_off(report, turns, personas)}
+              "on_vs_off": informative_rows({u: r["feedback"] for u, r in report.items()})}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(result, indent=1))
     table = markdown(result)

@@ -330,6 +330,7 @@ class FeedbackLog:
                 "informative_pair_share": (round(self.informative / self.shown_pairs, 3)
                                            if self.shown_pairs else None),
                 "informative_pair_share_by_block": self.block_shares(20),
+                "turn_pairs": [list(t) for t in self.turn_pairs],
                 "liked_feature_share": {k: round(v[1] / v[0], 3) if v[0] else None
                                         for k, v in self.liked.items()},
                 "pairs_differing_in_feature": self.pairs_differing,
@@ -347,12 +348,14 @@ class FeedbackLog:
     def block_shares(self, size: int) -> list[float | None]:
         """Informative-pair share per block of `size` prompts (does exploration improve as
         the user's record grows?)."""
-        shares = []
-        for i in range(0, len(self.turn_pairs), size):
-            block = self.turn_pairs[i:i + size]
-            shown = sum(s for s, _ in block)
-            shares.append(round(sum(k for _, k in block) / shown, 3) if shown else None)
-        return shares
+        return [pair_share(self.turn_pairs[i:i + size])
+                for i in range(0, len(self.turn_pairs), size)]
+
+
+def pair_share(turn_pairs: list) -> float | None:
+    """The informative share of the pairs of some turns, each (shown, informative)."""
+    shown = sum(s for s, _ in turn_pairs)
+    return round(sum(k for _, k in turn_pairs) / shown, 3) if shown else None
 
 
 def liked_names(persona: Persona) -> list[str]:
@@ -656,10 +659,19 @@ class Variant:
     user: str
 
 
+VARIANT_SEP = "-explore-"
+
+
 def variants(personas: list[Persona], explore: str) -> list[Variant]:
     modes = ("on", "off") if explore == "both" else (explore,)
-    return [Variant(p, m, p.name if len(modes) == 1 else f"{p.name}-explore-{m}")
+    return [Variant(p, m, p.name if len(modes) == 1 else f"{p.name}{VARIANT_SEP}{m}")
             for m in modes for p in personas]
+
+
+def split_user(user: str) -> tuple[str, str | None]:
+    """A benchmark user's persona and explore mode (variants' naming; None: one mode)."""
+    persona, sep, mode = user.rpartition(VARIANT_SEP)
+    return (persona, mode) if sep else (user, None)
 
 
 def persona_pipeline(variant: Variant, key: str, admin: Api, train_prompts: list[str],
@@ -868,37 +880,46 @@ def _kv(d: dict | None) -> str:
 
 
 def informative_table(feedback: dict) -> list[str]:
-    """Per persona with both modes: the informative-pair share with exploration over the
-    off user's prompts (the first blocks, same prompts and seeds) and over all, and off."""
+    """Markdown of informative_rows over a run's feedback ("user@events" -> summary)."""
+    return informative_lines(informative_rows(
+        {key.rpartition("@")[0]: f for key, f in feedback.items()}))
+
+
+def informative_rows(summaries: dict[str, dict]) -> dict[str, dict]:
+    """Per persona with both modes (user -> feedback summary): the informative-pair share
+    off, with exploration over the turns the off user also had (same prompts and seeds:
+    both modes draw the same plan), their ratio, and with exploration over all turns."""
     users: dict[str, dict] = {}
-    for key, f in feedback.items():
-        user, _, events = key.rpartition("@")
-        persona, sep, mode = user.rpartition("-explore-")
-        if sep:
-            users.setdefault(persona, {})[mode] = (int(events), f)
-    rows = [(p, m["on"], m["off"]) for p, m in users.items() if "on" in m and "off" in m]
+    for user, f in summaries.items():
+        persona, mode = split_user(user)
+        if mode:
+            users.setdefault(persona, {})[mode] = f
+    rows = {}
+    for persona, m in users.items():
+        if "on" not in m or "off" not in m or any("turn_pairs" not in f for f in m.values()):
+            continue            # one mode only, or a results.json from before turn_pairs
+        on, off = m["on"], m["off"]
+        k = len(off["turn_pairs"])
+        same, base = pair_share(on["turn_pairs"][:k]), off["informative_pair_share"]
+        rows[persona] = {"off": base, "on_same": same, "turns_compared": k,
+                         "ratio": round(same / base, 2) if same is not None and base else None,
+                         "on_all": on["informative_pair_share"],
+                         "on_by_block": on["informative_pair_share_by_block"]}
+    return rows
+
+
+def informative_lines(rows: dict[str, dict]) -> list[str]:
     if not rows:
         return []
     lines = ["## Informative pairs, exploration on vs off (same prompts and seeds)", "",
-             "| persona | off | on, same prompts | on ÷ off | on, all prompts "
+             "| persona | off | on, same turns | on ÷ off | on, all turns "
              "| on by block of 20 |",
              "| --- | --- | --- | --- | --- | --- |"]
-    for persona, (_, on), (k, off) in rows:
-        same = _share_first(on, k)
-        base = off.get("informative_pair_share")
-        ratio = f"{same / base:.1f}" if same is not None and base else "-"
-        lines.append(f"| {persona} | {fmt(base)} | {fmt(same)} | {ratio} | "
-                     f"{fmt(on.get('informative_pair_share'))} | "
-                     f"{' '.join(fmt(x) for x in on.get('informative_pair_share_by_block', []))} |")
+    for persona, r in rows.items():
+        lines.append(f"| {persona} | {fmt(r['off'])} | {fmt(r['on_same'])} | "
+                     f"{fmt(r['ratio'])} | {fmt(r['on_all'])} | "
+                     f"{' '.join(fmt(x) for x in r['on_by_block'])} |")
     return lines + [""]
-
-
-def _share_first(summary: dict, prompts: int) -> float | None:
-    """The share over the first `prompts` prompts, from the blocks of 20 (whole blocks)."""
-    blocks = summary.get("informative_pair_share_by_block") or []
-    take = blocks[:max(1, prompts // 20)]
-    vals = [b for b in take if b is not None]
-    return round(sum(vals) / len(vals), 3) if vals else summary.get("informative_pair_share")
 
 
 def compare_table(modes: dict) -> list[str]:

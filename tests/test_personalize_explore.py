@@ -83,3 +83,18 @@ def test_reports_render_for_feedback_only_and_both_modes():
     both = dict(only, rounds=[stage], modes={"on": mode, "off": mode})
     text = personalize.markdown(both)
     assert "# Exploration off" in text and "| ex | on | 0.600 | 0.700 | 0.100 | 0.800 |" in text
+
+
+def test_on_vs_off_compares_exactly_the_turns_the_off_user_had():
+    # The off user had 3 turns; the on user's share is over its own first 3 turns (1 of 5
+    # pairs), not the mean of its blocks of 20 (which would mix in turns off never had).
+    on = personalize.FeedbackLog(turn_pairs=[(1, 0), (3, 1), (1, 0)] + [(1, 1)] * 30)
+    off = personalize.FeedbackLog(turn_pairs=[(1, 0), (1, 1), (3, 0)])
+    on.shown_pairs, on.informative = 35, 31
+    off.shown_pairs, off.informative = 5, 1
+    rows = personalize.informative_rows({"ex-explore-on": on.summary(),
+                                         "ex-explore-off": off.summary(), "solo": off.summary()})
+    assert rows == {"ex": {"off": 0.2, "on_same": 0.2, "turns_compared": 3, "ratio": 1.0,
+                           "on_all": 0.886, "on_by_block": [0.818, 1.0]}}
+    assert personalize.split_user("ex-explore-off") == ("ex", "off")
+    assert personalize.split_user("solo") == ("solo", None)
