@@ -31,7 +31,7 @@ import numpy as np
 from adapters.calibration import sigmoid
 from adapters.head_selection import fit_selected_head
 from adapters.lowrank import fit_lowrank, fit_user_weights
-from adapters.reward_head import HeadSettings, fit_head
+from adapters.reward_head import HeadSettings, RewardHead, fit_head
 from assistant.eval_reward import split_users
 from bench.reward_common import HH, RECIPES, RELABELED, ROOT, cut, rich_pairs
 
@@ -50,23 +50,32 @@ def _none(dim):
     return np.zeros((0, dim)), np.zeros(0)
 
 
+def _pooled(data: dict[str, tuple], users) -> RewardHead:
+    """A plain head on the pooled pairs of `users` (the global head, or a prior)."""
+    C = np.concatenate([data[u][0] for u in users])
+    R = np.concatenate([data[u][1] for u in users])
+    return fit_head(C, R, *_none(C.shape[1]), PLAIN)
+
+
+def _add_user_heads(out: dict, user: str, C, R, glob, prior, seed: int) -> None:
+    """The user's head under every CURVE_METHODS: global, own, own anchored on glob, and
+    the CV-selected prior strength toward `prior`."""
+    dim = C.shape[1]
+    out["global"][user] = glob
+    out["personal"][user] = fit_head(C, R, *_none(dim), PLAIN)
+    out["personal_prior"][user] = fit_head(C, R, *_none(dim), SETTINGS, prior=glob)
+    out["selected"][user] = fit_selected_head(C, R, *_none(dim), SETTINGS, prior,
+                                              seed=seed).head
+
+
 def heads_for(train: dict[str, tuple], seed: int) -> dict[str, dict]:
     """{method: {user: head}} for users' training pairs {user: (C, R)}."""
-    dim = next(iter(train.values()))[0].shape[1]
-    allC = np.concatenate([c for c, _ in train.values()])
-    allR = np.concatenate([r for _, r in train.values()])
-    glob = fit_head(allC, allR, *_none(dim), PLAIN)
+    glob = _pooled(train, train)
     out: dict[str, dict] = {m: {} for m in CURVE_METHODS}
     for user, (C, R) in train.items():
         others = [u for u in train if u != user]
-        prior = fit_head(np.concatenate([train[u][0] for u in others]),
-                         np.concatenate([train[u][1] for u in others]), *_none(dim),
-                         PLAIN) if others else None
-        out["global"][user] = glob
-        out["personal"][user] = fit_head(C, R, *_none(dim), PLAIN)
-        out["personal_prior"][user] = fit_head(C, R, *_none(dim), SETTINGS, prior=glob)
-        out["selected"][user] = fit_selected_head(C, R, *_none(dim), SETTINGS, prior,
-                                                  seed=seed).head
+        prior = _pooled(train, others) if others else None
+        _add_user_heads(out, user, C, R, glob, prior, seed)
     return out
 
 
@@ -138,17 +147,10 @@ def population_curve(C, R, sizes, seeds, n_users: int) -> dict:
 
 def _new_user_heads(old: dict, new: dict, seed: int) -> dict:
     """Heads of new users: global/prior from the existing users' data plus the new user's."""
-    dim = next(iter(old.values()))[0].shape[1]
-    oldC = np.concatenate([c for c, _ in old.values()])
-    oldR = np.concatenate([r for _, r in old.values()])
-    consensus = fit_head(oldC, oldR, *_none(dim), PLAIN)
+    consensus = _pooled(old, old)
     out: dict = {m: {} for m in CURVE_METHODS}
     for u, (C, R) in new.items():
-        out["global"][u] = consensus
-        out["personal"][u] = fit_head(C, R, *_none(dim), PLAIN)
-        out["personal_prior"][u] = fit_head(C, R, *_none(dim), SETTINGS, prior=consensus)
-        out["selected"][u] = fit_selected_head(C, R, *_none(dim), SETTINGS, consensus,
-                                               seed=seed).head
+        _add_user_heads(out, u, C, R, consensus, consensus, seed)
     return out
 
 
