@@ -49,6 +49,7 @@ import numpy as np
 
 from assistant.engine import AdapterRef, GenRequest, GenResult
 from assistant.sampling import row_seed
+from feedback_store.training_data import source_label
 
 SELECTIONS = ("random", "contrast", "uncertainty", "diversity")
 
@@ -102,10 +103,9 @@ class Sources:
     peers: tuple[AdapterRef, ...] = ()
 
 
-def source_label(source: str, arm: Arm | None = None) -> str:
-    """The name a source's record is kept under (as feedback_store's source_preferences):
-    each style arm separately ("arm:<name>"), every other source by its name."""
-    return f"arm:{arm.name}" if source == "arm" and arm is not None else source
+def _label(slot: Slot) -> str:
+    """The slot's name in the user's record (feedback_store's source_preferences)."""
+    return source_label(slot.source, slot.arm.name if slot.arm else None)
 
 
 def thompson_draws(labels: list[str], record: dict[str, dict],
@@ -132,8 +132,8 @@ def plan_pool(pool: int, sources: tuple[str, ...], have: Sources, arms: list[Arm
     when the options run out the rest are more of the user's own answers."""
     slots = [Slot("personal", have.personal, temperature)]
     options = _options(sources, have, arms, temperature, hot_temperature, rng)
-    draws = thompson_draws([source_label(o.source, o.arm) for o in options], record or {}, rng)
-    options = sorted((replace(o, draw=draws[source_label(o.source, o.arm)]) for o in options),
+    draws = thompson_draws([_label(o) for o in options], record or {}, rng)
+    options = sorted((replace(o, draw=draws[_label(o)]) for o in options),
                      key=lambda o: -o.draw)
     room = {s: sources.count(s) for s in sources}
     for option in options:

@@ -159,6 +159,13 @@ def _unpaired_row(lookup: _Lookup, item: _Label, with_ids: bool) -> dict | None:
     return row
 
 
+def source_label(source: str | None, arm: str | None = None) -> str:
+    """The name a source's record is kept under: each style arm separately
+    ("arm:<name>"), every other source by its name ("unknown" before it was recorded)."""
+    source = source or "unknown"
+    return f"arm:{arm}" if source == "arm" and arm else source
+
+
 def source_preferences(db: Database, user_id: int) -> dict[str, dict]:
     """Which sources' answers the user preferred (issue 14's provenance): per source
     (messages.source; "unknown" for answers from before it was recorded) how often its
@@ -168,8 +175,7 @@ def source_preferences(db: Database, user_id: int) -> dict[str, dict]:
     lookup = _Lookup(db, user_id)
 
     def label(message: dict) -> str:
-        source = message.get("source") or "unknown"
-        return f"arm:{message['arm']}" if source == "arm" and message.get("arm") else source
+        return source_label(message.get("source"), message.get("arm"))
 
     for pair in _pairs(db, user_id):
         won, lost = lookup.message(pair.chosen), lookup.message(pair.rejected)
