@@ -158,7 +158,7 @@ class FittedHeads:
     version: int            # of the saved head (on all feedback), published when the run ends
 
 
-def _fit(data: HeadData, settings: HeadSettings, prior) -> tuple[RewardHead, float | None]:
+def fit_with_cv(data: HeadData, settings: HeadSettings, prior) -> tuple[RewardHead, float | None]:
     """A head (with the prior strength chosen from the data when settings.select_prior)
     and its k-fold CV accuracy."""
     if settings.select_prior:
@@ -196,9 +196,9 @@ def fit_user_head(db, base, adapters_dir: Path, user: dict, settings: RunSetting
     if not len(data):
         raise TrainingError(f"user {user['name']!r} has no usable feedback yet")
     prior = fit_prior(db, base, user["id"], hs)
-    head, cv = _fit(data, hs, prior)
+    head, cv = fit_with_cv(data, hs, prior)
     seen = data.without_turns(set(heldout_turns))
-    gate_head, gate_cv = _fit(seen, hs, prior) if len(seen) else (head, None)
+    gate_head, gate_cv = fit_with_cv(seen, hs, prior) if len(seen) else (head, None)
     trusted, why = evidence(gate_cv, len(seen.chosen), settings)
     metrics = {"cv_accuracy": cv, "n_pairs": len(data.chosen), "n_thumbs": len(data.thumbs),
                "prior": prior is not None, "features_computed": computed,

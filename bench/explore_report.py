@@ -84,7 +84,7 @@ def head_accuracies(db_path: Path, names: list[str]) -> dict[str, dict]:
     import sqlite_utils
 
     from adapters.base_model import load_base
-    from adapters.jobs import _fit, backfill_features, fit_prior, head_data
+    from adapters.jobs import backfill_features, fit_prior, fit_with_cv, head_data
     from assistant.config import load_config
     from assistant.training_settings import run_settings
 
@@ -108,7 +108,7 @@ def head_accuracies(db_path: Path, names: list[str]) -> dict[str, dict]:
             if len(data.chosen) < 2:
                 out[name] = {"n_pairs": len(data.chosen), "cv_accuracy": None}
                 continue
-            _, cv = _fit(data, settings, fit_prior(db, base, user["id"], settings))
+            _, cv = fit_with_cv(data, settings, fit_prior(db, base, user["id"], settings))
             out[name] = {"n_pairs": len(data.chosen), "n_thumbs": len(data.thumbs),
                          "cv_accuracy": None if cv is None else round(cv, 3)}
             print(f"{name}: head CV accuracy {out[name]['cv_accuracy']} on "
