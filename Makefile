@@ -38,10 +38,10 @@ bench-reward: setup
 	$(PY) -m assistant eval reward --seeds 5 --data ../shared/data/relabeled-hh-dev.jsonl --json bench/out/reward-relabeled.json
 
 bench-personalize: setup
-	$(PY) bench/personalize.py --out bench/out/personalize
+	$(PY) -m bench.personalize --out bench/out/personalize
 
 bench-training: setup
-	$(PY) bench/training_run.py --out bench/out
+	$(PY) -m bench.training_run --out bench/out
 
 clean:
 	rm -rf $(VENV) .pytest_cache

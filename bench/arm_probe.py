@@ -16,7 +16,7 @@ generates per user) while measuring the same thing:
 - turn cost: an ordinary n=2 request vs an exploring turn (the pool as one batch + feature
   extraction + selection), sequential, same prompts, alternating order.
 
-    .venv/bin/python bench/arm_probe.py --prompts 12 --out bench/out/arm-probe
+    .venv/bin/python -m bench.arm_probe --prompts 12 --out bench/out/arm-probe
 """
 
 from __future__ import annotations
@@ -28,12 +28,11 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "bench"))
-sys.path.insert(0, str(ROOT))
+from bench.feedback import liked_features, liked_names
+from bench.harness import load_prompts, split_prompts
+from bench.personas import load_personas
 
-from personalize import liked_features, liked_names, load_prompts, split_prompts  # noqa: E402
-from personas import load_personas  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

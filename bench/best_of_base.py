@@ -1,7 +1,7 @@
 """How personal can answers from the base model's own repertoire be? A ceiling for the
 specificity target of bench/personalize.py, with no training at all.
 
-    .venv/bin/python bench/best_of_base.py [--personas DIR] [--prompts-n 48] [--k 4]
+    .venv/bin/python -m bench.best_of_base [--personas DIR] [--prompts-n 48] [--k 4]
         [--max-tokens 128] [--out bench/out/best_of_base]
 
 Samples K answers per prompt from the base (the product's engine and sampling settings,
@@ -23,11 +23,9 @@ import random
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
+from bench.personas import Persona, load_personas
 
-from personas import Persona, load_personas  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

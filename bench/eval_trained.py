@@ -9,7 +9,7 @@ and with each named user's current adapter, and prints personalize.py's scores: 
 vs base (decisive and ties), liked-feature shares personal / base, and the head-to-head
 matrix among the users given.
 
-    .venv/bin/python bench/eval_trained.py --url http://127.0.0.1:PORT --admin-key KEY \
+    .venv/bin/python -m bench.eval_trained --url http://127.0.0.1:PORT --admin-key KEY \
         --personas bench/personas-extra --user closer-explore-on --user concise-explore-on
 """
 
@@ -20,20 +20,12 @@ import json
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "bench"))
+from bench.harness import Api, answer_heldout, load_prompts, split_prompts, split_user
+from bench.personas import load_personas
+from bench.report import fmt
+from bench.scoring import score_answers, texts
 
-from personalize import (  # noqa: E402
-    Api,
-    answer_heldout,
-    fmt,
-    load_prompts,
-    score_answers,
-    split_prompts,
-    split_user,
-    texts,
-)
-from personas import load_personas  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

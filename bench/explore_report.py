@@ -11,7 +11,7 @@ a copy of the database the way a training run does (frozen base features, the pr
 [reward] settings) and reports its k-fold CV accuracy: the stage after selection where a
 rare taste can still be lost.
 
-    .venv/bin/python bench/explore_report.py --data-dir /tmp/personalize-XXXX \
+    .venv/bin/python -m bench.explore_report --data-dir /tmp/personalize-XXXX \
         --personas bench/personas-extra --heads --out bench/out/explore-report
 """
 
@@ -24,12 +24,13 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
+from bench.feedback import FeedbackLog
+from bench.harness import split_user
+from bench.personas import Persona, load_personas
+from bench.report import fmt, informative_lines
+from bench.scoring import informative_rows
 
-from personalize import FeedbackLog, fmt, informative_lines, informative_rows, split_user  # noqa: E402
-from personas import Persona, load_personas  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -1,6 +1,6 @@
 """Single-stream generation speed of the engine on the real base: tokens/s and TTFT.
 
-    .venv/bin/python bench/generation_speed.py [--threads 0] [--tokens 128] [--repeats 3]
+    .venv/bin/python -m bench.generation_speed [--threads 0] [--tokens 128] [--repeats 3]
 
 Runs the engine in-process (no HTTP), greedy, on a few prompts; prints a table and writes
 bench/out/generation_speed.json.
@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 PROMPTS = ["Give me three tips for sleeping well.",
            "Explain what a blizzard warning is.",

@@ -10,8 +10,8 @@ Then it stops the server and checks every write the server acknowledged against 
 database: acked vs stored messages, comparisons and thumbs. Prints a Markdown table and
 writes JSON to --out.
 
-    .venv/bin/python bench/load.py                        # tiny model, 8 users, 60 s
-    .venv/bin/python bench/load.py --real --users 8 --duration 180 --runs 1
+    .venv/bin/python -m bench.load                        # tiny model, 8 users, 60 s
+    .venv/bin/python -m bench.load --real --users 8 --duration 180 --runs 1
 
 Targets: 0 errors, 0 lost writes, 0 failed runs.
 """
@@ -353,5 +353,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(ROOT))
     sys.exit(main())

@@ -1,6 +1,6 @@
 """Time the RL core on the real base: single steps at several shapes, then a full default run.
 
-    PYTHONPATH=. .venv/bin/python bench/policy_step.py [--threads 1] [--steps 20]
+    .venv/bin/python -m bench.policy_step [--threads 1] [--steps 20]
 
 Uses a toy reward, minus the completion's length in characters / 100 ("be brief"), which
 the base can visibly learn in a few steps. Prints a table and writes bench/out/policy_step.json.

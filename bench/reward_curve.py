@@ -1,6 +1,6 @@
 """Sample-efficiency curves of reward heads: accuracy at 10, 20, 40, 80, 160 labels per user.
 
-Usage: OMP_NUM_THREADS=1 PYTHONPATH=. .venv/bin/python bench/reward_curve.py \
+Usage: OMP_NUM_THREADS=1 .venv/bin/python -m bench.reward_curve \
     [--seeds 5] [--recipe "L16 mean+seq"] [--sizes 10,20,40,80,160] [--population-users 30]
 
 Two populations, the same methods and seeds:

@@ -1,6 +1,6 @@
 """Extract one rich set of frozen features for the shared dev files, once, into the disk cache.
 
-Usage: OMP_NUM_THREADS=1 PYTHONPATH=. .venv/bin/python bench/reward_features.py \
+Usage: OMP_NUM_THREADS=1 .venv/bin/python -m bench.reward_features \
     [--data FILE.jsonl ...] [--layers 0.27,0.4,0.53] [--max-tokens 512] \
     [--answer-tokens 256]
 

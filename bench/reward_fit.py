@@ -1,6 +1,6 @@
 """Time fitting reward heads on 1,000 feedback events with cached features.
 
-Usage: PYTHONPATH=. .venv/bin/python bench/reward_fit.py [--data FILE.jsonl] [--events 1000] \
+Usage: .venv/bin/python -m bench.reward_fit [--data FILE.jsonl] [--events 1000] \
     [--recipe "L16 mean+seq"]
 
 Features come from the disk cache that `assistant eval reward` fills (no model forward

@@ -1,6 +1,6 @@
 """Feature recipes x head settings x head methods, side by side, on the same split seeds.
 
-Usage: OMP_NUM_THREADS=1 PYTHONPATH=. .venv/bin/python bench/reward_heads.py \
+Usage: OMP_NUM_THREADS=1 .venv/bin/python -m bench.reward_heads \
     [--seeds 5] [--recipes NAME,...] [--methods global,personal,...] [--files hh,relabeled] \
     [--settings "l2=1,prior_strength=1;l2=4,prior_strength=4"]
 

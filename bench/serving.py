@@ -1,6 +1,6 @@
 """Serving many users at once: fused multi-adapter batches, continuous batching, prefix reuse.
 
-    OMP_NUM_THREADS=1 .venv/bin/python bench/serving.py [--threads 1] [--tokens 64] [--rows 8]
+    OMP_NUM_THREADS=1 .venv/bin/python -m bench.serving [--threads 1] [--tokens 64] [--rows 8]
         [--rounds 2] [--users 16] [--requests 2] [--gap 8] [--seed 0]
 
 One process, one run, the real base (SmolLM2-135M-Instruct), the project's Engine in-process:
@@ -38,7 +38,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 PROMPTS = ["Give me three tips for sleeping well.",
            "Explain what a blizzard warning is.",

@@ -5,7 +5,7 @@ Measures the two targets of the training issue over HTTP, on a fresh server:
   with the time of each phase;
 - chat time to first token (TTFT), p50/p90, idle and while that run is training.
 
-    .venv/bin/python bench/training_run.py [--events 60] [--probes 8] [--out bench/out]
+    .venv/bin/python -m bench.training_run [--events 60] [--probes 8] [--out bench/out]
 
 Prints a table and writes training_run.json to --out.
 """
@@ -21,8 +21,7 @@ from pathlib import Path
 
 import httpx
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from personalize import Api, load_prompts, server  # noqa: E402
+from bench.harness import Api, load_prompts, server
 
 ROOT = Path(__file__).resolve().parent.parent
 PROBE = "In one sentence, what is a good breakfast?"

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "bench"))
+from bench import feedback, harness, report, scoring
+from bench.personas import load_personas, parse_persona
 
-import personalize  # noqa: E402
-from personas import load_personas, parse_persona  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 EXAMPLES = parse_persona({"name": "ex", "temperature": 0.5, "thumbs_up_at": 1.0,
                           "thumbs_down_at": -1.0,
@@ -18,14 +16,14 @@ EXAMPLES = parse_persona({"name": "ex", "temperature": 0.5, "thumbs_up_at": 1.0,
 
 
 def test_liked_features_are_positive_weights_and_phrases_plus_any():
-    assert personalize.liked_names(EXAMPLES) == ["questions", "phrase:for example", "any"]
-    assert personalize.liked_features(EXAMPLES, "For example, rivers.") == {
+    assert feedback.liked_names(EXAMPLES) == ["questions", "phrase:for example", "any"]
+    assert feedback.liked_features(EXAMPLES, "For example, rivers.") == {
         "phrase:for example", "any"}
-    assert personalize.liked_features(EXAMPLES, "Rivers flow.") == set()
+    assert feedback.liked_features(EXAMPLES, "Rivers flow.") == set()
 
 
 def test_informative_pairs_differ_by_more_than_the_temperature():
-    log = personalize.FeedbackLog()
+    log = feedback.FeedbackLog()
     cands = [{"content": "Rivers flow.", "source": "personal"},
              {"content": "For example, rivers flow.", "source": "arm", "arm": "example"},
              {"content": "Rivers flow too.", "source": "base"}]
@@ -41,15 +39,15 @@ def test_informative_pairs_differ_by_more_than_the_temperature():
 
 def test_decisive_win_rate_excludes_ties():
     ours, base = [["For example, x", "x"]], [["x", "y"]]
-    d = personalize.decisive(EXAMPLES, ours, base)
+    d = scoring.decisive(EXAMPLES, ours, base)
     # pairs: (ex, x) win, (ex, y) win, (x, x) tie, (x, y) tie (same length, no feature)
     assert d == {"decisive_win_rate": 1.0, "tie_share": 0.5}
 
 
 def test_variants_name_two_users_per_persona_for_both():
     personas = [EXAMPLES]
-    assert [v.user for v in personalize.variants(personas, "on")] == ["ex"]
-    both = personalize.variants(personas, "both")
+    assert [v.user for v in harness.variants(personas, "on")] == ["ex"]
+    both = harness.variants(personas, "both")
     assert [(v.user, v.mode) for v in both] == [("ex-explore-on", "on"),
                                                 ("ex-explore-off", "off")]
 
@@ -58,18 +56,18 @@ def test_extra_personas_load_and_each_likes_something_countable():
     personas = load_personas(ROOT / "bench" / "personas-extra")
     assert len(personas) >= 6
     for p in personas:
-        assert personalize.liked_names(p), p.name
+        assert feedback.liked_names(p), p.name
 
 
 def test_reports_render_for_feedback_only_and_both_modes():
-    log = personalize.FeedbackLog()
+    log = feedback.FeedbackLog()
     log.shown(EXAMPLES, [{"content": "a?", "source": "personal"},
                          {"content": "b", "source": "base"}])
     fb = {"ex-explore-on@6": log.summary(), "ex-explore-off@6": log.summary()}
     cost = {"turns": 2, "seconds_off": 1.0, "seconds_on": 1.5, "ratio": 1.5}
     only = {"started": "now", "settings": {}, "turn_cost": cost, "feedback": fb,
             "seconds": {"total": 1}}
-    text = personalize.markdown(only)
+    text = report.markdown(only)
     assert "ratio 1.5" in text and "| ex-explore-on@6 | 1.000 | 1 |" in text
     stage = {"events": 6, "specificity": {"ex": {"ex": 0.6}}, "head_to_head": {"ex": {}},
              "personas": {"ex": {"win_rate": 0.6, "decisive_win_rate": 0.7, "tie_share": 0.1,
@@ -81,20 +79,20 @@ def test_reports_render_for_feedback_only_and_both_modes():
                                  "run": {"status": "succeeded", "decision": "promoted"}}}}
     mode = {"rounds": [stage]}
     both = dict(only, rounds=[stage], modes={"on": mode, "off": mode})
-    text = personalize.markdown(both)
+    text = report.markdown(both)
     assert "# Exploration off" in text and "| ex | on | 0.600 | 0.700 | 0.100 | 0.800 |" in text
 
 
 def test_on_vs_off_compares_exactly_the_turns_the_off_user_had():
     # The off user had 3 turns; the on user's share is over its own first 3 turns (1 of 5
     # pairs), not the mean of its blocks of 20 (which would mix in turns off never had).
-    on = personalize.FeedbackLog(turn_pairs=[(1, 0), (3, 1), (1, 0)] + [(1, 1)] * 30)
-    off = personalize.FeedbackLog(turn_pairs=[(1, 0), (1, 1), (3, 0)])
+    on = feedback.FeedbackLog(turn_pairs=[(1, 0), (3, 1), (1, 0)] + [(1, 1)] * 30)
+    off = feedback.FeedbackLog(turn_pairs=[(1, 0), (1, 1), (3, 0)])
     on.shown_pairs, on.informative = 35, 31
     off.shown_pairs, off.informative = 5, 1
-    rows = personalize.informative_rows({"ex-explore-on": on.summary(),
+    rows = scoring.informative_rows({"ex-explore-on": on.summary(),
                                          "ex-explore-off": off.summary(), "solo": off.summary()})
     assert rows == {"ex": {"off": 0.2, "on_same": 0.2, "turns_compared": 3, "ratio": 1.0,
                            "on_all": 0.886, "on_by_block": [0.818, 1.0]}}
-    assert personalize.split_user("ex-explore-off") == ("ex", "off")
-    assert personalize.split_user("solo") == ("solo", None)
+    assert harness.split_user("ex-explore-off") == ("ex", "off")
+    assert harness.split_user("solo") == ("solo", None)

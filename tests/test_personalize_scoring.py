@@ -1,16 +1,11 @@
-"""Scoring in bench/personalize.py: win rates, specificity, head to head, re-scoring."""
+"""Scoring in bench/scoring.py: win rates, specificity, head to head, re-scoring."""
 
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "bench"))   # bench/ holds scripts, not an installed package
-
-import personalize  # noqa: E402
-from personas import parse_persona  # noqa: E402
+from bench import best_of_base, scoring
+from bench.personas import parse_persona
 
 SHORT = parse_persona({"name": "short", "temperature": 0.0, "thumbs_up_at": 0.0,
                        "thumbs_down_at": -1.0, "utility": {"words": -1.0}})
@@ -24,13 +19,13 @@ LISTED = "Points:\n- one\n- two\nthree"       # 6 words ("-" counts), bulleted
 def test_win_rate_counts_ties_half_and_averages_per_prompt():
     # Prompt 1: BRIEF beats LONG (1.0); prompt 2: two of ours vs one base, a win and a tie.
     ours, base = [[BRIEF], [BRIEF, LONG]], [[LONG], [LONG]]
-    assert personalize.win_rate(SHORT, ours, base) == (1.0 + 0.75) / 2
+    assert scoring.win_rate(SHORT, ours, base) == (1.0 + 0.75) / 2
 
 
 def test_specificity_and_head_to_head_tell_the_adapters_apart():
     base = [[LONG], [LONG]]
     own = {"short": [[BRIEF], [BRIEF]], "lists": [[LISTED], [LISTED]]}
-    scores = personalize.score_answers([SHORT, LISTS], base, own)
+    scores = scoring.score_answers([SHORT, LISTS], base, own)
     assert scores["specificity"] == {"short": {"short": 1.0, "lists": 0.5},
                                      "lists": {"short": 0.5, "lists": 1.0}}
     assert scores["head_to_head"] == {"short": {"lists": 1.0}, "lists": {"short": 1.0}}
@@ -47,7 +42,7 @@ def test_rescore_rewrites_every_utility_figure(tmp_path):
                "rounds": [{"events": e, "personas": {"short": dict(stale),
                                                       "lists": dict(stale)}}
                           for e in (20, 40)]}
-    fresh = personalize.rescore(results, answers, [SHORT, LISTS])
+    fresh = scoring.rescore(results, answers, [SHORT, LISTS])
     assert [r["personas"]["short"]["win_rate"] for r in fresh["rounds"]] == [0.5, 1.0]
     assert fresh["personas"]["lists"]["win_rate"] == 1.0
     assert fresh["rounds"][0]["personas"]["short"]["run"] == {"status": "succeeded"}
@@ -63,8 +58,6 @@ def test_rescore_rewrites_every_utility_figure(tmp_path):
 
 
 def test_best_of_base_scores_each_personas_pick_for_every_judge():
-    import best_of_base
-
     # Prompt 1: SHORT picks BRIEF, LISTS picks LISTED. Prompt 2: no list anywhere, so LISTS
     # picks the first of its ties (LONG) and SHORT picks BRIEF.
     samples = [{"prompt": "p1", "samples": [LONG, BRIEF, LISTED]},

@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import random
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "bench"))   # bench/ holds scripts, not an installed package
-
-from personas import (  # noqa: E402
+from bench.personas import (
     Persona,
     PersonaError,
     load_persona,
@@ -19,6 +15,8 @@ from personas import (  # noqa: E402
     parse_persona,
     text_features,
 )
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def persona(utility: dict, **top) -> Persona:

@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
+from bench import personalize, safety_report
+from bench.personas import load_personas
+from tests.test_safety import hh_pairs, write_hh
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "bench"))   # bench/ holds scripts, not an installed package
-
-import personalize  # noqa: E402
-import safety_report  # noqa: E402
-from personas import load_personas  # noqa: E402
-
-from tests.test_safety import hh_pairs, write_hh  # noqa: E402
 
 
 def figures(pref: float, harmless: float, refusal: float) -> dict:
