@@ -3,6 +3,8 @@ sources a user preferred."""
 
 from __future__ import annotations
 
+import os
+
 from test_training_data import w, world  # noqa: F401  (fixture)
 
 from feedback_store import feedback as fb
@@ -37,8 +39,13 @@ def test_only_unconsumed_labels_count_and_due_users_use_them(world):  # noqa: F8
     for value in ("up", "down", "up", "down"):
         w(db, fb.set_thumbs, uid, m["x"], value, [], None)
     assert runs.due_users(db, 2) == []                    # 4 events, but 1 label
-    run = db["training_runs"].insert({"user_id": uid, "status": "succeeded"}).last_pk
-    w(db, fb.mark_events_used, uid, [e["id"] for e in fb.new_events(db, uid)], run)
+    # As the worker does: the run is queued, claimed, marks the events it trains on, and ends
+    # (rejected by the gate: no adapter version, the events stay used).
+    w(db, runs.enqueue, uid, True, "admin")
+    run = w(db, runs.claim_next, os.getpid())["id"]
+    events = [e["id"] for e in fb.new_events(db, uid)]
+    w(db, fb.mark_events_used, uid, events, run)
+    w(db, lambda d: runs.finish(d, run, "rejected", events_used=len(events)))
     assert fb.effective_new_labels(db, uid) == 0
     w(db, fb.set_thumbs, uid, m["y"], "up", [], None)
     w(db, fb.set_thumbs, uid, m["p"], "down", [], None)
