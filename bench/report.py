@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
 
 from bench.scoring import informative_rows
@@ -10,6 +11,12 @@ from bench.scoring import informative_rows
 
 def fmt(x: object) -> str:
     return f"{x:.3f}" if isinstance(x, float) else "-" if x is None else str(x)
+
+
+def table(header: list[str], rows: Iterable[Iterable[object]]) -> list[str]:
+    """A Markdown table's lines: the header, its rule, one line per row."""
+    return ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header),
+            *("| " + " | ".join(map(str, row)) + " |" for row in rows)]
 
 
 def markdown(results: dict) -> str:
@@ -22,33 +29,29 @@ def markdown(results: dict) -> str:
                   f"ratio {cost['ratio']}.", ""]
     lines += feedback_table(results.get("feedback") or {})
     lines += informative_table(results.get("feedback") or {})
-    if "rounds" not in results:
-        return _seconds(lines, results)
-    modes = results.get("modes") or {"on": results}
-    if len(modes) > 1:
-        lines += compare_table(modes)
-    for mode, data in modes.items():
+    if "rounds" in results:
+        modes = results.get("modes") or {"on": results}
         if len(modes) > 1:
-            lines += [f"# Exploration {mode}", ""]
-        lines += _mode_markdown(data)
-    return _seconds(lines, results)
+            lines += compare_table(modes)
+        for mode, data in modes.items():
+            if len(modes) > 1:
+                lines += [f"# Exploration {mode}", ""]
+            lines += _mode_markdown(data)
+    lines += ["## Seconds", "", *table(["phase", "seconds"], results["seconds"].items())]
+    return "\n".join(lines) + "\n"
 
 
 def feedback_table(feedback: dict) -> list[str]:
     """Per user and stage: what the persona was shown during feedback."""
     if not feedback:
         return []
-    lines = ["## What each persona was shown (feedback phase)", "",
-             "| user@events | informative pairs | shown pairs | liked-feature share | pairs "
-             "differing in it | shown sources | pairwise winners | s/turn |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for key, f in feedback.items():
-        lines.append(f"| {key} | {fmt(f.get('informative_pair_share'))} | "
-                     f"{f.get('shown_pairs')} | {_kv(f.get('liked_feature_share'))} | "
-                     f"{_kv(f.get('pairs_differing_in_feature'))} | "
-                     f"{_kv(f.get('shown_sources'))} | {_kv(f.get('pairwise_winner_sources'))} "
-                     f"| {fmt(f.get('turn_seconds_mean'))} |")
-    return lines + [""]
+    header = ["user@events", "informative pairs", "shown pairs", "liked-feature share",
+              "pairs differing in it", "shown sources", "pairwise winners", "s/turn"]
+    rows = ([key, fmt(f.get("informative_pair_share")), f.get("shown_pairs"),
+             _kv(f.get("liked_feature_share")), _kv(f.get("pairs_differing_in_feature")),
+             _kv(f.get("shown_sources")), _kv(f.get("pairwise_winner_sources")),
+             fmt(f.get("turn_seconds_mean"))] for key, f in feedback.items())
+    return ["## What each persona was shown (feedback phase)", "", *table(header, rows), ""]
 
 
 def _kv(d: dict | None) -> str:
@@ -64,72 +67,58 @@ def informative_table(feedback: dict) -> list[str]:
 def informative_lines(rows: dict[str, dict]) -> list[str]:
     if not rows:
         return []
-    lines = ["## Informative pairs, exploration on vs off (same prompts and seeds)", "",
-             "| persona | off | on, same turns | on ÷ off | on, all turns "
-             "| on by block of 20 |",
-             "| --- | --- | --- | --- | --- | --- |"]
-    for persona, r in rows.items():
-        lines.append(f"| {persona} | {fmt(r['off'])} | {fmt(r['on_same'])} | "
-                     f"{fmt(r['ratio'])} | {fmt(r['on_all'])} | "
-                     f"{' '.join(fmt(x) for x in r['on_by_block'])} |")
-    return lines + [""]
+    header = ["persona", "off", "on, same turns", "on ÷ off", "on, all turns",
+              "on by block of 20"]
+    cells = ([persona, fmt(r["off"]), fmt(r["on_same"]), fmt(r["ratio"]), fmt(r["on_all"]),
+              " ".join(fmt(x) for x in r["on_by_block"])] for persona, r in rows.items())
+    return ["## Informative pairs, exploration on vs off (same prompts and seeds)", "",
+            *table(header, cells), ""]
 
 
 def compare_table(modes: dict) -> list[str]:
     """Exploration on vs off, per persona, after the last stage."""
-    lines = ["## Exploration on vs off (last stage)", "",
-             "| persona | explore | win rate vs base | decisive | ties | head acc. (held-out) "
-             "| liked share personal / base | run |", "| --- | --- | --- | --- | --- | --- | "
-             "--- | --- |"]
-    for mode, data in modes.items():
-        for name, r in data["rounds"][-1]["personas"].items():
-            lines.append(
-                f"| {name} | {mode} | {fmt(r['win_rate'])} | {fmt(r.get('decisive_win_rate'))}"
-                f" | {fmt(r.get('tie_share'))} | "
-                f"{fmt((r.get('reward_head_heldout') or {}).get('accuracy'))} | "
-                f"{_kv(r.get('liked_share_personal'))} / {_kv(r.get('liked_share_base'))} | "
-                f"{r['run']['status']}: {r['run']['decision']} |")
-    return lines + [""]
+    header = ["persona", "explore", "win rate vs base", "decisive", "ties",
+              "head acc. (held-out)", "liked share personal / base", "run"]
+    rows = ([name, mode, fmt(r["win_rate"]), fmt(r.get("decisive_win_rate")),
+             fmt(r.get("tie_share")), fmt((r.get("reward_head_heldout") or {}).get("accuracy")),
+             f"{_kv(r.get('liked_share_personal'))} / {_kv(r.get('liked_share_base'))}",
+             f"{r['run']['status']}: {r['run']['decision']}"]
+            for mode, data in modes.items()
+            for name, r in data["rounds"][-1]["personas"].items())
+    return ["## Exploration on vs off (last stage)", "", *table(header, rows), ""]
 
 
-def _seconds(lines: list[str], results: dict) -> str:
-    lines += ["## Seconds", "", "| phase | seconds |", "| --- | --- |"]
-    lines += [f"| {k} | {v} |" for k, v in results["seconds"].items()]
-    return "\n".join(lines) + "\n"
+STAGE_HEADER = ["persona", "win rate vs base", "decisive (ties excl.)", "tie share",
+                "liked share personal / base", "utility personal", "utility base",
+                "words personal / base", "head acc. (held-out)", "head CV acc.", "run",
+                "decision"]
 
 
 def _mode_markdown(results: dict) -> list[str]:
     lines: list[str] = []
     for stage in results["rounds"]:
-        lines += [f"## After {stage['events']} events per persona", "",
-                  "| persona | win rate vs base | decisive (ties excl.) | tie share | liked "
-                  "share personal / base | utility personal | utility base | words "
-                  "personal / base | head acc. (held-out) | head CV acc. | run | decision |",
-                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-        for name, r in stage["personas"].items():
-            run = r["run"]
-            lines.append(
-                f"| {name} | {fmt(r['win_rate'])} | {fmt(r.get('decisive_win_rate'))} | "
-                f"{fmt(r.get('tie_share'))} | {_kv(r.get('liked_share_personal'))} / "
-                f"{_kv(r.get('liked_share_base'))} | {fmt(r['utility_personal'])} | "
-                f"{fmt(r['utility_base'])} | {r['words_personal']} / {r['words_base']} | "
-                f"{fmt((r['reward_head_heldout'] or {}).get('accuracy'))} | "
-                f"{fmt(r['reward_head_cv_accuracy'])} | {run['status']} | "
-                f"{run['decision']} |")
+        rows = ([name, fmt(r["win_rate"]), fmt(r.get("decisive_win_rate")),
+                 fmt(r.get("tie_share")),
+                 f"{_kv(r.get('liked_share_personal'))} / {_kv(r.get('liked_share_base'))}",
+                 fmt(r["utility_personal"]), fmt(r["utility_base"]),
+                 f"{r['words_personal']} / {r['words_base']}",
+                 fmt((r["reward_head_heldout"] or {}).get("accuracy")),
+                 fmt(r["reward_head_cv_accuracy"]), r["run"]["status"], r["run"]["decision"]]
+                for name, r in stage["personas"].items())
         names = list(stage["specificity"])
-        lines += ["", "Specificity: win rate vs base by the row persona's utility of answers "
+        lines += [f"## After {stage['events']} events per persona", "",
+                  *table(STAGE_HEADER, rows),
+                  "", "Specificity: win rate vs base by the row persona's utility of answers "
                   "from the column persona's adapter.", "",
-                  "| judge \\ adapter | " + " | ".join(names) + " |",
-                  "| --- |" + " --- |" * len(names)]
-        for judge, row in stage["specificity"].items():
-            lines.append(f"| {judge} | " + " | ".join(fmt(row[n]) for n in names) + " |")
-        lines += ["", "Head to head: win rate of the row persona's own adapter against the "
+                  *table(["judge \\ adapter", *names],
+                         ([judge, *(fmt(row[n]) for n in names)]
+                          for judge, row in stage["specificity"].items())),
+                  "", "Head to head: win rate of the row persona's own adapter against the "
                   "column persona's adapter, by the row persona's utility.", "",
-                  "| judge (own adapter) \\ other adapter | " + " | ".join(names) + " |",
-                  "| --- |" + " --- |" * len(names)]
-        for judge, row in stage.get("head_to_head", {}).items():
-            lines.append(f"| {judge} | " + " | ".join(fmt(row.get(n)) for n in names) + " |")
-        lines.append("")
+                  *table(["judge (own adapter) \\ other adapter", *names],
+                         ([judge, *(fmt(row.get(n)) for n in names)]
+                          for judge, row in stage.get("head_to_head", {}).items())),
+                  ""]
     return lines
 
 

@@ -81,6 +81,12 @@ def test_reports_render_for_feedback_only_and_both_modes():
     both = dict(only, rounds=[stage], modes={"on": mode, "off": mode})
     text = report.markdown(both)
     assert "# Exploration off" in text and "| ex | on | 0.600 | 0.700 | 0.100 | 0.800 |" in text
+    # Every table is well formed: its rule and rows have as many cells as its header (a
+    # short rule makes Markdown show the table as plain text).
+    blocks = [b.splitlines() for b in text.split("\n\n") if b.startswith("|")]
+    assert len(blocks) >= 8
+    for block in blocks:
+        assert {line.count("|") for line in block} == {block[0].count("|")}, block[:2]
 
 
 def test_on_vs_off_compares_exactly_the_turns_the_off_user_had():
@@ -91,7 +97,7 @@ def test_on_vs_off_compares_exactly_the_turns_the_off_user_had():
     on.shown_pairs, on.informative = 35, 31
     off.shown_pairs, off.informative = 5, 1
     rows = scoring.informative_rows({"ex-explore-on": on.summary(),
-                                         "ex-explore-off": off.summary(), "solo": off.summary()})
+                                     "ex-explore-off": off.summary(), "solo": off.summary()})
     assert rows == {"ex": {"off": 0.2, "on_same": 0.2, "turns_compared": 3, "ratio": 1.0,
                            "on_all": 0.886, "on_by_block": [0.818, 1.0]}}
     assert harness.split_user("ex-explore-off") == ("ex", "off")
