@@ -149,6 +149,17 @@ def scripted_answers(live, answers: list[str], delay: float = 0.0,
     engine.submit = submit
 
 
+def chat_page(live, new_page, name: str, answers: list[str], viewport: dict,
+              delay: float = 0.0):
+    """A chat page signed in as a new user `name` whose answers the engine scripts; and
+    the user's key."""
+    key = live.add_user(name)
+    scripted_answers(live, answers, delay=delay)
+    page = new_page(viewport)
+    sign_in(page, live, key)
+    return page, key
+
+
 def send(page, text: str) -> None:
     page.fill("#prompt", text)
     page.press("#prompt", "Enter")
@@ -310,10 +321,8 @@ def test_real_model_streams_and_regenerates(live_server, new_page):
 
 def test_stop_keeps_partial_answer(live_server, new_page):
     live = live_server
-    key = live.add_user("sam")
-    scripted_answers(live, [" ".join(f"word{i}" for i in range(400))], delay=0.03)
-    page = new_page(WIDE)
-    sign_in(page, live, key)
+    long_answer = " ".join(f"word{i}" for i in range(400))
+    page, _ = chat_page(live, new_page, "sam", [long_answer], WIDE, delay=0.03)
     send(page, "Go on and on")
     page.wait_for_selector(".live .md:has-text('word3')")
     page.keyboard.press("Escape")                 # Esc stops generation
@@ -610,10 +619,7 @@ def test_failed_send_keeps_the_draft_and_retries(live_server, new_page):
 
 def test_edit_a_sent_message_makes_a_branch(live_server, new_page):
     live = live_server
-    key = live.add_user("gina")
-    scripted_answers(live, ["An answer."])
-    page = new_page(WIDE)
-    sign_in(page, live, key)
+    page, _ = chat_page(live, new_page, "gina", ["An answer."], WIDE)
     send(page, "Original question")
     page.wait_for_selector(".msg-assistant[data-message-id]")
     first_answer = page.get_attribute(".msg-assistant[data-message-id]", "data-message-id")
@@ -643,10 +649,7 @@ def test_edit_a_sent_message_makes_a_branch(live_server, new_page):
 
 def test_deleted_conversation_link_does_not_open_another_chat(live_server, new_page):
     live = live_server
-    key = live.add_user("hank")
-    scripted_answers(live, ["Noted."])
-    page = new_page(NARROW)
-    sign_in(page, live, key)
+    page, _ = chat_page(live, new_page, "hank", ["Noted."], NARROW)
     send(page, "Soon deleted")
     page.wait_for_selector(".msg-assistant[data-message-id]")
     url = page.url
@@ -802,10 +805,7 @@ def test_delete_my_data_shows_progress_then_signs_out(live_server, new_page):
 
 def test_thumbs_comment_kept_and_answer_length(live_server, new_page):
     live = live_server
-    key = live.add_user("mona")
-    scripted_answers(live, ["A short answer."])
-    page = new_page(NARROW)
-    sign_in(page, live, key)
+    page, _ = chat_page(live, new_page, "mona", ["A short answer."], NARROW)
     # Answer length: "Short" is saved on the server, which halves the default max_tokens.
     page.select_option("#answer-length", "short")
     bodies = []
