@@ -55,7 +55,7 @@ def persona_pipeline(variant: Variant, key: str, admin: Api, train_prompts: list
     try:
         for stage, target in enumerate(points):
             with shared.lane:
-                if stage > 0:
+                if stage > 0 and not feedback_only:
                     evaluate_stage(api, variant, heldout, points[stage - 1], args, shared)
                 t = time.monotonic()
                 say(f"{name}: feedback on prompts {done}..{target - 1}")

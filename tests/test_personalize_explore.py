@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
-from bench import feedback, harness, report, scoring
+from bench import feedback, harness, personalize, pipeline, report, scoring
 from bench.personas import load_personas, parse_persona
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -102,3 +103,40 @@ def test_on_vs_off_compares_exactly_the_turns_the_off_user_had():
                            "on_all": 0.886, "on_by_block": [0.818, 1.0]}}
     assert harness.split_user("ex-explore-off") == ("ex", "off")
     assert harness.split_user("solo") == ("solo", None)
+
+
+class FakeApi:
+    """The chat and feedback endpoints of a server, answered in memory; every call logged."""
+
+    calls: list[tuple[str, str, dict | None]] = []
+    ids = itertools.count(1)
+
+    def __init__(self, url: str = "http://127.0.0.1:9", key: str = "", timeout: float = 0):
+        self.client = type("Client", (), {"base_url": url})()
+
+    def call(self, method: str, path: str, body: dict | None = None) -> dict:
+        FakeApi.calls.append((method, path, body))
+        if path != "/api/chat":
+            return {}
+        return {"candidates": [{"id": next(FakeApi.ids), "content": f"Answer {i}, for example?",
+                                "source": "personal"} for i in range(body["n"])]}
+
+    def close(self) -> None:
+        pass
+
+
+def test_feedback_only_runs_every_stage_without_training_or_evaluation(monkeypatch):
+    monkeypatch.setattr(pipeline, "Api", FakeApi)
+    FakeApi.calls = []
+    args = personalize.parse_args(["--feedback-only", "--events", "2", "--rounds", "2",
+                                   "--url", "http://127.0.0.1:9", "--admin-key", "k"])
+    variant = harness.variants([EXAMPLES], "on")[0]
+    shared = pipeline.Shared()
+    pipeline.persona_pipeline(variant, "key", FakeApi(), ["p1", "p2", "p3", "p4"], ["h1"],
+                              [2, 4], args, shared)
+    assert sorted(shared.stage_info) == [("ex", 2), ("ex", 4)]
+    assert all(info["feedback"]["prompts"] == 2 for info in shared.stage_info.values())
+    # No held-out answers and no training: only the four feedback turns chatted.
+    chats = [body["content"] for _, path, body in FakeApi.calls if path == "/api/chat"]
+    assert sorted(chats) == ["p1", "p2", "p3", "p4"] and shared.base == []
+    assert not any(path.startswith("/admin") for _, path, _ in FakeApi.calls)
