@@ -25,7 +25,6 @@ import random
 import secrets
 import shutil
 import signal
-import socket
 import sqlite3
 import statistics
 import subprocess
@@ -39,6 +38,8 @@ from pathlib import Path
 
 import httpx
 
+from bench.harness import FINAL, free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 MAX_USERS = 64                  # bounded: this is a loopback bench, not a stress tool
 MAX_DURATION = 1800
@@ -47,13 +48,6 @@ TINY_TRAINING = {"ASSISTANT_TRAINING_STEPS": "2", "ASSISTANT_TRAINING_GROUP_SIZE
                  "ASSISTANT_TRAINING_MAX_COMPLETION_TOKENS": "6"}
 # A real run kept to a few minutes on 2 shared cores: fewer, shorter RL samples.
 REAL_TRAINING = {"ASSISTANT_TRAINING_STEPS": "4", "ASSISTANT_TRAINING_MAX_COMPLETION_TOKENS": "32"}
-FINAL = ("succeeded", "rejected", "failed")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def tiny_model_dir(path: Path) -> Path:
