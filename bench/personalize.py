@@ -38,7 +38,16 @@ if __name__ == "__main__" and not __package__:
 
 from bench import safety_report
 from bench.feedback import turn_cost
-from bench.harness import ROOT, Api, load_prompts, say, server, split_prompts, variants
+from bench.harness import (
+    ROOT,
+    Api,
+    Variant,
+    load_prompts,
+    say,
+    server,
+    split_prompts,
+    variants,
+)
 from bench.personas import load_personas
 from bench.pipeline import (
     Shared,
@@ -74,12 +83,31 @@ def parse_mix(text: str) -> dict[str, float]:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    _where_options(p)
+    _feedback_options(p)
+    _explore_options(p)
+    _run_options(p)
+    _safety_options(p)
+    args = p.parse_args(argv)
+    if args.quick:
+        args.events, args.heldout, args.eval_n = min(args.events, 6), min(args.heldout, 4), 1
+    if args.url and not args.admin_key:
+        p.error("--url needs --admin-key")
+    return args
+
+
+def _where_options(p: argparse.ArgumentParser) -> None:
+    """Where the personas, prompts and results are; --url's server."""
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "personalize")
     p.add_argument("--personas", type=Path, default=ROOT.parent / "shared" / "personas")
     p.add_argument("--prompts", type=Path,
                    default=ROOT.parent / "shared" / "data" / "prompts-dev.jsonl")
     p.add_argument("--url", help="use a running server instead of starting one")
     p.add_argument("--admin-key", help="admin key of --url's server")
+
+
+def _feedback_options(p: argparse.ArgumentParser) -> None:
+    """How much feedback each simulated user gives, and how answers are sampled."""
     p.add_argument("--events", type=int, default=60, help="feedback prompts per round")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--heldout", type=int, default=30, help="held-out prompts for evaluation")
@@ -100,6 +128,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "pool would; 8 fills the server's default model.max_batch_rows")
     p.add_argument("--curve", action="store_true",
                    help="also train and evaluate after 20, 40 and 60 events")
+
+
+def _explore_options(p: argparse.ArgumentParser) -> None:
+    """The started server's environment; exploration on feedback turns."""
     p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
                    help="extra environment for the started server (e.g. training overrides)")
     p.add_argument("--explore", choices=("on", "off", "both"), default="on",
@@ -119,6 +151,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--turn-cost", type=int, default=0, metavar="K",
                    help="first time K sequential n=2 turns with and without exploration "
                         "(same prompts and seeds, alternating order) on an idle server")
+
+
+def _run_options(p: argparse.ArgumentParser) -> None:
+    """Timeouts, seeds, size of the run."""
     p.add_argument("--start-timeout", type=float, default=900,
                    help="seconds to wait for the started server's /health (a shared, loaded "
                         "machine took over 300 s)")
@@ -127,6 +163,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true",
                    help="smoke run: 6 events, 4 held-out prompts, 2 RL steps")
     p.add_argument("--keep-data", action="store_true", help="keep the server's data dir")
+
+
+def _safety_options(p: argparse.ArgumentParser) -> None:
+    """--safety figures; --rescore of a finished run."""
     p.add_argument("--safety", action="store_true",
                    help="also report each persona's `assistant eval safety` figures "
                         "(bench/safety_report.py) as results.json's \"safety\"")
@@ -137,12 +177,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rescore", type=Path, metavar="DIR",
                    help="no run: recompute the utility-based figures of DIR/results.json "
                         "from DIR/answers.json with --personas, and rewrite DIR's reports")
-    args = p.parse_args(argv)
-    if args.quick:
-        args.events, args.heldout, args.eval_n = min(args.events, 6), min(args.heldout, 4), 1
-    if args.url and not args.admin_key:
-        p.error("--url needs --admin-key")
-    return args
 
 
 def stages(events: int, rounds: int, curve: bool) -> list[int]:
@@ -171,23 +205,8 @@ def run_benchmark(args: argparse.Namespace) -> tuple[dict, dict]:
         shared.seconds["server_start"] = round(time.monotonic() - t, 1)
         admin = Api(srv.url, srv.admin_key)
         if args.turn_cost:
-            key = admin.call("POST", "/admin/users", {"name": "turn-cost"})["api_key"]
-            say(f"turn cost: {args.turn_cost} n=2 turns with and without exploration")
-            cost_api = Api(srv.url, key)
-            cost = turn_cost(cost_api, train_prompts[-args.turn_cost:], args)
-            cost_api.close()
-            say(f"turn cost: {cost['seconds_off']} s off, {cost['seconds_on']} s on, "
-                f"ratio {cost['ratio']}")
-        keys = {v.user: admin.call("POST", "/admin/users", {"name": v.user})["api_key"]
-                for v in vs}
-        threads = [threading.Thread(target=guarded, name=v.user, args=(
-            persona_pipeline, shared, v, keys[v.user], admin, train_prompts, heldout, points,
-            args, shared)) for v in vs]
-        for th in threads:
-            th.start()
-            time.sleep(1)           # the first persona takes the generation lane first
-        for th in threads:
-            th.join()
+            cost = measure_turn_cost(srv.url, admin, train_prompts[-args.turn_cost:], args)
+        run_users(admin, vs, train_prompts, heldout, points, args, shared)
         admin.close()
         env = srv.env
         if args.safety:
@@ -201,20 +220,61 @@ def run_benchmark(args: argparse.Namespace) -> tuple[dict, dict]:
         partial = {f"{n}@{e}": v for (n, e), v in shared.stage_info.items()}
         (args.out / "partial.json").write_text(json.dumps(partial, indent=1, default=str))
         raise SystemExit(f"a persona pipeline failed (traceback above; {args.out}/partial.json)")
-    settings = {"events": args.events, "rounds": args.rounds, "stages": points,
-                "heldout": len(heldout), "eval_n": args.eval_n, "mix": args.mix,
-                "n3_share": args.n3_share, "rows": args.rows, "temperature": args.temperature,
-                "top_p": "server default (0.95)", "max_tokens": args.max_tokens,
-                "server_env": env, "seed": args.seed, "quick": args.quick,
-                "explore": args.explore, "selection": args.selection or "server default",
-                "feedback_only": args.feedback_only, "off_events": args.off_events}
     feedback = {f"{v.user}@{t}": shared.stage_info[(v.user, t)]["feedback"]
                 for v in vs for t in variant_points(v, points, args)}
-    base = {"started": started, "settings": settings, "turn_cost": cost,
-            "feedback": feedback, "seconds": shared.seconds,
+    base = {"started": started, "settings": run_settings(args, points, len(heldout), env),
+            "turn_cost": cost, "feedback": feedback, "seconds": shared.seconds,
             **({"safety": shared.safety} if args.safety else {})}
     if args.feedback_only:
         return base, {}
+    modes = scored_modes(vs, shared, points, args)
+    first = next(iter(modes.values()))
+    return {**base, **first, "modes": modes}, answers_record(vs, heldout, shared, points)
+
+
+def measure_turn_cost(url: str, admin: Api, prompts: list[str],
+                      args: argparse.Namespace) -> dict:
+    """--turn-cost: a user of its own times n=2 turns with and without exploration."""
+    key = admin.call("POST", "/admin/users", {"name": "turn-cost"})["api_key"]
+    say(f"turn cost: {args.turn_cost} n=2 turns with and without exploration")
+    cost_api = Api(url, key)
+    cost = turn_cost(cost_api, prompts, args)
+    cost_api.close()
+    say(f"turn cost: {cost['seconds_off']} s off, {cost['seconds_on']} s on, "
+        f"ratio {cost['ratio']}")
+    return cost
+
+
+def run_users(admin: Api, vs: list[Variant], train_prompts: list[str], heldout: list[str],
+              points: list[int], args: argparse.Namespace, shared: Shared) -> None:
+    """Create every variant's user and run their pipelines, one thread each, to the end."""
+    keys = {v.user: admin.call("POST", "/admin/users", {"name": v.user})["api_key"]
+            for v in vs}
+    threads = [threading.Thread(target=guarded, name=v.user, args=(
+        persona_pipeline, shared, v, keys[v.user], admin, train_prompts, heldout, points,
+        args, shared)) for v in vs]
+    for th in threads:
+        th.start()
+        time.sleep(1)           # the first persona takes the generation lane first
+    for th in threads:
+        th.join()
+
+
+def run_settings(args: argparse.Namespace, points: list[int], heldout: int,
+                 env: dict[str, str]) -> dict:
+    """results.json's "settings": what the run measured with."""
+    return {"events": args.events, "rounds": args.rounds, "stages": points,
+            "heldout": heldout, "eval_n": args.eval_n, "mix": args.mix,
+            "n3_share": args.n3_share, "rows": args.rows, "temperature": args.temperature,
+            "top_p": "server default (0.95)", "max_tokens": args.max_tokens,
+            "server_env": env, "seed": args.seed, "quick": args.quick,
+            "explore": args.explore, "selection": args.selection or "server default",
+            "feedback_only": args.feedback_only, "off_events": args.off_events}
+
+
+def scored_modes(vs: list[Variant], shared: Shared, points: list[int],
+                 args: argparse.Namespace) -> dict:
+    """Per explore mode that was trained: every stage's scores, and the last stage's."""
     modes = {}
     for mode in dict.fromkeys(v.mode for v in vs if not feedback_only_variant(v, args)):
         mine = [v for v in vs if v.mode == mode]
@@ -225,8 +285,7 @@ def run_benchmark(args: argparse.Namespace) -> tuple[dict, dict]:
                          for n, r in last["personas"].items()},
             "specificity": last["specificity"], "head_to_head": last["head_to_head"],
             "rounds": rounds}
-    first = next(iter(modes.values()))
-    return {**base, **first, "modes": modes}, answers_record(vs, heldout, shared, points)
+    return modes
 
 
 def main(argv: list[str] | None = None) -> int:
