@@ -66,21 +66,11 @@ function thumbsOf(message) {
 /** Thumbs up/down for one stored answer: immediate vote, then optional reasons and comment.
  * Returns the thumbs row; its `.panel` (reasons and comment) is placed by the caller under
  * the answer, so opening it never moves the thumbs. */
-export function feedbackBar(message) {
-  const id = message.id;
-  const state = { value: null, reasons: new Set(), comment: "", open: false };
+/** Saves the bar's vote in order (each save waits for the one before); returns save(what),
+ *  which shows `what` in the status line once the server has it. */
+function saver(id, state, root, status) {
   let queue = Promise.resolve();
-  const root = el("div", { class: "feedback", dataset: { messageId: id } });
-  const status = el("span", { class: "feedback-status muted small", role: "status" });
-  const up = button({ label: "Good answer (thumbs up)", iconName: "up", cls: "btn-icon thumb thumb-up",
-    "aria-pressed": "false", onclick: () => vote("up") });
-  const down = button({ label: "Bad answer (thumbs down)", iconName: "down", cls: "btn-icon thumb thumb-down",
-    "aria-pressed": "false", onclick: () => vote("down") });
-  const panel = el("div", { class: "feedback-panel", hidden: true, dataset: { messageId: id } });
-  root.append(el("div", { class: "feedback-row" }, up, down, guidelinesButton(), status));
-  root.panel = panel;
-
-  const save = (what = "Saved") => {
+  return (what = "Saved") => {
     const body = { value: state.value, reasons: [...state.reasons], comment: state.comment };
     queue = queue.then(async () => {
       status.textContent = "Saving…";
@@ -96,6 +86,52 @@ export function feedbackBar(message) {
     });
     return queue;
   };
+}
+
+/** The open details panel of a vote: reason chips, the comment box and the actions.
+ *  `on.toggled` runs after a reason chip is toggled in state.reasons. */
+function panelContent(state, on) {
+  const g = getGuidelines();
+  const reasons = state.value === "up" ? g.reasons_up : g.reasons_down;
+  const chips = el("div", { class: "chips", role: "group", "aria-label": "Reasons" },
+    (reasons || []).map((r) => el("button", {
+      type: "button", class: "chip", "aria-pressed": String(state.reasons.has(r)), dataset: { reason: r },
+      onclick: (e) => {
+        if (state.reasons.has(r)) state.reasons.delete(r); else state.reasons.add(r);
+        e.currentTarget.setAttribute("aria-pressed", String(state.reasons.has(r)));
+        on.toggled();
+      },
+    }, reasonLabel(r))));
+  const comment = el("textarea", { class: "input comment", rows: "2", maxlength: "2000",
+    placeholder: "Anything else? (optional)", "aria-label": "Comment on this answer" });
+  comment.value = state.comment;
+  return [
+    el("p", { class: "small muted", text: state.value === "up" ? "What was good?" : "What went wrong?" }),
+    chips,
+    comment,
+    el("div", { class: "feedback-actions" },
+      button({ label: "Save comment", text: "Save comment", cls: "btn btn-small btn-primary",
+        onclick: on.saveComment }),
+      button({ label: "Clear vote", text: "Clear vote", cls: "btn btn-small btn-ghost",
+        onclick: on.clear }),
+      button({ label: "Done", text: "Done", cls: "btn btn-small btn-ghost", onclick: on.done })),
+  ];
+}
+
+export function feedbackBar(message) {
+  const id = message.id;
+  const state = { value: null, reasons: new Set(), comment: "", open: false };
+  const root = el("div", { class: "feedback", dataset: { messageId: id } });
+  const status = el("span", { class: "feedback-status muted small", role: "status" });
+  const up = button({ label: "Good answer (thumbs up)", iconName: "up", cls: "btn-icon thumb thumb-up",
+    "aria-pressed": "false", onclick: () => vote("up") });
+  const down = button({ label: "Bad answer (thumbs down)", iconName: "down", cls: "btn-icon thumb thumb-down",
+    "aria-pressed": "false", onclick: () => vote("down") });
+  const panel = el("div", { class: "feedback-panel", hidden: true, dataset: { messageId: id } });
+  root.append(el("div", { class: "feedback-row" }, up, down, guidelinesButton(), status));
+  root.panel = panel;
+
+  const save = saver(id, state, root, status);
 
   // A typed comment is kept whichever way the panel is closed.
   const keepComment = () => {
@@ -132,33 +168,12 @@ export function feedbackBar(message) {
     panel.hidden = !(state.value && state.open);
     panel.replaceChildren();
     if (panel.hidden) return;
-    const g = getGuidelines();
-    const reasons = state.value === "up" ? g.reasons_up : g.reasons_down;
-    const chips = el("div", { class: "chips", role: "group", "aria-label": "Reasons" },
-      (reasons || []).map((r) => el("button", {
-        type: "button", class: "chip", "aria-pressed": String(state.reasons.has(r)), dataset: { reason: r },
-        onclick: (e) => {
-          if (state.reasons.has(r)) state.reasons.delete(r); else state.reasons.add(r);
-          e.currentTarget.setAttribute("aria-pressed", String(state.reasons.has(r)));
-          keepComment();
-          save();
-        },
-      }, reasonLabel(r))));
-    const comment = el("textarea", { class: "input comment", rows: "2", maxlength: "2000",
-      placeholder: "Anything else? (optional)", "aria-label": "Comment on this answer" });
-    comment.value = state.comment;
-    panel.append(
-      el("p", { class: "small muted", text: state.value === "up" ? "What was good?" : "What went wrong?" }),
-      chips,
-      comment,
-      el("div", { class: "feedback-actions" },
-        button({ label: "Save comment", text: "Save comment", cls: "btn btn-small btn-primary",
-          onclick: () => { keepComment(); save("Comment saved"); } }),
-        button({ label: "Clear vote", text: "Clear vote", cls: "btn btn-small btn-ghost",
-          onclick: () => { state.value = null; state.reasons.clear(); state.comment = ""; paint(); save("Vote cleared"); } }),
-        button({ label: "Done", text: "Done", cls: "btn btn-small btn-ghost",
-          onclick: () => { if (keepComment()) save("Comment saved"); state.open = false; paint(); up.focus(); } })),
-    );
+    panel.append(...panelContent(state, {
+      toggled: () => { keepComment(); save(); },
+      saveComment: () => { keepComment(); save("Comment saved"); },
+      clear: () => { state.value = null; state.reasons.clear(); state.comment = ""; paint(); save("Vote cleared"); },
+      done: () => { if (keepComment()) save("Comment saved"); state.open = false; paint(); up.focus(); },
+    }));
     if (wasHidden) requestAnimationFrame(() => panel.scrollIntoView({ block: "nearest", behavior: "smooth" }));
   }
 
