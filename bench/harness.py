@@ -2,8 +2,8 @@
 
 Start a server on loopback (or use a running one), call its JSON API with bounded retries,
 chat with a run's sampling settings and seeds, train a user through the admin API and wait
-for the run, name the users of a run's variants. bench/personalize.py, training_run.py and
-eval_trained.py build on it.
+for the run, name the users of a run's variants. bench/personalize.py, training_run.py,
+eval_trained.py and load.py build on it.
 """
 
 from __future__ import annotations
