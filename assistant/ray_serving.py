@@ -133,6 +133,27 @@ def deployment(config: Config) -> Any:
                             ray_actor_options={"num_cpus": s.replica_cpus})
 
 
+def _init_ray(config: Config, ray_init: dict) -> None:
+    """ray.init, once more if the node was too slow to come up: Ray gives a starting raylet
+    a fixed 30 s to register, which a loaded machine can miss."""
+    import ray
+
+    # Workers import this checkout's packages (a local Ray: the same tree; a cluster: the
+    # project installed on each node, where this path is simply absent).
+    env = {"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    for attempt in range(2):
+        try:
+            ray.init(address=config.serving.ray_address or None, include_dashboard=False,
+                     runtime_env={"env_vars": env}, logging_level=logging.WARNING,
+                     log_to_driver=False, **ray_init)
+            return
+        except Exception as exc:
+            if attempt or "timed out during startup" not in str(exc):
+                raise
+            log.warning("Ray did not come up in time; starting it again")
+            ray.shutdown()
+
+
 def start(config: Config, **ray_init: Any) -> Any:
     """Connect to (or start) Ray, run the deployment, return its handle. `ray_init`: more
     arguments for ray.init (tests: num_cpus)."""
@@ -140,12 +161,7 @@ def start(config: Config, **ray_init: Any) -> Any:
     from ray import serve
 
     if not ray.is_initialized():
-        # Workers import this checkout's packages (a local Ray: the same tree; a cluster:
-        # the project installed on each node, where this path is simply absent).
-        env = {"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-        ray.init(address=config.serving.ray_address or None, include_dashboard=False,
-                 runtime_env={"env_vars": env}, logging_level=logging.WARNING,
-                 log_to_driver=False, **ray_init)
+        _init_ray(config, ray_init)
     serve.start(proxy_location="Disabled")      # the Litestar app is the only front door
     return serve.run(deployment(config).bind(to_dict(config)), name=APP_NAME,
                      route_prefix=None)
