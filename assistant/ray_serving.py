@@ -134,21 +134,21 @@ def deployment(config: Config) -> Any:
 
 
 def _init_ray(config: Config, ray_init: dict) -> None:
-    """ray.init, once more if the node was too slow to come up: Ray gives a starting raylet
+    """ray.init, up to twice more if the node was too slow to come up: Ray gives a starting raylet
     a fixed 30 s to register, which a loaded machine can miss."""
     import ray
 
     # Workers import this checkout's packages (a local Ray: the same tree; a cluster: the
     # project installed on each node, where this path is simply absent).
     env = {"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    for attempt in range(2):
+    for attempt in range(3):
         try:
             ray.init(address=config.serving.ray_address or None, include_dashboard=False,
                      runtime_env={"env_vars": env}, logging_level=logging.WARNING,
                      log_to_driver=False, **ray_init)
             return
         except Exception as exc:
-            if attempt or "timed out during startup" not in str(exc):
+            if attempt == 2 or "timed out during startup" not in str(exc):
                 raise
             log.warning("Ray did not come up in time; starting it again")
             ray.shutdown()
