@@ -54,7 +54,12 @@ def cmd_serve(args: argparse.Namespace, config: Config) -> None:
     from assistant.app import create_app
 
     cmd_init(args, config)
-    app = create_app(config, build_engine(config))
+    engine = build_engine(config)
+    if config.serving.backend == "ray":     # generation on Ray Serve replicas
+        from assistant.ray_serving import remote_engine
+
+        engine = remote_engine(config, engine)
+    app = create_app(config, engine)
     print(f"serving on http://{config.server.host}:{config.server.port}/", flush=True)
     uvicorn.run(app, host=config.server.host, port=config.server.port, log_level="warning")
 

@@ -256,6 +256,35 @@ class SchedulerConfig(Checked):
 
 
 @dataclass(frozen=True)
+class ServingConfig(Checked):
+    # Where answers are generated. "local": the app's own engine thread (one process, nothing
+    # else to run: the embedded default). "ray": serving replicas of the same engine behind
+    # Ray Serve, each request routed by its adapter version to a replica that holds it
+    # (assistant/ray_serving.py, docs/scale-out.md).
+    backend: str = "local"
+    # Replicas of the engine (backend "ray"): each holds one base copy (~0.5 GB for
+    # SmolLM2-135M in float32) and [adapters] cache_size adapters. 2 = the smallest number
+    # that survives losing one; a 2-core machine has no room for more.
+    replicas: int = 2
+    # CPUs Ray reserves per replica: the engine decodes on one thread ([model] threads).
+    replica_cpus: float = 1.0
+    # "" = start a Ray instance inside this process (one machine); "auto" = join the Ray
+    # cluster this node belongs to (`ray start` ran here); "ray://host:10001" = a remote one.
+    ray_address: str = ""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(self.backend in {"local", "ray"}, "backend", self.backend,
+              "must be local or ray")
+        check(self.replicas >= 1, "replicas", self.replicas, "must be at least 1")
+        check(self.replica_cpus > 0, "replica_cpus", self.replica_cpus, "must be positive")
+        address = self.ray_address
+        check(address in {"", "auto"} or address.startswith("ray://") or ":" in address,
+              "ray_address", address,
+              "must be empty (a local Ray), auto, ray://host:port or host:port")
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -267,6 +296,7 @@ class Config:
     safety: SafetySettings = field(default_factory=SafetySettings)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     explore: ExploreConfig = field(default_factory=ExploreConfig)
+    serving: ServingConfig = field(default_factory=ServingConfig)
     source: Path = DEFAULT_CONFIG
 
     def __post_init__(self) -> None:

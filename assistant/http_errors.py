@@ -16,6 +16,7 @@ from feedback_store.errors import (
     Gone,
     InvalidData,
     NotFound,
+    ServingUnavailable,
     TooLarge,
     TooManyRequests,
     Unauthorized,
@@ -31,6 +32,7 @@ STATUS: dict[type[AssistantError], int] = {
     Gone: 410,
     TooLarge: 413,
     TooManyRequests: 429,
+    ServingUnavailable: 503,    # a replica was lost: retry
 }
 
 

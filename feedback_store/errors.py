@@ -73,6 +73,11 @@ class ModelError(AssistantError):
     """The base model or an adapter could not be loaded or used."""
 
 
+class ServingUnavailable(AssistantError):
+    """The generation service could not answer (a serving replica was lost mid-answer):
+    nothing is wrong with the request or the user's adapter; asking again works."""
+
+
 class TrainingError(AssistantError):
     """A training run failed; the previous adapter keeps serving."""
 
