@@ -156,7 +156,7 @@ class _Tracker:
     def step(self, cand: Candidate, token: int) -> int:
         """Take the row's next token (a closing's token instead, when steered) and return
         the token taken; may finish the candidate."""
-        token = self.steer.take(cand.index, token, len(cand.tokens))
+        token = self.steer.take(cand.index, token, cand.tokens)
         elapsed = (time.perf_counter() - self.started) * 1000
         if cand.first_token_ms is None:
             cand.first_token_ms = elapsed

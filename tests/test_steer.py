@@ -76,11 +76,15 @@ def test_closing_cue_is_fed_where_the_answer_would_end_and_the_model_finishes_it
     plain = eng.generate_sync(GenRequest(messages=Q, temperature=0.9, max_tokens=40, seed=1))
     closed = eng.generate_sync(GenRequest(messages=Q, temperature=0.9, max_tokens=40, seed=1,
                                           closing=cue)).candidates[0]
-    at = Steering(tokenizer, "", cue, 40, set(eng.eos_ids)).close_at
-    ends = plain.candidates[0].finish_reason == "stop" and len(plain.candidates[0].tokens) < at
-    at = len(plain.candidates[0].tokens) if ends else at
-    # The same answer up to where it would end, then the cue, then the model's own tokens.
-    assert closed.tokens[:at] == plain.candidates[0].tokens[:at]
+    steer = Steering(tokenizer, "", cue, 40, set(eng.eos_ids))
+    tokens = plain.candidates[0].tokens
+    # Where it would end: its end of sequence, a sentence's end late in the budget, or the
+    # last moment that leaves room for the cue and a few words.
+    at = next((n for n in range(len(tokens)) if steer.closes(tokens[n], tokens[:n])),
+              len(tokens))
+    assert steer.close_at <= at <= steer.close_by or at == len(tokens)
+    # The same answer up to there, then the cue, then the model's own tokens.
+    assert closed.tokens[:at] == tokens[:at]
     assert closed.tokens[at:at + len(cue_ids)] == cue_ids
     assert len(closed.tokens) > at + len(cue_ids) and len(closed.tokens) <= 40
     assert cue in closed.text and closed.text == tokenizer.decode(closed.tokens)
@@ -91,12 +95,23 @@ def test_steering_closes_at_end_of_sequence_once(tokenizer):
     eos = {0}
     steer = Steering(tokenizer, "", "\n\nWhat", 100, eos)
     cue = steer.closing_ids
-    assert steer.take(0, 5, 0) == 5                     # mid-answer: the sampled token
-    taken = [steer.take(0, 0, 1)] + [steer.take(0, 9, 2 + i) for i in range(len(cue) - 1)]
+    assert steer.take(0, 5, [5]) == 5                   # mid-answer: the sampled token
+    taken = [steer.take(0, 0, [5])] + [steer.take(0, 9, [5] * (2 + i))
+                                       for i in range(len(cue) - 1)]
     assert taken == cue                                 # end of sequence -> the cue instead
-    assert steer.take(0, 0, 10) == 0                    # the closing's own end is the end
-    assert steer.take(1, 7, 1) == 7                     # each candidate has its own closing
-    assert Steering(tokenizer, "", "", 100, eos).take(0, 0, 1) == 0   # no closing: as is
+    assert steer.take(0, 0, [5] * 10) == 0              # the closing's own end is the end
+    assert steer.take(1, 7, [5]) == 7                   # each candidate has its own closing
+    assert Steering(tokenizer, "", "", 100, eos).take(0, 0, [5]) == 0   # no closing: as is
+
+
+def test_a_long_answer_is_closed_after_a_sentence_not_inside_one(tokenizer):
+    steer = Steering(tokenizer, "", "\n\nIn short,", 100, {0})
+    word, stop = (tokenizer(t, add_special_tokens=False)["input_ids"][0] for t in (" word", "."))
+    late = [word] * steer.close_at
+    assert not steer.closes(word, late)                 # late, but inside a sentence
+    assert steer.closes(word, [*late, stop])            # late, after a full stop
+    assert not steer.closes(word, [word] * 10 + [stop])   # early: the answer goes on
+    assert steer.closes(word, [word] * steer.close_by)  # the last moment with room left
 
 
 def test_pool_requests_carry_each_arms_opening_and_closing():
