@@ -29,6 +29,7 @@ from adapters.settings import (
     SettingError,
     check,
 )
+from assistant.arms import ArmError, parse_arms
 from assistant.logs import LEVELS
 from feedback_store.errors import ConfigError
 
@@ -185,17 +186,18 @@ class TrainingConfig(PolicySettings, GateSettings, DpoSettings, EvidenceSettings
 
 DEFAULT_ARMS = (
     "enthusiastic | Answer in an upbeat, enthusiastic tone! | Great question! "
-    "Water it once a week and give it bright light - it will love you for it!",
+    "Water it once a week and give it bright light - it will love you for it! "
+    "| opening: Great question!",
     "example | Illustrate the answer with a concrete example. | For example, water it once a "
-    "week: a fern by a bright window stays green for years.",
+    "week: a fern by a bright window stays green for years. | closing: For example,",
     "question | End your answer with a short question to the user. | Water it once a week and "
-    "keep it in bright light. What kind of plant is it?",
+    "keep it in bright light. What kind of plant is it? | closing: Would you like",
     "summary | Finish with a one-line summary that starts with 'In short,'. | Water it weekly "
-    "and give it light. In short, light and steady water keep it alive.",
+    "and give it light. In short, light and steady water keep it alive. | closing: In short,",
     "formal | Answer in a formal, precise register; therefore avoid slang. | One should water "
-    "the plant weekly; furthermore, it requires indirect light.",
+    "the plant weekly; furthermore, it requires indirect light. | opening: Certainly.",
     "analogy | Explain with an analogy. | A plant is like a phone battery: think of water as "
-    "its charge - top it up weekly, before it runs flat.",
+    "its charge - top it up weekly, before it runs flat. | opening: Here is an analogy:",
 )
 
 
@@ -216,8 +218,8 @@ class ExploreConfig(Checked):
     # previous is off: a second version of one user cannot share a batch (a second batch).
     sources: tuple[str, ...] = ("personal", "arm", "arm", "hot", "base", "peer")
     hot_temperature: float = 1.1
-    # Style arms ("name | instruction | demonstration"): on SmolLM2-135M an instruction alone
-    # barely moves the answers (issue 14's probe); a demonstration is what a small base follows.
+    # Style arms (format: assistant/arms.py): on SmolLM2-135M an instruction, even with a
+    # demonstration, rarely shows its feature; an answer opening or closing cue shows it.
     arms: tuple[str, ...] = DEFAULT_ARMS
     demo_question: str = "How do I keep a houseplant alive?"
     # A head fitted on a handful of pairs is uncertain about everything: below this many
@@ -237,10 +239,10 @@ class ExploreConfig(Checked):
               "must be in (0, 2]")
         check(self.uncertainty_from_pairs >= 0, "uncertainty_from_pairs",
               self.uncertainty_from_pairs, "must be 0 or more")
-        for arm in self.arms:
-            parts = [p.strip() for p in arm.split("|")]
-            check(len(parts) in (2, 3) and all(parts), "arms", arm,
-                  "each arm is 'name | instruction' or 'name | instruction | example answer'")
+        try:
+            parse_arms(self.arms)
+        except ArmError as exc:
+            raise SettingError("arms", exc.entry, str(exc)) from exc
 
 
 @dataclass(frozen=True)

@@ -64,6 +64,7 @@ from transformers import DynamicCache
 from adapters.decoding import BASE, eos_ids
 from assistant.multi_lora import MultiLora, Prepared
 from assistant.sampling import RowSampling, RowSettings, row_seed
+from assistant.steer import Steering, opening_ids
 from feedback_store.errors import ModelError
 
 T = TypeVar("T")
@@ -98,6 +99,10 @@ class GenRequest:
     # same owner's later prompts, so prefix reuse never crosses users (not even as timing);
     # None = never reused.
     owner: int | None = None
+    # Steering (assistant/steer.py; explore's style arms): the answer starts with `opening`,
+    # which the model continues, and `closing` is appended where the answer would end.
+    opening: str = ""
+    closing: str = ""
 
     def row(self, candidate: int) -> RowSettings:
         """How candidate number `candidate` of this request is sampled."""
@@ -146,27 +151,32 @@ class _Tracker:
         self.eos = set(engine.eos_ids)
         self.req, self.started, self.emit = req, started, emit
         self.cands = [Candidate(index=i) for i in range(req.n)]
+        self.steer = Steering(self.tok, req.opening, req.closing, req.max_tokens, self.eos)
 
-    def step(self, cand: Candidate, token: int) -> None:
-        """Take the row's next token; may finish the candidate."""
+    def step(self, cand: Candidate, token: int) -> int:
+        """Take the row's next token (a closing's token instead, when steered) and return
+        the token taken; may finish the candidate."""
+        token = self.steer.take(cand.index, token, cand.tokens)
         elapsed = (time.perf_counter() - self.started) * 1000
         if cand.first_token_ms is None:
             cand.first_token_ms = elapsed
         if token in self.eos:
             self.finish(cand, "stop", elapsed)
-            return
+            return token
         cand.tokens.append(token)
         text = self.tok.decode(cand.tokens, skip_special_tokens=True)
         if not text.endswith("\ufffd"):      # else a multi-byte character is incomplete
             text, stopped = _apply_stop(text, self.req.stop)
             if stopped:
-                self._emit_upto(cand, text)
+                self._emit_upto(cand, self.steer.opening + text)
                 cand.finish_reason, cand.total_ms = "stop", elapsed
-                return
+                return token
             # Hold back a tail that may yet become a stop string, so it is never streamed.
-            self._emit_upto(cand, text[:len(text) - _stop_prefix_len(text, self.req.stop)])
-        if len(cand.tokens) >= self.req.max_tokens:
+            held = len(text) - _stop_prefix_len(text, self.req.stop)
+            self._emit_upto(cand, self.steer.opening + text[:held])
+        if len(cand.tokens) >= self.steer.budget:
             self.finish(cand, "length", elapsed)
+        return token
 
     def _emit_upto(self, cand: Candidate, text: str) -> None:
         if len(text) > len(cand.text):
@@ -178,7 +188,7 @@ class _Tracker:
         if elapsed is None:
             elapsed = (time.perf_counter() - self.started) * 1000
         text = self.tok.decode(cand.tokens, skip_special_tokens=True).rstrip("\ufffd")
-        self._emit_upto(cand, text)
+        self._emit_upto(cand, self.steer.opening + text)
         cand.finish_reason, cand.total_ms = reason, elapsed
 
 
@@ -423,7 +433,8 @@ class Engine:
         its GenResult, or fails with ModelError if the adapter cannot be served."""
         job = _Job(req, emit, cancel or threading.Event(), submitted_step=self.stats["steps"])
         try:
-            job.prompt = self.render(req.messages, req.max_tokens)
+            job.prompt = (self.render(req.messages, req.max_tokens)
+                          + opening_ids(self.tokenizer, req.opening))
             if req.adapter is not None and req.adapter.name not in self.loaded:
                 job.prepared = self.lora.prepare(req.adapter.name, req.adapter.path)
         except Exception as exc:
@@ -688,8 +699,7 @@ class Engine:
                               generators=[r.generator for r in sub])
         tokens = sampler.choose([r.cand.tokens for r in sub], logits[live])
         for r, token in zip(sub, tokens, strict=True):
-            r.token = token
-            r.job.tracker.step(r.cand, token)
+            r.token = r.job.tracker.step(r.cand, token)
             if r.cand.finish_reason is None and r.job.cancel.is_set():
                 r.job.tracker.finish(r.cand, "cancelled")
             if r.cand.finish_reason is not None:

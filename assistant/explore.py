@@ -13,9 +13,11 @@ sources:
 - base: the shared base without adapter;
 - previous: the user's previous adapter version;
 - hot: the user's adapter at explore.hot_temperature;
-- arm: the user's adapter with a generic style instruction (explore.arms) as a system
-  message, plus a one-turn demonstration exchange when the arm has one (a 135M base barely
-  follows instructions alone; a demonstration moves it more, a bigger base needs neither);
+- arm: the user's adapter with a generic style instruction (explore.arms, parsed in
+  assistant/arms.py) as a system message, plus a one-turn demonstration exchange when the
+  arm has one, and an answer opening and/or closing cue when it has them (a 135M base barely
+  follows instructions alone and rarely shows a demonstrated feature; an opening shows it by
+  construction, a bigger base needs none of them);
 - peer: another user's promoted adapter ("the population is a library of styles"). Only its
   weights are used; the text it generates answers this user's prompt and is this user's.
 
@@ -33,7 +35,8 @@ Then `select` picks the candidates to show:
 - random: uniform, the baseline to compare against ("random is hard to beat").
 
 Training sees only what the person saw: candidates are stored with the conversation's
-visible messages (the style instruction and demonstration exist only in the GenRequest), so
+visible messages (the style instruction and demonstration exist only in the GenRequest) and
+the answer as shown (an arm's opening and closing included, as the model's own words), so
 DPO and RL distill a liked style into the adapter. Unshown candidates are not stored.
 """
 
@@ -47,29 +50,12 @@ from pathlib import Path
 
 import numpy as np
 
+from assistant.arms import Arm, parse_arms  # noqa: F401  (parse_arms: explore's callers')
 from assistant.engine import AdapterRef, GenRequest, GenResult
 from assistant.sampling import row_seed
 from feedback_store.training_data import source_label
 
 SELECTIONS = ("random", "contrast", "uncertainty", "diversity")
-
-
-@dataclass(frozen=True)
-class Arm:
-    """A generic style: an instruction and optionally a demonstration answer."""
-
-    name: str
-    instruction: str
-    demo: str | None = None
-
-
-def parse_arms(entries: tuple[str, ...]) -> list[Arm]:
-    """'name | instruction | demo answer' (demo optional), as in config.toml [explore]."""
-    arms = []
-    for entry in entries:
-        parts = [p.strip() for p in entry.split("|")]
-        arms.append(Arm(parts[0], parts[1], parts[2] if len(parts) > 2 else None))
-    return arms
 
 
 @dataclass(frozen=True)
@@ -167,14 +153,18 @@ def _options(sources: tuple[str, ...], have: Sources, arms: list[Arm], temperatu
 
 
 def pool_requests(gen: GenRequest, slots: list[Slot], demo_question: str) -> list[GenRequest]:
-    """One single-candidate GenRequest per slot, sharing the turn's other settings."""
+    """One single-candidate GenRequest per slot, sharing the turn's other settings; an arm's
+    slot adds its instruction and demonstration to the messages and its opening and closing
+    to the request (the engine decodes rows with different openings in one batch)."""
     reqs = []
     for i, slot in enumerate(slots):
-        messages = (arm_messages(gen.messages, slot.arm, demo_question) if slot.arm
-                    else gen.messages)
+        arm = slot.arm
+        messages = arm_messages(gen.messages, arm, demo_question) if arm else gen.messages
         reqs.append(replace(gen, messages=messages, n=1, temperature=slot.temperature,
                             adapter=slot.adapter,
-                            seed=None if gen.seed is None else row_seed(gen.seed, i)))
+                            seed=None if gen.seed is None else row_seed(gen.seed, i),
+                            opening=arm.opening if arm else "",
+                            closing=arm.closing_cue if arm else ""))
     return reqs
 
 

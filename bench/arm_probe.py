@@ -14,7 +14,13 @@ generates per user) while measuring the same thing:
   (assistant/explore.plan_pool with config's sources and pool size), shown pair chosen by
   `random` and by `diversity` (frozen features of the head, assistant/explore.select);
 - turn cost: an ordinary n=2 request vs an exploring turn (the pool as one batch + feature
-  extraction + selection), sequential, same prompts, alternating order.
+  extraction + selection), sequential, same prompts, alternating order;
+- per arm, the share of answers showing the arm's own feature (ARM_FEATURES, a generic
+  detector per shipped arm name), with the arm as served (instruction, demonstration,
+  opening/closing: "arm:<name>") against the same arm without its opening and closing
+  ("arm:<name>~plain"), same prompts and seeds; for the served arm also in the words the
+  model wrote (the opening and closing cue taken out), so a feature that only the forced
+  text shows is told apart from one the model went on to write.
 
     .venv/bin/python -m bench.arm_probe --prompts 12 --out bench/out/arm-probe
 """
@@ -24,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import re
 import sys
 import time
 from pathlib import Path
@@ -49,25 +56,32 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "arm-probe")
     p.add_argument("--from-answers", action="store_true",
                    help="reuse --out/answers.json (no generation, no turn cost)")
+    p.add_argument("--no-plain-arms", action="store_true",
+                   help="skip the arms without their opening/closing (halves the arm cost)")
     return p.parse_args(argv)
 
 
 def generate(engine, prompts: list[str], sources: dict, args, demo_question: str) -> dict:
-    """source -> answers (one per prompt), each source's prompts as one submission."""
+    """source -> answers (one per prompt); every request submitted at once, so the engine's
+    batches stay full."""
     from assistant import explore as ex
     from assistant.engine import GenRequest
 
-    answers = {}
+    futures = {}
     started = time.monotonic()
     for name, (arm, temperature, seed_offset) in sources.items():
-        reqs = []
+        steered = arm is not None and not name.endswith(PLAIN)
+        futures[name] = []
         for i, prompt in enumerate(prompts):
             visible = [{"role": "user", "content": prompt}]
             messages = ex.arm_messages(visible, arm, demo_question) if arm else visible
-            reqs.append(GenRequest(messages=messages, temperature=temperature,
-                                   max_tokens=args.max_tokens, seed=1000 * seed_offset + i))
-        futures = [engine.submit(r) for r in reqs]
-        answers[name] = [f.result().candidates[0].text for f in futures]
+            futures[name].append(engine.submit(GenRequest(
+                messages=messages, temperature=temperature, max_tokens=args.max_tokens,
+                seed=1000 * seed_offset + i, opening=arm.opening if steered else "",
+                closing=arm.closing_cue if steered else "")))
+    answers = {}
+    for name, fs in futures.items():
+        answers[name] = [f.result().candidates[0].text for f in fs]
         print(f"{name}: done ({time.monotonic() - started:.0f} s)", flush=True)
     return answers
 
@@ -154,8 +168,10 @@ def main(argv: list[str] | None = None) -> int:
         results["turn_cost"] = turn_cost(engine, train[:args.cost_turns], config, args)
     sources = {"base": (None, args.temperature, 0), "base#2": (None, args.temperature, 1),
                "hot": (None, e.hot_temperature, 2)}
-    sources.update({f"arm:{a.name}": (a, args.temperature, 3 + k)
-                    for k, a in enumerate(ex.parse_arms(e.arms))})
+    for k, a in enumerate(ex.parse_arms(e.arms)):
+        sources[f"arm:{a.name}"] = (a, args.temperature, 3 + k)
+        if not args.no_plain_arms and (a.opening or a.closing):
+            sources[f"arm:{a.name}{PLAIN}"] = (a, args.temperature, 3 + k)     # same seeds
     answers = (json.loads((args.out / "answers.json").read_text()) if args.from_answers
                else generate(engine, heldout, sources, args, e.demo_question))
     X = {k: compute_features(engine.model, engine.tokenizer,
@@ -168,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
                                 Path("/work/shared/personas")]
     personas = [p for f in folders for p in load_personas(f)]
     results["personas"] = {p.name: persona_figures(p, answers, pairs) for p in personas}
+    results["arm_features"] = arm_figures(ex.parse_arms(e.arms), answers)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "answers.json").write_text(json.dumps(answers, indent=1))
     (args.out / "results.json").write_text(json.dumps(results, indent=1, default=str))
@@ -193,6 +210,67 @@ def persona_figures(persona, answers: dict, pairs: dict) -> dict:
             "liked": liked_names(persona)}
 
 
+PLAIN = "~plain"      # an arm's answers without its opening and closing
+# A generic detector of each shipped arm's feature, by arm name (an arm not listed is not
+# scored). Bench only: the product knows no features, and these are styles, not personas.
+ARM_FEATURES: dict[str, tuple[str, object]] = {
+    "enthusiastic": ("an exclamation mark", lambda t: "!" in t),
+    "example": ("an example phrase", lambda t: bool(re.search(
+        r"\b(for example|for instance|such as|e\.g\.)", t, re.I))),
+    "question": ("a question in its last 150 characters", lambda t: "?" in t.rstrip()[-150:]),
+    "summary": ("a summary phrase", lambda t: bool(re.search(
+        r"\b(in short|in summary|to summarize|to sum up|overall|in conclusion)\b", t, re.I))),
+    "formal": ("no '!' and a formal connective", lambda t: "!" not in t and bool(re.search(
+        r"\b(therefore|however|furthermore|moreover|consequently|thus|hence)\b", t, re.I))),
+    "analogy": ("an analogy phrase", lambda t: bool(re.search(
+        r"\b(is like|are like|just like|similar to|imagine|think of|analogy|as if)\b", t,
+        re.I))),
+}
+
+
+def model_written(arm, text: str) -> str:
+    """What the model wrote of a served arm's answer: its opening and closing cue removed."""
+    if arm.opening and text.startswith(arm.opening.rstrip()):
+        text = text[len(arm.opening.rstrip()):]
+    return text.replace(arm.closing_cue, "\n\n", 1) if arm.closing else text
+
+
+def arm_figures(arms: list, answers: dict) -> dict:
+    """Per arm with a detector: share of answers with its feature (base, plain arm, served
+    arm, served arm's model-written words) and mean words."""
+    out = {}
+    for arm in arms:
+        if arm.name not in ARM_FEATURES or f"arm:{arm.name}" not in answers:
+            continue
+        what, has = ARM_FEATURES[arm.name]
+        served = answers[f"arm:{arm.name}"]
+        texts = {"base": answers["base"], "plain": answers.get(f"arm:{arm.name}{PLAIN}"),
+                 "served": served, "served_model_written": [model_written(arm, t)
+                                                            for t in served]}
+        out[arm.name] = {
+            "feature": what, "opening": arm.opening, "closing": arm.closing,
+            **{k: round(sum(map(has, v)) / len(v), 3) for k, v in texts.items() if v},
+            "words": {k: round(sum(len(t.split()) for t in v) / len(v), 1)
+                      for k, v in texts.items() if v and k != "served_model_written"}}
+    return out
+
+
+def arm_report(figures: dict) -> list[str]:
+    lines = ["", "Share of answers showing each arm's feature (same prompts and seeds):", "",
+             "| arm | feature | steering | base | arm without steering | arm served | "
+             "served, model-written part | words base / plain / served |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for name, f in figures.items():
+        steer = " ".join(x for x in (f"opening {f['opening']!r}" if f["opening"] else "",
+                                     f"closing {f['closing']!r}" if f["closing"] else "") if x)
+        w = f["words"]
+        lines.append(f"| {name} | {f['feature']} | {steer} | {f['base']:.2f} | "
+                     f"{f.get('plain', float('nan')):.2f} | {f['served']:.2f} | "
+                     f"{f['served_model_written']:.2f} | {w['base']} / {w.get('plain', '-')} "
+                     f"/ {w['served']} |")
+    return lines
+
+
 def report(results: dict, sources: list[str]) -> str:
     lines = ["# What each persona would be shown (first turns, on the base)", ""]
     cost = results.get("turn_cost")
@@ -213,6 +291,7 @@ def report(results: dict, sources: list[str]) -> str:
     for name, r in results["personas"].items():
         lines.append(f"| {name} | " + " | ".join(f"{r['liked_share'][s]:.2f}"
                                                  for s in sources) + " |")
+    lines += arm_report(results.get("arm_features", {}))
     return "\n".join(lines) + "\n"
 
 

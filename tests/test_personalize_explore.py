@@ -140,3 +140,21 @@ def test_feedback_only_runs_every_stage_without_training_or_evaluation(monkeypat
     chats = [body["content"] for _, path, body in FakeApi.calls if path == "/api/chat"]
     assert sorted(chats) == ["p1", "p2", "p3", "p4"] and shared.base == []
     assert not any(path.startswith("/admin") for _, path, _ in FakeApi.calls)
+
+
+def test_arm_probe_scores_the_served_arm_and_the_words_the_model_wrote():
+    from bench import arm_probe
+
+    from assistant.arms import parse_arm
+
+    arm = parse_arm("summary | Summarize. | closing: In short,")
+    served = ["Rivers flow.\n\nIn short, water moves.", "Rivers flow.\n\nIn short, overall yes."]
+    answers = {"base": ["Rivers flow.", "Overall, rivers."], "arm:summary": served,
+               f"arm:summary{arm_probe.PLAIN}": ["Rivers flow.", "Rivers flow down."]}
+    fig = arm_probe.arm_figures([arm], answers)["summary"]
+    # The cue shows the feature in every served answer; the model wrote it in one of two.
+    assert (fig["base"], fig["plain"], fig["served"], fig["served_model_written"]) == (
+        0.5, 0.0, 1.0, 0.5)
+    opened = parse_arm("enthusiastic | Be upbeat. | opening: Great question! ")
+    assert arm_probe.model_written(opened, "Great question! Yes.") == " Yes."
+    assert "|" in "\n".join(arm_probe.arm_report({"summary": fig}))
