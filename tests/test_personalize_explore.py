@@ -143,9 +143,8 @@ def test_feedback_only_runs_every_stage_without_training_or_evaluation(monkeypat
 
 
 def test_arm_probe_scores_the_served_arm_and_the_words_the_model_wrote():
-    from bench import arm_probe
-
     from assistant.arms import parse_arm
+    from bench import arm_probe
 
     arm = parse_arm("summary | Summarize. | closing: In short,")
     served = ["Rivers flow.\n\nIn short, water moves.", "Rivers flow.\n\nIn short, overall yes."]
