@@ -244,13 +244,14 @@ def test_evaluate_personal_beats_global_when_users_disagree():
     again = split_users(pairs, 0.5, seed=0)
     assert all(np.array_equal(splits[u][0], again[u][0]) for u in splits)
     users = evaluate(np.concatenate([Ca, Cb]), np.concatenate([Ra, Rb]), splits,
-                     HeadSettings(), methods=("global", "personal_prior", "selected"))
+                     HeadSettings(), methods=("global", "personal_prior", "selected", "evidence"))
     for user in ("a", "b"):
         r = users[user]
         assert (r["n_train"], r["n_test"]) == (150, 150)
         assert r["acc"]["personal_prior"] > r["acc"]["global"] + 0.05
         assert r["acc"]["selected"] > r["acc"]["global"] + 0.05
-        assert set(r["ece"]) == {"global", "personal_prior", "selected"}
+        assert r["acc"]["evidence"] > r["acc"]["global"] + 0.05
+        assert set(r["ece"]) == {"global", "personal_prior", "selected", "evidence"}
 
 
 def test_eval_seeds_report_mean_std_and_keep_each_seed(tmp_path, monkeypatch):
