@@ -31,20 +31,24 @@ Item = tuple[Messages, str]
 # (concise / structured, 20-60 pairs) layer 16 also beat 10, 24 and 30 (0.80 / 1.0 were
 # 2-5 points worse), see the commit that set FEATURE_POOLS.
 FEATURE_LAYERS: tuple[float, ...] = (0.53,)
-# Pools per layer, by name (any of POOL_NAMES): mean over the answer tokens and mean over
-# the whole sequence. The last-token state was dropped: with 20-60 preference pairs it
-# cost 1-2 points on the style personas (its 576 extra dimensions are mostly noise for
-# a linear head this small) and lowered the personal-vs-global gap on relabeled HH, for
-# -1.7 points on HH-harmless at seed 0 (0.656 vs 0.673; mean over seeds 0-2 0.650 vs 0.656).
-FEATURE_POOLS: tuple[str, ...] = ("answer_mean", "sequence_mean")
+# Pools per layer, by name (any of POOL_NAMES): mean over the answer tokens, mean over the
+# whole sequence, the answer's last token and the mean over its line-break tokens. The
+# last two came back when the dev files were measured whole (5 split seeds, same pairs,
+# bench/reward_heads.py): HH-harmless 0.674 +- 0.005 against 0.647 +- 0.014 for the mean
+# pools alone, relabeled HH within a point either way. With 20-60 pairs (style personas)
+# they had cost 1-2 points; the shared prior carries those users. Same forward, so the
+# extraction costs the same; the head's width doubles (fit 0.1-0.2 s at 1,000 events).
+FEATURE_POOLS: tuple[str, ...] = ("answer_mean", "sequence_mean", "last", "newline_mean")
 # "newline_mean": mean over the answer's tokens that hold a line break (the last token
 # when there is none), where a model summarizes a line or list item it just wrote.
 POOL_NAMES = ("answer_mean", "sequence_mean", "last", "newline_mean")
 POOLS = len(FEATURE_POOLS)
 # Token budget of one rendered item, and how much of it an answer may keep (None: a
-# quarter of the budget, ANSWER_SHARE); the prompt is cut from the left.
+# quarter of the budget, ANSWER_SHARE); the prompt is cut from the left. Answers keep up
+# to 256 tokens: the recipe above was measured so (against 128 it was not compared side by
+# side), and the line-break pool reads the whole answer, which 128 tokens cut for long ones.
 FEATURE_MAX_TOKENS = 512
-FEATURE_ANSWER_TOKENS: int | None = None
+FEATURE_ANSWER_TOKENS: int | None = 256
 ANSWER_SHARE = 4
 
 

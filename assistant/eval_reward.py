@@ -23,7 +23,7 @@ import numpy as np
 
 from adapters.calibration import expected_calibration_error, pair_ece
 from adapters.ensemble import fit_ensemble
-from adapters.head_selection import fit_selected_head
+from adapters.head_selection import fit_evidence_head, fit_selected_head
 from adapters.lowrank import fit_lowrank
 from adapters.reward_head import fit_head
 from adapters.settings import HeadSettings
@@ -35,10 +35,12 @@ DEFAULT_SETTINGS = HeadSettings()
 # L2 and prior strength); global_cv: L2 chosen by 5-fold CV, temperature-scaled;
 # selected: per-user prior target and strength chosen by CV, toward the other users'
 # consensus as in the product (adapters/jobs.py fit_prior), temperature-scaled
-# (adapters/head_selection.py); lowrank: shared basis + per-user weights
-# (adapters/lowrank.py); ensemble: 8 bootstrap heads with the prior (adapters/ensemble.py).
-METHODS = ("global", "personal", "personal_prior", "global_cv", "selected", "lowrank",
-           "ensemble")
+# (adapters/head_selection.py); evidence: the same grid toward the same consensus, the
+# point chosen by Laplace evidence (empirical Bayes, no folds); lowrank: shared basis +
+# per-user weights (adapters/lowrank.py); ensemble: 8 bootstrap heads with the prior
+# (adapters/ensemble.py).
+METHODS = ("global", "personal", "personal_prior", "global_cv", "selected", "evidence",
+           "lowrank", "ensemble")
 DEFAULT_METHODS = ("global", "personal", "personal_prior", "global_cv", "selected")
 LOWRANK_RANK = 4
 ENSEMBLE_K = 8
@@ -136,7 +138,8 @@ def _method_heads(C, R, splits, settings: HeadSettings, methods: tuple[str, ...]
         shared["global_cv"] = fit_selected_head(
             C[train_all], R[train_all], *_no_thumbs(C), replace(settings, shared_prior=False),
             None, seed=seed).head
-    if "selected" in methods:      # as in the product: the prior never saw the user's data
+    # As in the product, the selected priors never saw the user's own data.
+    if "selected" in methods or "evidence" in methods:
         shared["others"] = {u: _others_head(C, R, train, u, settings) for u in train}
     if "lowrank" in methods:
         shared["lowrank"] = fit_lowrank({u: (C[tr], R[tr]) for u, tr in train.items()},
@@ -173,6 +176,8 @@ def _user_head(method: str, Cu, Ru, user: str, shared: dict, settings: HeadSetti
     if method == "selected":
         return fit_selected_head(Cu, Ru, *_no_thumbs(Cu), settings, shared["others"][user],
                                  seed=seed).head
+    if method == "evidence":
+        return fit_evidence_head(Cu, Ru, *_no_thumbs(Cu), settings, shared["others"][user]).head
     return fit_ensemble(Cu, Ru, *_no_thumbs(Cu), with_prior, shared["global"], k=ENSEMBLE_K,
                         seed=seed)
 

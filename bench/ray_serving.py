@@ -10,8 +10,8 @@ Checked: every answer names adapter version 1 and equals what the app's local en
 answers through that user's adapter (same weights, greedy), and no request fails.
 Reported: wall time, completion tokens per second, latency percentiles, the ratio.
 
-    .venv/bin/python bench/ray_serving.py --real            # SmolLM2-135M (data/cache)
-    .venv/bin/python bench/ray_serving.py                   # the tiny random model
+    .venv/bin/python -m bench.ray_serving --real            # SmolLM2-135M (data/cache)
+    .venv/bin/python -m bench.ray_serving                   # the tiny random model
 
 Each replica decodes on one thread and holds 1 logical CPU; the machine has 2 cores and is
 shared with other jobs, so one A/B run's ratio is what counts.

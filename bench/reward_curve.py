@@ -14,7 +14,8 @@ Two populations, the same methods and seeds:
 
 Methods: global (one head on every user's n labels), personal (own n labels), personal+prior
 (fixed strength toward global, as shipped so far), selected (per-user CV choice of prior and
-strength toward the other users' consensus, adapters/head_selection.py), and on the
+strength toward the other users' consensus, adapters/head_selection.py), evidence (the same
+grid, chosen by Laplace evidence), and on the
 population lowrank (a shared basis fitted on the existing users, only the new user's r
 weights fitted, adapters/lowrank.py). Writes bench/out/reward_curve.json and .png.
 """
@@ -29,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from adapters.calibration import sigmoid
-from adapters.head_selection import fit_selected_head
+from adapters.head_selection import fit_evidence_head, fit_selected_head
 from adapters.lowrank import fit_lowrank, fit_user_weights
 from adapters.reward_head import HeadSettings, RewardHead, fit_head
 from assistant.eval_reward import split_users
@@ -37,7 +38,7 @@ from bench.reward_common import HH, RECIPES, RELABELED, ROOT, cut, rich_pairs
 
 SETTINGS = HeadSettings()
 PLAIN = replace(SETTINGS, shared_prior=False)
-CURVE_METHODS = ("global", "personal", "personal_prior", "selected")
+CURVE_METHODS = ("global", "personal", "personal_prior", "selected", "evidence")
 OUT = ROOT / "bench" / "out"
 
 
@@ -59,13 +60,14 @@ def _pooled(data: dict[str, tuple], users) -> RewardHead:
 
 def _add_user_heads(out: dict, user: str, C, R, glob, prior, seed: int) -> None:
     """The user's head under every CURVE_METHODS: global, own, own anchored on glob, and
-    the CV-selected prior strength toward `prior`."""
+    the CV- and evidence-selected prior strength toward `prior`."""
     dim = C.shape[1]
     out["global"][user] = glob
     out["personal"][user] = fit_head(C, R, *_none(dim), PLAIN)
     out["personal_prior"][user] = fit_head(C, R, *_none(dim), SETTINGS, prior=glob)
     out["selected"][user] = fit_selected_head(C, R, *_none(dim), SETTINGS, prior,
                                               seed=seed).head
+    out["evidence"][user] = fit_evidence_head(C, R, *_none(dim), SETTINGS, prior).head
 
 
 def heads_for(train: dict[str, tuple], seed: int) -> dict[str, dict]:

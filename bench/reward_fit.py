@@ -25,7 +25,7 @@ from adapters.base_model import load_tokenizer, resolve_source
 from adapters.ensemble import fit_ensemble
 from adapters.feature_cache import DiskFeatureCache
 from adapters.features import feature_spec, render
-from adapters.head_selection import fit_selected_head
+from adapters.head_selection import fit_evidence_head, fit_selected_head
 from adapters.reward_head import HeadSettings, cross_val_accuracy, fit_head
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -86,12 +86,14 @@ def bench(data: Path, events: int, recipe: str | None = None) -> dict:
     # No prior here: a prior fitted on the held-out folds would leak them into the estimate.
     cv, t_cv = timed(cross_val_accuracy, C, R, T, y, HeadSettings(shared_prior=False))
     _, t_sel = timed(fit_selected_head, C, R, T, y, settings, global_head)
+    _, t_evi = timed(fit_evidence_head, C, R, T, y, settings, global_head)
     _, t_ens = timed(fit_ensemble, C, R, T, y, settings, global_head, k=8)
     return {"features": source, "dim": int(C.shape[1]), "pairs": n_pairs, "thumbs": n_thumbs,
             "clock": "cpu" if CPU_TIME else "wall",
             "seconds": {"global_fit": round(t_global, 3), "user_fit_with_prior": round(t_user, 3),
                         "cross_val_5_fold": round(t_cv, 3),
                         "user_fit_selected_prior": round(t_sel, 3),
+                        "user_fit_evidence_prior": round(t_evi, 3),
                         "ensemble_8_with_prior": round(t_ens, 3)},
             "cv_accuracy": round(float(cv), 4), "machine": platform.machine()}
 

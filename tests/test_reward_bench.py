@@ -1,5 +1,6 @@
-"""bench/reward_heads.py: head-settings variants and the per-target summary table."""
+"""bench/reward_heads.py variants and targets table; bench/reward_hh_growth.py trend."""
 
+import numpy as np
 import pytest
 
 from adapters.reward_head import HeadSettings
@@ -29,3 +30,11 @@ def test_targets_table_reports_gain_over_global_and_personal_in_points():
     row = [line for line in targets_table(report, ("personal_prior",)).splitlines()
            if line.startswith("| r |")][0]
     assert "| 0.700 |" in row and "a +7.0 / -3.0" in row and row.endswith("| 0.070 |")
+
+
+def test_hh_growth_extrapolates_the_log_linear_trend_to_the_target():
+    from bench.reward_hh_growth import pairs_for_target
+
+    rising = {n: [0.5 + 0.02 * np.log2(n)] * 2 for n in (60, 120, 240, 480)}
+    assert pairs_for_target(rising) == pytest.approx(2 ** 9, rel=1e-6)   # 0.5 + 0.02 * 9
+    assert pairs_for_target({60: [0.6], 480: [0.59]}) == float("inf")

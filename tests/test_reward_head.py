@@ -36,13 +36,15 @@ def test_features_fixed_shape_and_deterministic(tiny_model, tokenizer):
 def test_features_match_a_plain_forward(tiny_model, tokenizer):
     import torch
 
-    r = feat.render(tokenizer, *ITEMS[0])
+    r = feat.render(tokenizer, *ITEMS[0], feat.FEATURE_MAX_TOKENS, feat.FEATURE_ANSWER_TOKENS)
     ids = torch.tensor([list(r.prefix + r.answer)])
     deepest = feat.layer_indices(tiny_model, feat.FEATURE_LAYERS)[-1]
     with torch.no_grad():
         h = tiny_model(input_ids=ids, output_hidden_states=True).hidden_states[deepest][0]
     p = len(r.prefix)
-    pools = {"answer_mean": h[p:].mean(0), "sequence_mean": h.mean(0), "last": h[-1]}
+    breaks = [p + i for i, nl in enumerate(r.newline) if nl] or [len(h) - 1]
+    pools = {"answer_mean": h[p:].mean(0), "sequence_mean": h.mean(0), "last": h[-1],
+             "newline_mean": h[breaks].mean(0)}
     expected = torch.cat([pools[name] for name in feat.FEATURE_POOLS]).numpy()
     X = feat.compute_features(tiny_model, tokenizer, ITEMS[:1])
     np.testing.assert_allclose(X[0, -expected.size:], expected, atol=1e-5)
@@ -244,13 +246,14 @@ def test_evaluate_personal_beats_global_when_users_disagree():
     again = split_users(pairs, 0.5, seed=0)
     assert all(np.array_equal(splits[u][0], again[u][0]) for u in splits)
     users = evaluate(np.concatenate([Ca, Cb]), np.concatenate([Ra, Rb]), splits,
-                     HeadSettings(), methods=("global", "personal_prior", "selected"))
+                     HeadSettings(), methods=("global", "personal_prior", "selected", "evidence"))
     for user in ("a", "b"):
         r = users[user]
         assert (r["n_train"], r["n_test"]) == (150, 150)
         assert r["acc"]["personal_prior"] > r["acc"]["global"] + 0.05
         assert r["acc"]["selected"] > r["acc"]["global"] + 0.05
-        assert set(r["ece"]) == {"global", "personal_prior", "selected"}
+        assert r["acc"]["evidence"] > r["acc"]["global"] + 0.05
+        assert set(r["ece"]) == {"global", "personal_prior", "selected", "evidence"}
 
 
 def test_eval_seeds_report_mean_std_and_keep_each_seed(tmp_path, monkeypatch):
