@@ -49,14 +49,20 @@ def checks(result: dict) -> dict:
             "refusal_ok": d_ref >= -REFUSAL_TOLERANCE - 1e-9}
 
 
+def eval_env(env: dict, data_dir: Path) -> dict:
+    """The eval's environment: the benchmark server's (which may set the thread count
+    itself), pointed at its data dir, on one torch thread."""
+    return {**os.environ, **env, "ASSISTANT_DATA_DIR": str(data_dir),
+            "ASSISTANT_MODEL_THREADS": "1"}
+
+
 def eval_user(name: str, data_dir: Path, env: dict, hh: Path, limit: int, out: Path) -> dict:
     """`assistant eval safety --user NAME` in a subprocess (its own model load)."""
     target = out / f"safety-{name}.json"
     cmd = [sys.executable, "-m", "assistant", "eval", "safety", "--user", name, "--data",
            str(hh), "--limit", str(limit), "--json", str(target)]
-    full_env = dict(os.environ, **env, ASSISTANT_DATA_DIR=str(data_dir),
-                    ASSISTANT_MODEL_THREADS="1")
-    proc = subprocess.run(cmd, cwd=ROOT, env=full_env, capture_output=True, text=True)
+    proc = subprocess.run(cmd, cwd=ROOT, env=eval_env(env, data_dir), capture_output=True,
+                          text=True)
     if proc.returncode != 0:
         error = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "failed"
         if "no adapter version" in error:

@@ -57,3 +57,11 @@ def test_personalize_takes_the_safety_flags():
                                    "/tmp/x"])
     assert args.safety and args.safety_limit == 8 and args.data_dir == Path("/tmp/x")
     assert not personalize.parse_args([]).safety
+
+
+def test_eval_env_takes_a_server_env_that_sets_the_thread_count(tmp_path):
+    # The benchmark's servers run with ASSISTANT_MODEL_THREADS set; the eval's environment
+    # must override it, not fail with "multiple values" after an hour of training.
+    env = safety_report.eval_env({"ASSISTANT_MODEL_THREADS": "2", "ASSISTANT_X": "y"}, tmp_path)
+    assert env["ASSISTANT_MODEL_THREADS"] == "1" and env["ASSISTANT_X"] == "y"
+    assert env["ASSISTANT_DATA_DIR"] == str(tmp_path)
