@@ -161,7 +161,8 @@ class RayTrainingScheduler(TrainingScheduler):
         except Exception as exc:        # the task's worker, node or owner is gone
             reason = lost_reason(exc)
             log.error("run %s: %s", run_id, reason)
-            self.store.write_sync(runs.finish_running, run_id, "failed", None, "", reason)
+            if not self.stopping:       # shutdown() records its own reason
+                self.store.write_sync(runs.finish_running, run_id, "failed", None, "", reason)
         finally:
             with self.lock:
                 self.tasks.pop(run_id, None)
