@@ -33,7 +33,8 @@ from feedback_store import runs
 from feedback_store.db import Store
 
 log = logging.getLogger("assistant.ray_executor")
-KEPT = ("the previous adapter and reward head stay live")
+KEPT = "the previous adapter and reward head stay live"
+LOCAL_START_ATTEMPTS = 3
 
 
 def run_on_worker(config_data: dict, run: dict) -> str:
@@ -69,10 +70,26 @@ def connect(config: Config) -> bool:
     if training.ray_address:
         ray.init(address=training.ray_address, log_to_driver=False)
     else:
-        ray.init(num_cpus=math.ceil(training.max_parallel_runs * training.run_cpus),
-                 runtime_env=local_runtime_env(), include_dashboard=False,
-                 log_to_driver=False)
+        start_local_ray(math.ceil(training.max_parallel_runs * training.run_cpus))
     return True
+
+
+def start_local_ray(num_cpus: int, attempts: int = LOCAL_START_ATTEMPTS) -> None:
+    """ray.init of a local Ray whose workers import this checkout. Ray gives its raylet
+    30 s (fixed) to register; on a loaded machine (load average 20 on 2 cores while this
+    was written) it can miss that, so a timed-out start is tried again."""
+    import ray
+
+    for attempt in range(1, attempts + 1):
+        try:
+            ray.init(num_cpus=num_cpus, runtime_env=local_runtime_env(),
+                     include_dashboard=False, log_to_driver=False)
+            return
+        except Exception as exc:
+            if "timed out during startup" not in str(exc) or attempt == attempts:
+                raise
+            log.warning("local Ray did not start in time (attempt %s): trying again", attempt)
+            ray.shutdown()
 
 
 def run_gpus(config: Config) -> int:

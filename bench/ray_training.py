@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import shutil
 import sys
@@ -130,6 +131,7 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "out")
     args = p.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    logging.getLogger("httpx").setLevel(logging.WARNING)      # one line per seeding request
     with tempfile.TemporaryDirectory(prefix="bench-ray-training-") as tmp:
         work = Path(tmp)
         model_dir = tiny_model_dir(work)

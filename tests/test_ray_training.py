@@ -45,10 +45,9 @@ def local_ray():
     """One local Ray for the module (starting one takes seconds to a minute here)."""
     import ray
 
-    from assistant.ray_executor import local_runtime_env
+    from assistant.ray_executor import start_local_ray
 
-    ray.init(num_cpus=2, runtime_env=local_runtime_env(), include_dashboard=False,
-             log_to_driver=False)
+    start_local_ray(num_cpus=2)
     yield ray
     ray.shutdown()
 
