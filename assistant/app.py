@@ -27,7 +27,7 @@ from assistant.routes_insights import insights_router
 from assistant.routes_me import me_router
 from assistant.routes_openai import openai_router
 from assistant.routes_training import training_router
-from assistant.scheduler import TrainingScheduler
+from assistant.scheduler import training_scheduler
 from assistant.state import AppState
 from feedback_store.db import Store
 from feedback_store.errors import AssistantError, public_message
@@ -135,7 +135,7 @@ def create_app(config: Config, engine: Engine, store: Store | None = None) -> Li
     store = store or Store(config.db_path)
     state = AppState(config=config, store=store, engine=engine)
     state.admin_user_id = ensure_admin_identity(store, config)
-    state.scheduler = TrainingScheduler(config, store)
+    state.scheduler = training_scheduler(config, store)
 
     def shutdown() -> None:
         if state.scheduler is not None:

@@ -133,6 +133,9 @@ class GenerationConfig(Checked):
 @dataclass(frozen=True)
 class AdapterConfig(Checked):
     cache_size: int = 16            # adapters loaded at once; each is ~2-5 MB
+    # Where versions and reward heads are written and read ("" = <data_dir>/adapters). With
+    # training on a Ray cluster, a directory every node mounts at this same path.
+    dir: str = ""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -169,6 +172,9 @@ class FeedbackConfig(Checked):
         return frozenset(self.reasons_up) | frozenset(self.reasons_down)
 
 
+EXECUTORS = ("process", "ray")      # [training] executor
+
+
 @dataclass(frozen=True)
 class TrainingConfig(PolicySettings, GateSettings, DpoSettings, EvidenceSettings):
     """[training]: one run's settings (their defaults and checks are in adapters/settings.py)
@@ -177,12 +183,30 @@ class TrainingConfig(PolicySettings, GateSettings, DpoSettings, EvidenceSettings
     min_new_events: int = 10        # new feedback events since the last run before queueing
     threads: int = 1                # the worker's torch threads: 1 leaves a core for chat
     public_prompts: str = ""        # optional prompt file mixed into the user's own
+    # Who executes queued runs: "process" = one worker process at a time on this machine
+    # (embedded default, nothing else to run); "ray" = each run a Ray task (assistant/
+    # ray_executor.py), up to max_parallel_runs at once, on a Ray cluster or a local Ray.
+    executor: str = "process"
+    ray_address: str = ""           # "ray": a cluster's address; "" = start a local Ray
+    # "ray": runs in flight at once. 1 as with the process worker: on a 2-core machine a
+    # second run takes the core chat needs; raise it on a cluster.
+    max_parallel_runs: int = 1
+    # "ray": CPUs each run's task declares (a GPU too when the cluster has one and
+    # model.device is not cpu); at least `threads`, or the runs oversubscribe their node.
+    run_cpus: float = 1.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check(self.min_new_events >= 0, "min_new_events", self.min_new_events,
               "must be 0 or more")
         check(self.threads >= 0, "threads", self.threads, "must be 0 (= 1) or more")
+        check(self.executor in EXECUTORS, "executor", self.executor,
+              f"must be one of {', '.join(EXECUTORS)}")
+        check(self.max_parallel_runs >= 1, "max_parallel_runs", self.max_parallel_runs,
+              "must be at least 1")
+        check(self.run_cpus >= max(1, self.threads), "run_cpus", self.run_cpus,
+              "must be at least 1 and at least training.threads")
+
 
 DEFAULT_ARMS = (
     "enthusiastic | Answer in an upbeat, enthusiastic tone! | Great question! "
@@ -321,7 +345,8 @@ class Config:
 
     @property
     def adapters_dir(self) -> Path:
-        return self.data_dir / "adapters"
+        """[adapters] dir: versions and reward heads (a shared mount for Ray training)."""
+        return self.path(self.adapters.dir, self.data_dir / "adapters")
 
     @property
     def cache_dir(self) -> Path:

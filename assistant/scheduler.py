@@ -138,3 +138,12 @@ class TrainingScheduler:
                 process.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 process.kill()
+
+
+def training_scheduler(config: Config, store: Store) -> TrainingScheduler:
+    """The scheduler for [training] executor: worker processes here, or Ray tasks."""
+    if config.training.executor == "ray":
+        from assistant.ray_executor import RayTrainingScheduler
+
+        return RayTrainingScheduler(config, store)
+    return TrainingScheduler(config, store)

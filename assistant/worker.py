@@ -124,7 +124,7 @@ def _fail(db, run: dict, log: RunLog, exc: Exception) -> None:
     of its traceback in the run's log, where the admin sees them."""
     lines = traceback.format_exc().rstrip().splitlines()
     log("failed:\n" + "\n".join(lines[-TRACEBACK_LINES:]))
-    retrying(db, runs.finish, run["id"], "failed", {"steps": log.steps}, log.tail,
+    retrying(db, runs.finish_running, run["id"], "failed", {"steps": log.steps}, log.tail,
              f"{type(exc).__name__}: {exc}")
 
 
@@ -133,9 +133,16 @@ def _finish_and_publish(db, run: dict, outcome: dict, log_tail: str) -> None:
     promoted, its adapter version). Killed before this commits, the run publishes nothing."""
     from adapters.jobs import publish
 
+    # Only a run still `running` publishes (the Ray executor may have failed it meanwhile).
+    if not runs.finish_running(db, run["id"], outcome["status"], outcome["metrics"], log_tail,
+                               None, outcome["adapter_version"], outcome["events_used"]):
+        raise RunAlreadyEnded(f"run {run['id']} was ended while it trained "
+                              f"({runs.get_run(db, run['id'])['status']}): nothing published")
     publish(db, run, outcome)
-    runs.finish(db, run["id"], outcome["status"], outcome["metrics"], log_tail, None,
-                outcome["adapter_version"], outcome["events_used"])
+
+
+class RunAlreadyEnded(TrainingError):
+    """The run's status was set by someone else while it trained (its executor failed it)."""
 
 
 def _fail_if_running(db, run_id: int, error: str) -> None:

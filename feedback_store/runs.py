@@ -134,6 +134,13 @@ def set_reward_head_version(db: Database, run_id: int, version: int) -> None:
 def finish(db: Database, run_id: int, status: str, metrics: dict | None = None,
            log_tail: str = "", error: str | None = None,
            adapter_version: int | None = None, events_used: int | None = None) -> None:
+    update = _final(status, metrics, log_tail, error, adapter_version, events_used)
+    db.table("training_runs").update(run_id, update)
+
+
+def _final(status: str, metrics: dict | None, log_tail: str, error: str | None,
+           adapter_version: int | None, events_used: int | None) -> dict:
+    """The columns a run's final status writes."""
     if status not in FINAL:
         raise ValueError(f"not a final status: {status}")
     update = {"status": status, "finished_at": now(), "error": error,
@@ -142,7 +149,38 @@ def finish(db: Database, run_id: int, status: str, metrics: dict | None = None,
         update["metrics"] = json.dumps(metrics, default=float)
     if log_tail:
         update["log_tail"] = log_tail[-LOG_TAIL_CHARS:]
-    db.table("training_runs").update(run_id, update)
+    return update
+
+
+# ---- guarded by the run's state (training.executor = "ray": the executor and the task may
+# both try to end a run; issue 19) ------------------------------------------------------------
+
+def finish_running(db: Database, run_id: int, status: str, metrics: dict | None = None,
+                   log_tail: str = "", error: str | None = None,
+                   adapter_version: int | None = None,
+                   events_used: int | None = None) -> bool:
+    """finish() only if the run is still `running`, in one conditional UPDATE; False when
+    it was already ended (failed by its executor after its worker was lost, or finished by
+    another execution of it). Call it before publishing, in the same transaction: a False
+    means publish nothing, so no run is promoted twice or after it was failed."""
+    update = _final(status, metrics, log_tail, error, adapter_version, events_used)
+    columns = ", ".join(f"{name} = ?" for name in update)
+    cursor = db.execute(f"update training_runs set {columns} where id = ? and "
+                        "status = 'running'", [*update.values(), run_id])
+    return cursor.rowcount == 1
+
+
+def set_worker_pid(db: Database, run_id: int, pid: int) -> None:
+    """The process executing a claimed run, as it starts (a Ray worker, on some node)."""
+    db.execute("update training_runs set pid = ? where id = ? and status = 'running'",
+               [pid, run_id])
+
+
+def fail_running(db: Database, keep: list[int], error: str) -> list[int]:
+    """Fail every `running` run not in `keep` (the runs whose tasks an executor holds)."""
+    running = [r["id"] for r in db["training_runs"].rows_where("status = 'running'")
+               if r["id"] not in keep]
+    return [run_id for run_id in running if finish_running(db, run_id, "failed", error=error)]
 
 
 def update_progress(db: Database, run_id: int, metrics: dict, log_tail: str) -> None:
