@@ -32,13 +32,12 @@ from pathlib import Path
 
 import httpx
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from assistant.config import Config, load_config
+from assistant.engine import AdapterRef, GenRequest
+from bench.load import free_port, tiny_model_dir
+from bench.serving import make_adapters
 
-from assistant.config import Config, load_config  # noqa: E402
-from assistant.engine import AdapterRef, GenRequest  # noqa: E402
-from bench.load import free_port, tiny_model_dir  # noqa: E402
-from bench.serving import make_adapters  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 ADMIN_KEY = "bench-admin-key-0123456789"
 QUESTIONS = ["What is a good way to start learning to cook?",

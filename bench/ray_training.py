@@ -5,7 +5,7 @@ loopback) is copied once per executor; every user's run is queued, the executor 
 and the wall time until every run has a final status is measured. Same seeds, same settings,
 one A/B run. Starting Ray itself (ray.init) is timed apart: a server pays it once.
 
-    .venv/bin/python bench/ray_training.py [--users 4] [--parallel 2] [--out bench/out]
+    .venv/bin/python -m bench.ray_training [--users 4] [--parallel 2] [--out bench/out]
 
 Prints a table and writes ray_training.json to --out.
 """
@@ -17,14 +17,13 @@ import json
 import logging
 import os
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
 
+from tests.conftest import make_tiny_model, start_server, tiny_engine
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-from tests.conftest import make_tiny_model, start_server, tiny_engine  # noqa: E402
 
 # The tests' fast run (tests/test_training_flow.py), gate open: what is measured is the
 # executor, not the learning.
