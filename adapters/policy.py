@@ -47,6 +47,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -64,6 +65,11 @@ from adapters.decoding import (
 )
 from adapters.settings import PolicySettings
 from feedback_store.errors import TrainingError
+
+if TYPE_CHECKING:       # peft and transformers are imported where they are used
+    from peft import PeftModel
+    from peft.tuners.lora import Linear as LoraLinear
+    from transformers import PreTrainedTokenizerBase
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 MAX_GRAD_NORM = 1.0
@@ -125,20 +131,34 @@ class _Sampler:
     halved weight traffic gains. `sync` re-merges after each update: W = bf16(W0 + s*B@A).
     """
 
-    def __init__(self, base_bf16, policy) -> None:
-        from peft.tuners.lora import LoraLayer
-
+    def __init__(self, base_bf16, policy: PeftModel) -> None:
         self.model = base_bf16
         prefix = "base_model.model."
-        self.pairs = [(self.model.get_submodule(name.removeprefix(prefix)), layer)
-                      for name, layer in policy.named_modules() if isinstance(layer, LoraLayer)]
+        self.layers = [(self.model.get_submodule(name.removeprefix(prefix)), base, layer)
+                       for name, base, layer in _lora_linears(policy)]
         self.sync()
 
     @torch.no_grad()
     def sync(self) -> None:
-        for target, layer in self.pairs:
-            merged = layer.get_base_layer().weight + layer.get_delta_weight("default")
+        for target, base, layer in self.layers:
+            merged = base.weight + layer.get_delta_weight("default")
             target.weight.copy_(merged)
+
+
+def _lora_linears(policy: PeftModel) -> list[tuple[str, torch.nn.Linear, LoraLinear]]:
+    """The policy's LoRA layers by module name, with the Linear each wraps: LORA_TARGETS are
+    all projections, and a delta merges only into a plain weight."""
+    from peft.tuners.lora import Linear, LoraLayer
+
+    out = []
+    for name, m in policy.named_modules():
+        if not isinstance(m, LoraLayer):
+            continue
+        base = m.get_base_layer()
+        if not isinstance(m, Linear) or not isinstance(base, torch.nn.Linear):
+            raise TrainingError(f"only LoRA on Linear layers can be trained here, not {name}")
+        out.append((name, base, m))
+    return out
 
 
 def _plain_bf16_twin(model):
@@ -162,9 +182,9 @@ def _prompt_cycle(n: int, per_step: int, seed: int) -> Iterator[list[int]]:
 
 @dataclass
 class _Run:
-    policy: object
+    policy: PeftModel
     sampler: _Sampler | None
-    tokenizer: object
+    tokenizer: PreTrainedTokenizerBase
     optimizer: torch.optim.Optimizer
     params: list[torch.Tensor]
     eos: list[int]
