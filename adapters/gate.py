@@ -41,6 +41,7 @@ from adapters.decoding import (
     sample,
     score_texts,
 )
+from adapters.records import GateMetrics
 from adapters.settings import GateSettings
 from feedback_store.errors import ModelError, TrainingError
 
@@ -122,14 +123,13 @@ def _win_rate(ours: list[float], theirs: list[float]) -> float:
 
 
 def evaluate(model, tokenizer, candidate: str, current: str | None,
-             prompts: list[list[dict]], reward_fn: RewardFn, settings: GateSettings) -> dict:
+             prompts: list[list[dict]], reward_fn: RewardFn,
+             settings: GateSettings) -> GateMetrics:
     """Compare adapter `candidate` with adapter `current` (None = the base) on prompts.
 
-    model is a PeftModel holding both adapters. Returns a flat dict of metrics:
-    n_prompts, baseline ("current" | "base"), candidate_/baseline_ reward, kl, len,
-    reward_gain, win_rate (against the baseline), win_rate_vs_base (against the bare base,
-    the same figure as win_rate when the base is the baseline), seconds. Promotion
-    (`decide`) reads only the comparison with the baseline.
+    model is a PeftModel holding both adapters. win_rate_vs_base is the same figure as
+    win_rate when the base is the baseline. Promotion (`decide`) reads only the comparison
+    with the baseline.
     """
     if not prompts:
         raise TrainingError("the gate needs at least one held-out prompt")
@@ -160,7 +160,7 @@ def evaluate(model, tokenizer, candidate: str, current: str | None,
             "seconds": time.perf_counter() - started}
 
 
-def decide(metrics: dict, settings: GateSettings) -> tuple[bool, str]:
+def decide(metrics: GateMetrics, settings: GateSettings) -> tuple[bool, str]:
     """Promote only if the reward gain exceeds the margin and the KL stays in budget."""
     gain, kl = metrics["reward_gain"], metrics["candidate_kl"]
     if not (math.isfinite(gain) and math.isfinite(kl)):

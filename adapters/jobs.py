@@ -20,17 +20,19 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from adapters import registry, safety
-from adapters.decoding import BASE
+from adapters.decoding import BASE, RewardFn
 from adapters.dpo import dpo_warm_start
 from adapters.feature_cache import cached_features, ensure_features, features_id
 from adapters.features import compute_features
 from adapters.gate import decide, evaluate, greedy_texts
 from adapters.head_selection import fit_selected_head
 from adapters.policy import train_policy
+from adapters.records import HeadSummary, RunMetrics, RunOutcome, StepRecord
 from adapters.reward_head import (
     RewardHead,
     cross_val_accuracy,
@@ -45,6 +47,9 @@ from feedback_store.errors import TrainingError
 from feedback_store.feedback import all_thumbs, mark_events_used, new_events
 from feedback_store.training_data import training_rows
 from feedback_store.users import get_user, other_user_ids
+
+if TYPE_CHECKING:
+    from peft import PeftModel
 
 Log = Callable[[str], None]
 ENSEMBLE_SIZE = 8       # bootstrap members for exploration's uncertainty (Dwaracherla 2024)
@@ -279,7 +284,8 @@ def consensus_head(base, settings: SafetySettings, log: Log) -> safety.Consensus
 # ---- the run ---------------------------------------------------------------------------------
 
 def execute_run(db, base, adapters_dir: Path, run: dict, settings: RunSettings,
-                log: Log = print, progress: Callable[[dict], None] | None = None) -> dict:
+                log: Log = print, progress: Callable[[StepRecord], None] | None = None,
+                ) -> RunOutcome:
     """Train, evaluate and maybe promote; returns the run's outcome (status, metrics...)."""
     timer = Timer()
     user = get_user(db, run["user_id"])
@@ -296,26 +302,65 @@ def execute_run(db, base, adapters_dir: Path, run: dict, settings: RunSettings,
     timer.phase("reward_head", t)
     if not fitted.trusted:
         mark_events_used(db, user["id"], events, run["id"])
-        reason = f"skipped: not enough evidence to train ({fitted.why}); nothing trained"
-        log(reason)
-        return {"status": "rejected", "adapter_version": None, "events_used": len(events),
-                "reward_head_version": fitted.version,
-                "metrics": {"decision": reason, "seconds": timer.seconds,
-                            "head": {"cv_accuracy": fitted.cv_accuracy,
-                                     "n_pairs": fitted.n_pairs}, "events_used": len(events)}}
-    head = fitted.head
+        return _skipped(fitted, len(events), timer, log)
     train = [p for _, p in own_train] + [[{"role": "user", "content": p}]
                                          for p in settings.public_prompts]
     heldout = [p for _, p in own_heldout]
-    reward_fn = reward_function(base, head)
-    rl_reward_fn = reward_function(base, head, consensus, settings.safety.weight)
+    reward_fn = reward_function(base, fitted.head)
+    rl_reward_fn = reward_function(base, fitted.head, consensus, settings.safety.weight)
     current = registry.current_path(db, user)
     seen = registry.version_meta(current).get("trained_through_event")
-    # DPO leaves the gate's prompts alone too, or the gate would grade answers to prompts
-    # whose preferred answers the candidate was trained to reproduce.
-    pairs = [r for r in unseen_pairs(training_rows(db, user["id"], "preference",
-                                                   with_ids=True), seen)
-             if r["prompt"] not in heldout]
+    pairs = _dpo_pairs(db, user["id"], seen, heldout)
+    policy, steps, dpo_steps = _train(base, rl_reward_fn, train, pairs, current, settings,
+                                      timer, log, progress)
+    # Everything up to here is in this version now: its new events and the pairs it fitted
+    # (a forced run with no new events may still fit pairs a rejected run left unlearned).
+    through = max([*events, *(max(p["event_ids"]) for p in pairs), seen or 0]) or None
+    try:
+        metrics, version = _gate_and_save(db, base, adapters_dir, user, policy, current,
+                                          heldout, reward_fn, settings, timer, log, through,
+                                          consensus)
+    finally:
+        base.model = policy.unload()        # the shared base without LoRA layers again
+    mark_events_used(db, user["id"], events, run["id"])
+    return {"status": "rejected" if version is None else "succeeded",
+            "metrics": {**metrics, "steps": steps, "dpo_steps": dpo_steps,
+                        "seconds": timer.seconds, "events_used": len(events),
+                        "head": _head_summary(fitted)},
+            "adapter_version": version, "events_used": len(events),
+            "reward_head_version": fitted.version}
+
+
+def _head_summary(fitted: FittedHeads) -> HeadSummary:
+    return {"cv_accuracy": fitted.cv_accuracy, "n_pairs": fitted.n_pairs}
+
+
+def _skipped(fitted: FittedHeads, events_used: int, timer: Timer, log: Log) -> RunOutcome:
+    """The outcome of a run whose head is not trusted: nothing trained, the head published."""
+    reason = f"skipped: not enough evidence to train ({fitted.why}); nothing trained"
+    log(reason)
+    return {"status": "rejected", "adapter_version": None, "events_used": events_used,
+            "reward_head_version": fitted.version,
+            "metrics": {"decision": reason, "seconds": timer.seconds,
+                        "head": _head_summary(fitted), "events_used": events_used}}
+
+
+def _dpo_pairs(db, user_id: int, trained_through: int | None,
+               heldout: list[list[dict]]) -> list[dict]:
+    """The user's preference pairs for the DPO warm start: those the serving adapter has not
+    learned yet (unseen_pairs), and none on the gate's prompts, or the gate would grade
+    answers to prompts whose preferred answers the candidate was trained to reproduce."""
+    return [r for r in unseen_pairs(training_rows(db, user_id, "preference", with_ids=True),
+                                    trained_through)
+            if r["prompt"] not in heldout]
+
+
+def _train(base, rl_reward_fn: RewardFn, prompts: list[list[dict]], pairs: list[dict],
+           current: Path | None, settings: RunSettings, timer: Timer, log: Log,
+           progress: Callable[[StepRecord], None] | None,
+           ) -> tuple[PeftModel, list[StepRecord], list[dict]]:
+    """The candidate adapter: the serving one (`current`, or a fresh LoRA), warm-started by
+    DPO on `pairs`, then RL on `prompts`. Returns it with the RL and the DPO step records."""
     dpo_steps: list[dict] = []
 
     def warm_start(policy) -> None:
@@ -327,38 +372,24 @@ def execute_run(db, base, adapters_dir: Path, run: dict, settings: RunSettings,
                 f"{dpo_steps[-1]['loss']:.4f}")
 
     t = time.perf_counter()
-    policy, steps = train_policy(base.model, base.tokenizer, train, rl_reward_fn,
+    policy, steps = train_policy(base.model, base.tokenizer, prompts, rl_reward_fn,
                                  settings.policy,
                                  init_adapter=current, progress=progress,
                                  warm_start=warm_start)
     timer.phase("rl", t)
     timer.seconds["rl"] = round(timer.seconds["rl"] - timer.seconds.get("dpo", 0.0), 2)
-    # Everything up to here is in this version now: its new events and the pairs it fitted
-    # (a forced run with no new events may still fit pairs a rejected run left unlearned).
-    through = max([*events, *(max(p["event_ids"]) for p in pairs), seen or 0]) or None
-    try:
-        outcome = _gate_and_save(db, base, adapters_dir, user, policy, current, heldout,
-                                 reward_fn, settings, timer, log, through, consensus)
-    finally:
-        base.model = policy.unload()        # the shared base without LoRA layers again
-    mark_events_used(db, user["id"], events, run["id"])
-    outcome["metrics"].update(steps=steps, dpo_steps=dpo_steps, seconds=timer.seconds,
-                              events_used=len(events),
-                              head={"cv_accuracy": fitted.cv_accuracy,
-                                    "n_pairs": fitted.n_pairs})
-    outcome["events_used"] = len(events)
-    outcome["reward_head_version"] = fitted.version
-    return outcome
+    return policy, steps, dpo_steps
 
 
-def publish(db, run: dict, outcome: dict) -> None:
+def publish(db, run: dict, outcome: RunOutcome) -> None:
     """Make a finished run's results live: its reward head (a rejected run's head is still
     the best model of the user's taste) and, if the gate passed, its adapter version.
     Call inside the transaction that records the run as finished."""
     if outcome.get("reward_head_version") is not None:
         publish_head(db, run["user_id"], outcome["reward_head_version"])
-    if outcome["status"] == "succeeded" and outcome.get("adapter_version") is not None:
-        registry.promote(db, run["user_id"], outcome["adapter_version"])
+    version = outcome.get("adapter_version")
+    if outcome["status"] == "succeeded" and version is not None:
+        registry.promote(db, run["user_id"], version)
 
 
 def unseen_pairs(rows: list[dict], trained_through: int | None) -> list[dict]:
@@ -393,8 +424,10 @@ def safety_floor(policy, tokenizer, consensus: safety.Consensus,
 
 def _gate_and_save(db, base, adapters_dir, user, policy, current, heldout, reward_fn,
                    settings: RunSettings, timer: Timer, log: Log,
-                   trained_through: int | None,
-                   consensus: safety.Consensus | None = None) -> dict:
+                   trained_through: int | None, consensus: safety.Consensus | None = None,
+                   ) -> tuple[RunMetrics, int | None]:
+    """Gate the candidate against the serving version (and the safety floor); if it passes,
+    save it as the user's next version. Returns the metrics and the version (None: rejected)."""
     t = time.perf_counter()
     current_name = None
     if current is not None:
@@ -405,7 +438,7 @@ def _gate_and_save(db, base, adapters_dir, user, policy, current, heldout, rewar
     promote, reason = decide(gate, settings.gate)
     timer.phase("gate", t)
     log(f"gate: {reason}")
-    metrics = {"gate": gate, "decision": reason}
+    metrics: RunMetrics = {"gate": gate, "decision": reason}
     if promote and consensus is not None:
         t = time.perf_counter()
         promote, floor_reason, metrics["safety"] = safety_floor(policy, base.tokenizer,
@@ -414,7 +447,7 @@ def _gate_and_save(db, base, adapters_dir, user, policy, current, heldout, rewar
         log(f"gate: {floor_reason}")
         metrics["decision"] = f"{reason}; {floor_reason}" if promote else floor_reason
     if not promote:
-        return {"status": "rejected", "metrics": metrics, "adapter_version": None}
+        return metrics, None
     if current_name:
         policy.delete_adapter(current_name)
     meta = {"base_id": base.base_id, "trained_through_event": trained_through,
@@ -424,4 +457,4 @@ def _gate_and_save(db, base, adapters_dir, user, policy, current, heldout, rewar
         "safety": asdict(settings.safety)}, "metrics": metrics}
     version = registry.save_version(db, adapters_dir, user, policy, meta)
     log(f"promoting version {version}")         # made current by publish(), as the run ends
-    return {"status": "succeeded", "metrics": metrics, "adapter_version": version}
+    return metrics, version

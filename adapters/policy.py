@@ -47,6 +47,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -62,8 +63,14 @@ from adapters.decoding import (
     score_texts,
     token_logprobs,
 )
+from adapters.records import StepRecord
 from adapters.settings import PolicySettings
 from feedback_store.errors import TrainingError
+
+if TYPE_CHECKING:       # peft and transformers are imported where they are used
+    from peft import PeftModel
+    from peft.tuners.lora import Linear as LoraLinear
+    from transformers import PreTrainedTokenizerBase
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 MAX_GRAD_NORM = 1.0
@@ -125,20 +132,34 @@ class _Sampler:
     halved weight traffic gains. `sync` re-merges after each update: W = bf16(W0 + s*B@A).
     """
 
-    def __init__(self, base_bf16, policy) -> None:
-        from peft.tuners.lora import LoraLayer
-
+    def __init__(self, base_bf16, policy: PeftModel) -> None:
         self.model = base_bf16
         prefix = "base_model.model."
-        self.pairs = [(self.model.get_submodule(name.removeprefix(prefix)), layer)
-                      for name, layer in policy.named_modules() if isinstance(layer, LoraLayer)]
+        self.layers = [(self.model.get_submodule(name.removeprefix(prefix)), base, layer)
+                       for name, base, layer in _lora_linears(policy)]
         self.sync()
 
     @torch.no_grad()
     def sync(self) -> None:
-        for target, layer in self.pairs:
-            merged = layer.get_base_layer().weight + layer.get_delta_weight("default")
+        for target, base, layer in self.layers:
+            merged = base.weight + layer.get_delta_weight("default")
             target.weight.copy_(merged)
+
+
+def _lora_linears(policy: PeftModel) -> list[tuple[str, torch.nn.Linear, LoraLinear]]:
+    """The policy's LoRA layers by module name, with the Linear each wraps: LORA_TARGETS are
+    all projections, and a delta merges only into a plain weight."""
+    from peft.tuners.lora import Linear, LoraLayer
+
+    out = []
+    for name, m in policy.named_modules():
+        if not isinstance(m, LoraLayer):
+            continue
+        base = m.get_base_layer()
+        if not isinstance(m, Linear) or not isinstance(base, torch.nn.Linear):
+            raise TrainingError(f"only LoRA on Linear layers can be trained here, not {name}")
+        out.append((name, base, m))
+    return out
 
 
 def _plain_bf16_twin(model):
@@ -162,9 +183,9 @@ def _prompt_cycle(n: int, per_step: int, seed: int) -> Iterator[list[int]]:
 
 @dataclass
 class _Run:
-    policy: object
+    policy: PeftModel
     sampler: _Sampler | None
-    tokenizer: object
+    tokenizer: PreTrainedTokenizerBase
     optimizer: torch.optim.Optimizer
     params: list[torch.Tensor]
     eos: list[int]
@@ -269,8 +290,9 @@ class _Leash:
 
 def train_policy(model, tokenizer, prompts: list[list[dict]], reward_fn: RewardFn,
                  settings: PolicySettings, init_adapter: Path | None = None,
-                 progress: Callable[[dict], None] | None = None,
-                 warm_start: Callable[[object], object] | None = None):
+                 progress: Callable[[StepRecord], None] | None = None,
+                 warm_start: Callable[[PeftModel], object] | None = None,
+                 ) -> tuple[PeftModel, list[StepRecord]]:
     """RL-tune a LoRA on `model` (the plain base) against `reward_fn`; see the module doc.
 
     warm_start(policy), if given, trains the fresh or loaded LoRA before RL begins (the DPO
@@ -279,17 +301,42 @@ def train_policy(model, tokenizer, prompts: list[list[dict]], reward_fn: RewardF
     prompts: chat histories ending with a user turn. reward_fn(prompts, completions) gets
     one prompt per completion (prompt-major, group_size in a row) and returns one float each.
     Returns (peft_model, records): the PeftModel whose "default" adapter was trained (call
-    `.unload()` on it to get the untouched base back) and one record per step
-    {step, reward_mean, reward_std, kl, completion_len, loss, seconds, gen_seconds,
-    cpu_seconds, kl_stop, warm_start_reverted}. kl_stop marks the step whose policy went
-    over target_kl: RL ended there, with the weights from before the update that took it
-    over (the samples of step t measure the policy after t - 1 updates). If the warm start
-    alone went over, it is undone instead (warm_start_reverted on step 1) and RL goes on.
+    `.unload()` on it to get the untouched base back) and one StepRecord per step (also
+    passed to `progress` as the step ends). kl_stop marks the step whose policy went over
+    target_kl: RL ended there, with the weights from before the update that took it over
+    (the samples of step t measure the policy after t - 1 updates). If the warm start alone
+    went over, it is undone instead (warm_start_reverted on step 1) and RL goes on.
     """
     if not prompts:
         raise TrainingError("no prompts to train on")
     if settings.temperature <= 0 or settings.group_size < 2:
         raise TrainingError("RL needs temperature > 0 and group_size >= 2")
+    run, pre_warm = _start_run(model, tokenizer, reward_fn, settings, init_adapter, warm_start)
+    rendered = render_prompts(tokenizer, prompts)
+    batches = _prompt_cycle(len(prompts), settings.prompts_per_step, settings.seed)
+    records: list[StepRecord] = []
+    leash = _Leash.start(run, pre_warm)
+    for step in range(1, settings.steps + 1):
+        started, cpu_started = time.perf_counter(), time.process_time()
+        picked = next(batches)
+        batch = _rollout(run, [rendered[i] for i in picked], [prompts[i] for i in picked])
+        generated = time.perf_counter()
+        loss, kl = _update(run, batch)
+        leashed = leash.check(step, kl)
+        records.append(_step_record(step, batch, loss, kl, leashed,
+                                    (started, generated, cpu_started)))
+        if progress is not None:
+            progress(records[-1])
+        if leashed == "stopped":
+            break
+    return run.policy, records
+
+
+def _start_run(model, tokenizer, reward_fn: RewardFn, settings: PolicySettings,
+               init_adapter: Path | None, warm_start: Callable[[PeftModel], object] | None,
+               ) -> tuple[_Run, list[torch.Tensor] | None]:
+    """The LoRA policy on `model` (warm-started when asked), its sampler and optimizer, and
+    the adapter's weights from before the warm start when target_kl may have to undo it."""
     torch.manual_seed(settings.seed)
     # Copied before PEFT injects its LoRA layers into `model`.
     plain = _plain_bf16_twin(model) if settings.bf16 else None
@@ -306,28 +353,20 @@ def train_policy(model, tokenizer, prompts: list[list[dict]], reward_fn: RewardF
                optimizer=torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=0.0),
                params=params, eos=eos_ids(model, tokenizer), reward_fn=reward_fn,
                settings=settings)
-    rendered = render_prompts(tokenizer, prompts)
-    batches = _prompt_cycle(len(prompts), settings.prompts_per_step, settings.seed)
-    records = []
-    leash = _Leash.start(run, pre_warm)
-    for step in range(1, settings.steps + 1):
-        started, cpu_started = time.perf_counter(), time.process_time()
-        picked = next(batches)
-        batch = _rollout(run, [rendered[i] for i in picked], [prompts[i] for i in picked])
-        generated = time.perf_counter()
-        loss, kl = _update(run, batch)
-        leashed = leash.check(step, kl)
-        records.append({
-            "step": step, "reward_mean": batch["rewards"].mean().item(),
-            "reward_std": batch["rewards"].std(unbiased=False).item(), "kl": kl,
-            "completion_len": batch["cmask"].sum(1).mean().item(), "loss": loss,
-            "seconds": time.perf_counter() - started, "gen_seconds": generated - started,
-            # CPU time shows the cost apart from contention on a shared machine.
-            "cpu_seconds": time.process_time() - cpu_started,
-            "kl_stop": leashed == "stopped",
-            "warm_start_reverted": leashed == "warm_start_reverted"})
-        if progress is not None:
-            progress(records[-1])
-        if leashed == "stopped":
-            break
-    return policy, records
+    return run, pre_warm
+
+
+def _step_record(step: int, batch: dict, loss: float, kl: float, leashed: str | None,
+                 clock: tuple[float, float, float]) -> StepRecord:
+    """What step `step` did; clock: (its start, the end of its rollout) by perf_counter,
+    and its start by process_time."""
+    started, generated, cpu_started = clock
+    return {
+        "step": step, "reward_mean": batch["rewards"].mean().item(),
+        "reward_std": batch["rewards"].std(unbiased=False).item(), "kl": kl,
+        "completion_len": batch["cmask"].sum(1).mean().item(), "loss": loss,
+        "seconds": time.perf_counter() - started, "gen_seconds": generated - started,
+        # CPU time shows the cost apart from contention on a shared machine.
+        "cpu_seconds": time.process_time() - cpu_started,
+        "kl_stop": leashed == "stopped",
+        "warm_start_reverted": leashed == "warm_start_reverted"}

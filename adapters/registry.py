@@ -87,7 +87,7 @@ def _commit_version(db: Database, adapters_dir: Path, user: dict,
 
 def _insert_row(db: Database, user_id: int, version: int, parent: int | None, path: Path,
                 meta: dict) -> None:
-    db["adapter_versions"].insert({
+    db.table("adapter_versions").insert({
         "user_id": user_id, "version": version, "parent_version": parent,
         "path": str(path.resolve()), "base_id": meta.get("base_id"),
         "metrics": json.dumps(meta.get("metrics", {}), default=str), "created_at": now()})

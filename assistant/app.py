@@ -74,7 +74,7 @@ def handle_assistant_error(request: Request, exc: AssistantError) -> Response:
 
 def handle_http_error(request: Request, exc: HTTPException) -> Response:
     """Litestar's own 4xx (malformed JSON, wrong types): keep its detail and field info."""
-    body = {"detail": exc.detail}
+    body: dict[str, object] = {"detail": exc.detail}
     if getattr(exc, "extra", None):
         body["errors"] = exc.extra
     return Response(body, status_code=exc.status_code, headers=exc.headers)

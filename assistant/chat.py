@@ -6,7 +6,7 @@ Shared by the native API (/api/chat) and the OpenAI-compatible API (/v1/chat/com
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 
 from adapters import registry
@@ -164,8 +164,8 @@ class PreparedTurn:
     user_turn: dict
     gen: GenRequest
     model: str
+    user: dict                           # the caller (their row as this turn began)
     explore: str | None = None           # the selection mode when this turn explores
-    user: dict | None = None             # the caller (fresh row), for an exploring turn
     fallback_from: int | None = None    # the adapter version that failed to load, if any
 
     @property
@@ -230,16 +230,15 @@ async def prepare_turn(state: AppState, user: dict, req: TurnRequest) -> Prepare
                      frequency_penalty=req.frequency_penalty,
                      presence_penalty=req.presence_penalty, seed=req.seed, owner=user["id"])
     explore = turn_mode(state, req.explore, req.n, req.model, req.regenerate is not None)
-    prep = PreparedTurn(conv_id, turn, gen, "personal" if adapter else "base", explore, fresh)
+    prep = PreparedTurn(conv_id, turn, gen, "personal" if adapter else "base", fresh, explore)
     if adapter is not None and state.adapter_failures.failed(adapter):
-        await fall_back(state, prep)        # known broken: do not try to load it again
+        await fall_back(state, prep, adapter)   # known broken: do not try to load it again
     return prep
 
 
-async def fall_back(state: AppState, prep: PreparedTurn) -> None:
-    """Route the turn through the newest earlier version not known to be broken, else the
-    base; remember which version should have served."""
-    failed = prep.gen.adapter
+async def fall_back(state: AppState, prep: PreparedTurn, failed: AdapterRef) -> None:
+    """Route the turn through the newest version before `failed` (its adapter) not known to
+    be broken, else the base; remember which version should have served."""
     prep.fallback_from = prep.fallback_from or failed.version
     earlier = await state.store.read(fallback.earlier_versions, state.adapters_dir,
                                      failed.user_id, failed.version)
@@ -251,18 +250,20 @@ async def fall_back(state: AppState, prep: PreparedTurn) -> None:
 async def _adapter_failed(state: AppState, prep: PreparedTurn, exc: ModelError) -> None:
     """An adapter did not load: record it for the admin, pick the next one (or re-raise if
     it was the base that failed: nothing to fall back to)."""
-    if prep.gen.adapter is None:
+    failed = prep.gen.adapter
+    if failed is None:
         raise exc
-    log.warning("adapter %s failed to load, falling back: %s", prep.gen.adapter.name, exc)
-    state.adapter_failures.record(prep.gen.adapter, exc)
-    await fall_back(state, prep)
+    log.warning("adapter %s failed to load, falling back: %s", failed.name, exc)
+    state.adapter_failures.record(failed, exc)
+    await fall_back(state, prep, failed)
 
 
-async def explore_and_store(state: AppState, prep: PreparedTurn) -> list[dict]:
-    """An exploring turn, falling back past the user's adapter if it fails to load."""
+async def explore_and_store(state: AppState, prep: PreparedTurn, mode: str) -> list[dict]:
+    """An exploring turn (selection `mode`), falling back past the user's adapter if it fails
+    to load."""
     while True:
         try:
-            return await explore_turn(state, prep.user, prep, prep.explore)
+            return await explore_turn(state, prep.user, prep, mode)
         except ModelError as exc:
             await _adapter_failed(state, prep, exc)
 
@@ -317,13 +318,13 @@ async def run_turn(state: AppState, user: dict, req: TurnRequest) -> tuple[Prepa
     """Non-streaming turn: returns the prepared turn and the stored candidates."""
     prep = await prepare_turn(state, user, req)
     if prep.explore:
-        return prep, await explore_and_store(state, prep)
+        return prep, await explore_and_store(state, prep, prep.explore)
     result = await generate(state, prep)
     return prep, await store_result(state, prep, result, req.regenerate is not None)
 
 
 async def stream_turn(state: AppState, prep: PreparedTurn,
-                      regenerate: bool = False) -> AsyncIterator[Delta | list[dict]]:
+                      regenerate: bool = False) -> AsyncGenerator[Delta | list[dict], None]:
     """Yield Deltas, then the stored candidate rows. If the consumer stops early the engine
     is cancelled and whatever was generated is still stored (finish_reason 'cancelled').
     An adapter that fails to load (before any text) is fallen back past, as in generate.
@@ -331,7 +332,7 @@ async def stream_turn(state: AppState, prep: PreparedTurn,
     An exploring turn cannot stream: which candidates are shown is known only once the whole
     pool is generated, so each shown answer arrives as one delta."""
     if prep.explore:
-        stored = await explore_and_store(state, prep)
+        stored = await explore_and_store(state, prep, prep.explore)
         for i, row in enumerate(stored):
             yield Delta(i, row["content"])
         yield stored

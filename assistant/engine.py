@@ -51,15 +51,16 @@ import bisect
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Callable, Coroutine
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import torch
 import torch.nn.functional as F
 from transformers import DynamicCache
+from transformers.cache_utils import CacheLayerMixin
 
 from adapters.decoding import BASE, eos_ids
 from assistant.multi_lora import MultiLora, Prepared
@@ -202,7 +203,7 @@ class _Job:
     prompt: list[int] = field(default_factory=list)
     submitted: float = field(default_factory=time.perf_counter)
     future: Future = field(default_factory=Future)
-    tracker: _Tracker | None = None
+    tracker: _Tracker = field(init=False)     # set by Engine.submit
     open_rows: int = 0
     prepared: Prepared | None = None     # its adapter, read from disk at submit if not loaded
     submitted_step: int = 0              # the engine's decode steps so far, at submission
@@ -433,6 +434,7 @@ class Engine:
         its GenResult, or fails with ModelError if the adapter cannot be served."""
         job = _Job(req, emit, cancel or threading.Event(), submitted_step=self.stats["steps"])
         try:
+            job.tracker = _Tracker(self, req, job.submitted, emit)
             job.prompt = (self.render(req.messages, req.max_tokens)
                           + opening_ids(self.tokenizer, req.opening))
             if req.adapter is not None and req.adapter.name not in self.loaded:
@@ -495,7 +497,6 @@ class Engine:
             except Exception as exc:        # this request's adapter only; the rest go on
                 job.future.set_exception(exc)
                 continue
-            job.tracker = _Tracker(self, job.req, job.submitted, job.emit)
             job.open_rows = job.req.n
             job.admitted, job.admitted_step = time.perf_counter(), self.stats["steps"]
             name = job.req.adapter.name if job.req.adapter else BASE
@@ -546,7 +547,6 @@ class Engine:
                 if ref is not None:
                     versions[ref.user_id] = ref.version
         for job in cancelled:
-            job.tracker = _Tracker(self, job.req, job.submitted, job.emit)
             for cand in job.tracker.cands:
                 cand.finish_reason = "cancelled"
             self._resolve(job)
@@ -559,23 +559,22 @@ class Engine:
         a prompt that extends a kept prefix prefills only its new tokens.
         """
         jobs = list({id(r.job): r.job for r in rows}.values())
-        keys, values, masks, logits = [], [], [], []
-        fresh, headed = [], []
+        parts: list[_Prefilled] = []
+        fresh: list[_Job] = []
+        headed: list[_Job] = []
         for job in jobs:
             hit = self._prefix_lookup(job)
             if hit is None:
                 (headed if self._starts_with_head(job) else fresh).append(job)
                 continue
-            k, v, m, lg = self._prefill_from_prefix(job, *hit)
-            keys.append(k), values.append(v), masks.append(m), logits.append(lg)
+            parts.append(self._prefill_from_prefix(job, *hit))
         for group, prefill in ((headed, self._prefill_on_head), (fresh, self._prefill_fresh)):
             if group:
-                k, v, m, lg = prefill(group)
-                keys.append(k), values.append(v), masks.append(m), logits.append(lg)
+                parts.append(prefill(group))
         order = [j for j in jobs if j not in fresh and j not in headed] + headed + fresh
-        kv = _cat_padded(list(zip(keys, values, strict=True)), masks)
-        k_all, v_all, mask = kv
-        last = torch.cat(logits)                                # (jobs, V)
+        k_all, v_all, mask = _cat_padded([(p.keys, p.values) for p in parts],
+                                         [p.mask for p in parts])
+        last = torch.cat([p.logits for p in parts])             # (jobs, V)
         expand = torch.tensor([i for i, job in enumerate(order) for _ in range(job.req.n)],
                               device=self.device)
         by_job = {id(job): [r for r in rows if r.job is job] for job in order}
@@ -585,8 +584,8 @@ class Engine:
         self._rows.extend(rows)
         self._sample(rows, last.index_select(0, expand))
 
-    def _prefill_fresh(self, jobs: list[_Job]) -> tuple:
-        """Left-padded prefill of whole prompts: (keys, values per layer, mask, last logits)."""
+    def _prefill_fresh(self, jobs: list[_Job]) -> _Prefilled:
+        """Left-padded prefill of whole prompts."""
         width = max(len(j.prompt) for j in jobs)
         ids = torch.full((len(jobs), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(jobs), width), dtype=torch.long)
@@ -602,11 +601,9 @@ class Engine:
                                   attention_mask=mask.to(self.device),
                                   position_ids=positions.to(self.device), past_key_values=cache,
                                   use_cache=True, logits_to_keep=1)
-        keys = [layer.keys for layer in cache.layers]
-        values = [layer.values for layer in cache.layers]
-        return keys, values, mask.to(self.device), out.logits[:, -1].float()
+        return _Prefilled(*_kv(cache), mask.to(self.device), out.logits[:, -1].float())
 
-    def _prefill_on_head(self, jobs: list[_Job]) -> tuple:
+    def _prefill_on_head(self, jobs: list[_Job]) -> _Prefilled:
         """Prefill prompts that open with the template's head on top of the head's KV under
         each job's adapter (computed once per adapter): only the rest of each prompt is new.
         Each row is [head][padding][rest]: the padding sits between the two and is masked."""
@@ -630,11 +627,9 @@ class Engine:
                                   position_ids=positions.to(self.device), past_key_values=cache,
                                   use_cache=True, logits_to_keep=1)
         self.stats["head_hits"] += len(jobs)
-        keys = [layer.keys for layer in cache.layers]
-        values = [layer.values for layer in cache.layers]
-        return keys, values, mask, out.logits[:, -1].float()
+        return _Prefilled(*_kv(cache), mask, out.logits[:, -1].float())
 
-    def _prefill_from_prefix(self, job: _Job, prefix: _Prefix, reuse: int) -> tuple:
+    def _prefill_from_prefix(self, job: _Job, prefix: _Prefix, reuse: int) -> _Prefilled:
         """Prefill only prompt[reuse:] on top of a kept prefix's first `reuse` tokens."""
         cache = DynamicCache()
         for i, (k, v) in enumerate(prefix.kv):
@@ -650,38 +645,33 @@ class Engine:
                                   past_key_values=cache, use_cache=True, logits_to_keep=1)
         self.stats["prefix_hits"] += 1
         self.stats["prefix_tokens"] += reuse
-        keys = [layer.keys for layer in cache.layers]
-        values = [layer.values for layer in cache.layers]
         mask = torch.ones(1, len(job.prompt), dtype=torch.long, device=self.device)
-        return keys, values, mask, out.logits[:, -1].float()
+        return _Prefilled(*_kv(cache), mask, out.logits[:, -1].float())
 
     def _merge(self, keys: list[torch.Tensor], values: list[torch.Tensor],
                mask: torch.Tensor) -> None:
         """Append rows (keys/values per layer (n, heads, len, dim), mask (n, len)) to the
         running batch, left-padding whichever side is shorter."""
-        if self._cache is None or not self._rows:
+        if self._cache is None or self._mask is None or not self._rows:
             self._cache = DynamicCache()
             for i, (k, v) in enumerate(zip(keys, values, strict=True)):
                 self._cache.update(k, v, i)
             self._mask = mask
             return
-        (k_all, v_all, m) = _cat_padded(
-            [([layer.keys for layer in self._cache.layers],
-              [layer.values for layer in self._cache.layers]), (keys, values)],
-            [self._mask, mask])
-        for layer, k, v in zip(self._cache.layers, k_all, v_all, strict=True):
-            layer.keys, layer.values = k, v
-        self._mask = m
+        k_all, v_all, self._mask = _cat_padded([_kv(self._cache), (keys, values)],
+                                               [self._mask, mask])
+        _replace_kv(self._cache, k_all, v_all)
 
     def _step(self) -> None:
         """One token for every row of the batch."""
         rows = self._rows
         ids = torch.tensor([[r.token] for r in rows], device=self.device)
         positions = torch.tensor([[r.length] for r in rows], device=self.device)
-        self._mask = F.pad(self._mask, (0, 1), value=1)
+        cache, mask = self._batch()
+        self._mask = F.pad(mask, (0, 1), value=1)
         with torch.inference_mode(), self.lora.route([r.slot for r in rows]):
             out = self.base_model(input_ids=ids, attention_mask=self._mask,
-                                  position_ids=positions, past_key_values=self._cache,
+                                  position_ids=positions, past_key_values=cache,
                                   use_cache=True)
         for r in rows:
             r.length += 1
@@ -738,13 +728,14 @@ class Engine:
         if not keep:
             self._cache, self._mask = None, None
             return
+        cache, mask = self._batch()
         index = torch.tensor(keep, device=self.device)
-        mask = self._mask.index_select(0, index)
+        mask = mask.index_select(0, index)
         first = int((mask.sum(0) > 0).nonzero()[0])
         self._mask = mask[:, first:]
-        for layer in self._cache.layers:
-            layer.keys = layer.keys.index_select(0, index)[:, :, first:]
-            layer.values = layer.values.index_select(0, index)[:, :, first:]
+        keys, values = _kv(cache)
+        _replace_kv(cache, [k.index_select(0, index)[:, :, first:] for k in keys],
+                    [v.index_select(0, index)[:, :, first:] for v in values])
 
     def _resolve(self, job: _Job) -> None:
         for cand in job.tracker.cands:
@@ -763,11 +754,19 @@ class Engine:
                 job.future.set_exception(error)
         self._rows, self._cache, self._mask = [], None, None
 
+    def _batch(self) -> tuple[DynamicCache, torch.Tensor]:
+        """The running batch's KV cache and its mask (rows, cache length): set while rows
+        run, None together with them."""
+        if self._cache is None or self._mask is None:
+            raise ModelError("no running batch")
+        return self._cache, self._mask
+
     # ---- prefix reuse -------------------------------------------------------------------
     def _keep_prefix(self, i: int) -> None:
         """Keep finished row i's KV (prompt and answer tokens in the cache) for reuse."""
         row = self._rows[i]
-        if self.prefix_cache_tokens <= 0 or self._cache is None or row.job.req.owner is None:
+        if self.prefix_cache_tokens <= 0 or self._cache is None or self._mask is None \
+                or row.job.req.owner is None:
             return
         tokens = row.job.prompt + row.cand.tokens
         length = min(row.length, len(tokens))
@@ -775,8 +774,8 @@ class Engine:
             return
         real = self._mask[i].nonzero()[:, 0]
         cols = real[:length]
-        kv = [(layer.keys[i:i + 1, :, cols].clone(), layer.values[i:i + 1, :, cols].clone())
-              for layer in self._cache.layers]
+        kv = [(k[i:i + 1, :, cols].clone(), v[i:i + 1, :, cols].clone())
+              for k, v in zip(*_kv(self._cache), strict=True)]
         self._prefix_ids += 1
         self._prefixes[(row.adapter, self._prefix_ids)] = _Prefix(row.job.req.owner,
                                                                   tokens[:length], kv)
@@ -791,17 +790,17 @@ class Engine:
         if self.prefix_cache_tokens <= 0 or not self._prefixes or job.req.owner is None:
             return None
         name = job.req.adapter.name if job.req.adapter else BASE
-        best, best_key, best_len = None, None, MIN_PREFIX - 1
+        best_key, best_len = None, MIN_PREFIX - 1
         for key, prefix in self._prefixes.items():
             if key[0] != name or prefix.owner != job.req.owner:
                 continue
             shared = min(_common_prefix(prefix.tokens, job.prompt), len(job.prompt) - 1)
             if shared > best_len:
-                best, best_key, best_len = prefix, key, shared
-        if best is None:
+                best_key, best_len = key, shared
+        if best_key is None:
             return None
         self._prefixes.move_to_end(best_key)
-        return best, best_len
+        return self._prefixes[best_key], best_len
 
     # ---- the template's head ------------------------------------------------------------
     def _template_head(self) -> list[int]:
@@ -833,7 +832,7 @@ class Engine:
             with torch.inference_mode(), self.lora.route([self._slot(ref)]):
                 self.base_model(input_ids=torch.tensor([self._head], device=self.device),
                                 past_key_values=cache, use_cache=True, logits_to_keep=1)
-            self._heads[name] = [(layer.keys, layer.values) for layer in cache.layers]
+            self._heads[name] = list(zip(*_kv(cache), strict=True))
         return self._heads[name]
 
     def _drop_prefixes(self, name: str) -> None:
@@ -852,8 +851,8 @@ class Engine:
         return await asyncio.wrap_future(future)
 
     async def stream(self, req: GenRequest,
-                     on_abandon: Callable[[GenResult], Awaitable[None]] | None = None,
-                     ) -> AsyncIterator[Delta | GenResult]:
+                     on_abandon: Callable[[GenResult], Coroutine[Any, Any, None]] | None = None,
+                     ) -> AsyncGenerator[Delta | GenResult, None]:
         """Yield Deltas as tokens arrive, then the GenResult. Closing the iterator early
         (a client that went away, a stop button) cancels generation at the next token;
         the partial result then goes to `on_abandon`, so nothing generated is lost."""
@@ -904,6 +903,43 @@ def _drop_schedule(n: int) -> list[int]:
     while n - drops[-1] > 1:
         drops.append(drops[-1] + (2 if n - drops[-1] > 2 else 1))
     return drops
+
+
+class _Prefilled(NamedTuple):
+    """New rows' prompt KV per layer (rows, heads, len, dim), their mask (rows, len) and
+    their last position's logits (rows, V)."""
+
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+    mask: torch.Tensor
+    logits: torch.Tensor
+
+
+def _attention_layers(cache: DynamicCache) -> list[CacheLayerMixin]:
+    """The cache's layers, each holding keys and values (every layer of a decoder-only
+    attention model such as SmolLM2; transformers also knows linear-attention layers)."""
+    layers = [layer for layer in cache.layers if isinstance(layer, CacheLayerMixin)]
+    if len(layers) != len(cache.layers):
+        raise ModelError("the model's KV cache has layers without keys and values")
+    return layers
+
+
+def _kv(cache: DynamicCache) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Keys and values per layer, each (rows, heads, len, dim), of a filled cache."""
+    keys, values = [], []
+    for layer in _attention_layers(cache):
+        if layer.keys is None or layer.values is None:
+            raise ModelError("the KV cache has an empty layer")
+        keys.append(layer.keys)
+        values.append(layer.values)
+    return keys, values
+
+
+def _replace_kv(cache: DynamicCache, keys: list[torch.Tensor],
+                values: list[torch.Tensor]) -> None:
+    """Put new keys and values (per layer) in place of the cache's."""
+    for layer, k, v in zip(_attention_layers(cache), keys, values, strict=True):
+        layer.keys, layer.values = k, v
 
 
 def _cat_padded(parts: list[tuple[list[torch.Tensor], list[torch.Tensor]]],

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import random
 
+import numpy as np
+
 from adapters import registry
 from adapters.feature_cache import store_features
 from adapters.features import compute_features
@@ -44,10 +46,9 @@ def _sources(db, adapters_dir, user: dict, personal: AdapterRef | None,
     previous = None
     if personal is not None:
         row = registry.find_version(db, user["id"], personal.version)
-        parent = row and row["parent_version"]
-        prow = parent and registry.find_version(db, user["id"], parent)
+        prow = row and registry.find_version(db, user["id"], row["parent_version"])
         if prow:
-            previous = AdapterRef(user["id"], parent, adapters_dir / prow["path"])
+            previous = AdapterRef(user["id"], prow["version"], adapters_dir / prow["path"])
     peers = registry.serving_peers(db, user["id"])
     rng.shuffle(peers)
     refs = tuple(AdapterRef(p["user_id"], p["version"], adapters_dir / p["path"])
@@ -81,7 +82,8 @@ def _row(slot: ex.Slot, result: GenResult, prep, selection: str) -> dict:
     }
 
 
-def _store(db, turn: dict, rows: list[dict], feats: dict[int, object], base_id: str) -> list:
+def _store(db, turn: dict, rows: list[dict], feats: dict[int, np.ndarray], base_id: str
+           ) -> list:
     if not db["messages"].count_where("id = ?", [turn["id"]]):
         # Erased while the pool was generating: the erase stands (as in chat.store_result).
         raise Gone(f"conversation {turn['conversation_id']} was deleted while the answers "
@@ -117,8 +119,8 @@ async def explore_turn(state: AppState, user: dict, prep, mode: str) -> list[dic
     record = await state.store.read(source_preferences, user["id"])
     slots = ex.plan_pool(max(e.pool, gen.n), e.sources, have, ex.parse_arms(e.arms),
                          gen.temperature, max(e.hot_temperature, gen.temperature), rng, record)
-    results = await ex.generate_pool(engine, ex.pool_requests(gen, slots, e.demo_question))
-    slots, results = _usable(slots, results, gen.n)
+    pool = await ex.generate_pool(engine, ex.pool_requests(gen, slots, e.demo_question))
+    slots, results = _usable(slots, pool, gen.n)
     n_pairs, head_path = await state.store.read(_head_info, user["id"], engine.base_id)
     ensemble = ex.load_ensemble(head_path) if head_path else None
     mode = ex.choose_mode(mode, n_pairs, ensemble is not None, e.uncertainty_from_pairs)

@@ -100,8 +100,9 @@ class _Projection:
 
     def write(self, slot: int, a: torch.Tensor | None, b: torch.Tensor | None) -> None:
         """Put an adapter's (r, in) A and (out, r) scaled B in `slot`; None clears it."""
-        r = 0 if a is None or b is None else a.shape[0]
-        if r:
+        r = 0
+        if a is not None and b is not None:
+            r = a.shape[0]
             self.a[slot, :r].copy_(a)
             self.b[slot, :, :r].copy_(b)
         self.a[slot, r:].zero_()
@@ -149,9 +150,10 @@ def read_adapter(path: Path, name: str) -> tuple[dict, dict[str, torch.Tensor]]:
 
 def scaling(config: dict, module: str, rank: int) -> float:
     """PEFT's scaling for one module: its lora_alpha over its r (sqrt(r) with rsLoRA)."""
-    ranks, alphas = config.get("rank_pattern") or {}, config.get("alpha_pattern") or {}
-    r = ranks.get(get_pattern_key(ranks.keys(), module), config.get("r", 8))
-    alpha = alphas.get(get_pattern_key(alphas.keys(), module), config.get("lora_alpha", 8))
+    ranks: dict[str, int] = config.get("rank_pattern") or {}
+    alphas: dict[str, float] = config.get("alpha_pattern") or {}
+    r = ranks.get(get_pattern_key(list(ranks), module), config.get("r", 8))
+    alpha = alphas.get(get_pattern_key(list(alphas), module), config.get("lora_alpha", 8))
     if r != rank:
         raise ModelError(f"rank {rank} of {module} does not match the config's r={r}")
     return alpha / math.sqrt(r) if config.get("use_rslora") else alpha / r

@@ -10,6 +10,7 @@ from assistant.adapter_fallback import AdapterFailures
 from assistant.config import Config
 from assistant.engine import Engine
 from assistant.ratelimit import RateLimiter
+from assistant.scheduler import TrainingScheduler
 from feedback_store.db import Store
 
 
@@ -20,7 +21,7 @@ class AppState:
     engine: Engine
     started: float = field(default_factory=time.time)
     admin_user_id: int | None = None     # who ASSISTANT_ADMIN_KEY acts as
-    scheduler: object | None = None      # the training scheduler, once started
+    scheduler: TrainingScheduler | None = None      # the training scheduler, once started
     adapter_failures: AdapterFailures = field(default_factory=AdapterFailures)
     rate_limiter: RateLimiter = field(init=False)
 

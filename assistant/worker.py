@@ -25,8 +25,10 @@ import threading
 import time
 import traceback
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 
+from adapters.records import RunOutcome, StepRecord
 from assistant.config import Config, from_dict, load_config
 from assistant.logs import configure_logging
 from assistant.run_lock import RunLock
@@ -50,7 +52,7 @@ class RunLog:
     def __init__(self, db, run_id: int, echo: bool = True) -> None:
         self.db, self.run_id, self.echo = db, run_id, echo
         self.lines: deque[str] = deque(maxlen=LOG_LINES)
-        self.steps: list[dict] = []
+        self.steps: list[StepRecord] = []
         self.saved = 0.0
 
     def __call__(self, line: str) -> None:
@@ -59,7 +61,7 @@ class RunLog:
             log.info(line)
         self.save()
 
-    def step(self, record: dict) -> None:
+    def step(self, record: StepRecord) -> None:
         self.steps.append(record)
         self(f"step {record['step']}: reward {record['reward_mean']:.3f} "
              f"kl {record['kl']:.4f} len {record['completion_len']:.0f} "
@@ -86,7 +88,8 @@ class RunLog:
             self.saved = time.time()
 
 
-def execute(config: Config, run: dict, db, echo: bool = True, progress=None) -> dict:
+def execute(config: Config, run: dict, db, echo: bool = True,
+            progress: Callable[[StepRecord], None] | None = None) -> dict:
     """Run one claimed run to a final status; never raises (the status says what happened)."""
     import torch
 
@@ -95,7 +98,7 @@ def execute(config: Config, run: dict, db, echo: bool = True, progress=None) -> 
 
     log = RunLog(db, run["id"], echo)
 
-    def on_step(record: dict) -> None:
+    def on_step(record: StepRecord) -> None:
         log.step(record)
         if progress:
             progress(record)
@@ -128,13 +131,13 @@ def _fail(db, run: dict, log: RunLog, exc: Exception) -> None:
              f"{type(exc).__name__}: {exc}")
 
 
-def _finish_and_publish(db, run: dict, outcome: dict, log_tail: str) -> None:
+def _finish_and_publish(db, run: dict, outcome: RunOutcome, log_tail: str) -> None:
     """One transaction: the run's final status and what it publishes (its reward head and, if
     promoted, its adapter version). Killed before this commits, the run publishes nothing."""
     from adapters.jobs import publish
 
     # Only a run still `running` publishes (the Ray executor may have failed it meanwhile).
-    if not runs.finish_running(db, run["id"], outcome["status"], outcome["metrics"], log_tail,
+    if not runs.finish_running(db, run["id"], outcome["status"], dict(outcome["metrics"]), log_tail,
                                None, outcome["adapter_version"], outcome["events_used"]):
         raise RunAlreadyEnded(f"run {run['id']} was ended while it trained "
                               f"({runs.get_run(db, run['id'])['status']}): nothing published")

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from adapters import decoding, gate, policy, registry
+from adapters.records import GateMetrics, StepRecord
 from feedback_store.errors import NotFound, TrainingError
 from feedback_store.users import create_user, get_user
 from tests.conftest import make_tiny_model
@@ -54,6 +55,7 @@ def test_training_runs_and_changes_lora(tokenizer, tiny_model):
     model, records = policy.train_policy(tiny_model, tokenizer, PROMPTS, count_e, FAST,
                                          progress=seen.append)
     assert [r["step"] for r in records] == [1, 2, 3] and seen == records
+    assert all(r.keys() == StepRecord.__annotations__.keys() for r in records)
     for r in records:
         assert math.isfinite(r["loss"]) and r["kl"] >= 0 and 1 <= r["completion_len"] <= 12
     # A fresh LoRA starts with B = 0; training must have moved it.
@@ -125,6 +127,17 @@ def test_bf16_sampler_tracks_the_policy(tokenizer, tiny_model):
         sampler.sync()
         after = (sampler.model(input_ids=ids).logits.float() - model(input_ids=ids).logits)
     assert after.abs().max() < 0.05 < before.abs().max()
+
+
+def test_bf16_sampler_refuses_lora_it_cannot_merge(tokenizer, tiny_model):
+    """Only LoRA on Linear layers (all of LORA_TARGETS) merges into the sampler's weights;
+    another kind is refused by name, not sampled from a copy that does not match it."""
+    from peft import LoraConfig, get_peft_model
+
+    plain = policy._plain_bf16_twin(tiny_model)
+    model = get_peft_model(tiny_model, LoraConfig(r=2, target_modules=["embed_tokens"]))
+    with pytest.raises(TrainingError, match="embed_tokens"):
+        policy._Sampler(plain, model)
 
 
 def test_advantages_and_completion_mask():
@@ -239,6 +252,7 @@ def test_gate_evaluate(tokenizer, tiny_model, tmp_path):
     gate.load_adapter(model, tmp_path / "zero", "zero")
     vs_base = gate.evaluate(model, tokenizer, "default", None, PROMPTS, count_e, settings)
     assert vs_base["baseline"] == "base" and vs_base["n_prompts"] == 3
+    assert vs_base.keys() == GateMetrics.__annotations__.keys()
     assert vs_base["candidate_kl"] > 0 and vs_base["baseline_kl"] == 0
     assert 0 <= vs_base["win_rate"] <= 1
     # A zero adapter answers exactly like the base: no KL, no gain, all ties.
