@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -18,6 +17,7 @@ from feedback_store import runs
 from feedback_store.db import transaction
 from feedback_store.errors import ConfigError
 from feedback_store.users import create_user
+from tests import waiting
 from tests.conftest import ROOT
 from tests.test_training_flow import give_feedback, greedy, serve, train, wait
 
@@ -30,14 +30,7 @@ SLOW = 900
 
 
 def until(value: Callable[[], T | None], what: str, timeout: float = SLOW) -> T:
-    """Poll until value() is truthy; return it (a condition awaited, not a sleep)."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        got = value()
-        if got:
-            return got
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
+    return waiting.until(value, what, timeout)
 
 
 @pytest.fixture(scope="module")

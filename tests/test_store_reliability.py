@@ -19,6 +19,7 @@ from feedback_store.db import Store, connect, open_db, retrying, transaction
 from feedback_store.errors import ConfigError
 from feedback_store.users import create_user
 from tests.conftest import ROOT
+from tests.waiting import until
 
 
 def chat(live, key: str, content: str) -> dict:
@@ -26,16 +27,6 @@ def chat(live, key: str, content: str) -> dict:
                    json={"content": content, "n": 2, "max_tokens": 3})
     assert r.status_code == 200, r.text
     return r.json()
-
-
-def until(condition, timeout: float = 30.0, what: str = "condition"):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_erased_text_is_not_left_in_the_database_or_wal(live_server):
