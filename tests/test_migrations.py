@@ -3,9 +3,11 @@
 import sqlite3
 
 import pytest
+import sqlite_utils
 
 from feedback_store import migrations
 from feedback_store.db import connect, open_db, transaction
+from feedback_store.sql import add_column, create_table
 from feedback_store.users import create_user
 
 
@@ -62,15 +64,15 @@ def test_a_failing_migration_rolls_back_all_its_ddl(tmp_path, monkeypatch):
     db = open_db(tmp_path / "a.db")
 
     def m900_half_done(db):
-        db["half"].create({"id": int}, pk="id")
-        db["users"].add_column("nickname", str)
+        create_table(db, "half", {"id": int}, pk="id")
+        add_column(db, "users", "nickname", str)
         db.execute("create index users_nick on users (nickname)")
         raise RuntimeError("boom")
 
     with pytest.raises(RuntimeError, match="boom"):
         migrations.migrate(db, [*migrations.MIGRATIONS, m900_half_done])
     assert "half" not in db.table_names()
-    assert "nickname" not in db["users"].columns_dict
+    assert "nickname" not in db.columns("users")
     assert "m900_half_done" not in {r["name"] for r in db["migrations"].rows}
     assert db.execute("PRAGMA foreign_keys").fetchone()[0] == 1
 
@@ -101,10 +103,11 @@ def test_old_database_gets_autoincrement_keeping_rows_and_foreign_keys(tmp_path)
                            "content": "kept", "created_at": "then", "seed": 5})
     migrations.migrate(db)
     assert db["messages"].get(9)["content"] == "kept" and db["messages"].get(9)["seed"] == 5
-    assert "AUTOINCREMENT" in db["users"].schema and "AUTOINCREMENT" in db["messages"].schema
-    fks = {(fk.column, fk.other_table) for fk in db["messages"].foreign_keys}
+    schema = sqlite_utils.Database(db.conn)           # SQLite's own view of the schema
+    assert "AUTOINCREMENT" in schema["users"].schema and "AUTOINCREMENT" in schema["messages"].schema
+    fks = {(fk.column, fk.other_table) for fk in schema["messages"].foreign_keys}
     assert fks == {("conversation_id", "conversations"), ("user_id", "users")}
-    assert {i.name for i in db["messages"].indexes} >= {"idx_messages_conversation_id",
+    assert {i.name for i in schema["messages"].indexes} >= {"idx_messages_conversation_id",
                                                          "idx_messages_user_id"}
     assert db.execute("PRAGMA foreign_key_check").fetchall() == []
     with pytest.raises(sqlite3.IntegrityError):        # foreign keys are enforced again
