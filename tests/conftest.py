@@ -1,8 +1,8 @@
 """Shared fixtures: a tiny random Llama with the real tokenizer, temporary stores.
 
-The store runs on SQLite unless a test module sets `BACKENDS = BOTH`: then each of its tests
-that touches the store (through `db`, `store_url`, `live_server`...) runs on SQLite and on
-PostgreSQL (a throwaway server, tests/pg.py, started once per session when first needed).
+The store runs on SQLite unless a test module sets `BACKENDS = BOTH` (or a test is decorated
+@on_both): then each such test that touches the store (through `db`, `store_url`,
+`live_server`...) runs on SQLite and on PostgreSQL (a throwaway server, tests/pg.py, started once per session when first needed).
 ASSISTANT_TEST_BACKENDS=postgresql (or "sqlite,postgresql") puts every such test on those.
 """
 
@@ -62,9 +62,16 @@ BOTH = ("sqlite", "postgresql")
 FORCED = tuple(b for b in os.environ.get("ASSISTANT_TEST_BACKENDS", "").split(",") if b)
 
 
+def on_both(test):
+    """Run this test's store on both engines (the module's other tests keep theirs)."""
+    test.backends = BOTH
+    return test
+
+
 def pytest_generate_tests(metafunc):
     if "backend" in metafunc.fixturenames:
-        backends = FORCED or getattr(metafunc.module, "BACKENDS", ("sqlite",))
+        backends = FORCED or getattr(metafunc.function, "backends", None) \
+            or getattr(metafunc.module, "BACKENDS", ("sqlite",))
         metafunc.parametrize("backend", backends, indirect=True)
 
 

@@ -7,6 +7,9 @@ import os
 import httpx
 
 from feedback_store import runs
+from tests.conftest import BOTH
+
+BACKENDS = BOTH  # the store on SQLite and on PostgreSQL
 
 # Every table that holds per-user rows, and how to find them (? = the user's id; features
 # are found by the user's message ids).
