@@ -2,8 +2,9 @@
 
 The store runs on SQLite unless a test module sets `BACKENDS = BOTH` (or a test is decorated
 @on_both): then each such test that touches the store (through `db`, `store_url`,
-`live_server`...) runs on SQLite and on PostgreSQL (a throwaway server, tests/pg.py, started once per session when first needed).
-ASSISTANT_TEST_BACKENDS=postgresql (or "sqlite,postgresql") puts every such test on those.
+`live_server`...) runs on SQLite and on PostgreSQL (a throwaway server, tests/pg.py, started
+once per session when first needed). ASSISTANT_TEST_BACKENDS=postgresql (or
+"sqlite,postgresql") puts every test that touches the store on those engines.
 """
 
 from __future__ import annotations

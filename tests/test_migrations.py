@@ -8,8 +8,8 @@ import sqlite_utils
 from feedback_store import migrations
 from feedback_store.db import connect, open_db, transaction
 from feedback_store.sql import add_column, create_table
-from tests.conftest import on_both
 from feedback_store.users import create_user
+from tests.conftest import on_both
 
 
 def test_an_older_database_upgrades_and_keeps_its_rows(tmp_path, monkeypatch):
@@ -134,7 +134,8 @@ def test_old_database_gets_autoincrement_keeping_rows_and_foreign_keys(tmp_path)
     migrations.migrate(db)
     assert db["messages"].get(9)["content"] == "kept" and db["messages"].get(9)["seed"] == 5
     schema = sqlite_utils.Database(db.conn)           # SQLite's own view of the schema
-    assert "AUTOINCREMENT" in schema["users"].schema and "AUTOINCREMENT" in schema["messages"].schema
+    assert "AUTOINCREMENT" in schema["users"].schema
+    assert "AUTOINCREMENT" in schema["messages"].schema
     fks = {(fk.column, fk.other_table) for fk in schema["messages"].foreign_keys}
     assert fks == {("conversation_id", "conversations"), ("user_id", "users")}
     assert {i.name for i in schema["messages"].indexes} >= {"idx_messages_conversation_id",

@@ -10,9 +10,9 @@ import threading
 import httpx
 
 from tests.conftest import ADMIN_KEY, BOTH
+from tests.test_training_flow import give_feedback, serve, train, wait
 
 BACKENDS = BOTH  # the store on SQLite and on PostgreSQL
-from tests.test_training_flow import give_feedback, serve, train, wait
 
 
 class Chatter(threading.Thread):
