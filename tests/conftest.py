@@ -73,7 +73,8 @@ def pytest_generate_tests(metafunc):
     if "backend" in metafunc.fixturenames:
         backends = FORCED or getattr(metafunc.function, "backends", None) \
             or getattr(metafunc.module, "BACKENDS", ("sqlite",))
-        metafunc.parametrize("backend", backends, indirect=True)
+        if backends != ("sqlite",):          # SQLite alone: test ids stay as they were
+            metafunc.parametrize("backend", backends, indirect=True)
 
 
 @pytest.fixture(scope="module")
