@@ -20,10 +20,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from sqlite_utils import Database
-
 from feedback_store.clock import now
 from feedback_store.errors import NotFound, TrainingError
+from feedback_store.sql import Database
 from feedback_store.users import check_name, get_user, set_current_version
 
 TMP_PREFIX = ".tmp-"

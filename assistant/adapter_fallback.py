@@ -15,12 +15,11 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from sqlite_utils import Database
-
 from adapters import registry
 from assistant.engine import AdapterRef
 from feedback_store.clock import now
 from feedback_store.errors import public_message
+from feedback_store.sql import Database
 
 
 class AdapterFailures:

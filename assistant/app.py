@@ -132,7 +132,7 @@ def openapi_document() -> dict:
 
 
 def create_app(config: Config, engine: Engine, store: Store | None = None) -> Litestar:
-    store = store or Store(config.db_path)
+    store = store or Store(config.store_target)
     state = AppState(config=config, store=store, engine=engine)
     state.admin_user_id = ensure_admin_identity(store, config)
     state.scheduler = training_scheduler(config, store)

@@ -10,7 +10,7 @@ from assistant import eval_reward, eval_safety, train_cli
 from assistant.config import Config, load_config
 from assistant.logs import configure_logging
 from feedback_store import users
-from feedback_store.db import open_db, transaction
+from feedback_store.db import open_db, redacted, transaction
 from feedback_store.errors import AssistantError
 
 
@@ -38,8 +38,8 @@ def cmd_init(args: argparse.Namespace, config: Config) -> None:
     source = resolve_source(config.model.path, config.cache_dir)
     prepare_cache(source, config.cache_dir)
     print(f"base model: {source.base_id}")
-    db = open_db(config.db_path)
-    print(f"database: {config.db_path}")
+    db = open_db(config.store_target)
+    print(f"database: {redacted(config.store_target)}")
     if not users.admin_exists(db):
         with transaction(db):
             _, key = users.create_user(db, "admin", admin=True)
@@ -65,7 +65,7 @@ def cmd_serve(args: argparse.Namespace, config: Config) -> None:
 
 
 def _with_db(config: Config, fn, *args):
-    db = open_db(config.db_path)
+    db = open_db(config.store_target)
     try:
         with transaction(db):
             return fn(db, *args)

@@ -311,6 +311,26 @@ class ServingConfig(Checked):
 
 
 @dataclass(frozen=True)
+class StoreConfig(Checked):
+    # "" = the SQLite file data_dir/assistant.db: nothing to install or run (the default).
+    # "postgresql://user@host:5432/dbname" = a PostgreSQL database shared by several app
+    # servers and training workers (psycopg 3; libpq's PGPASSWORD / ~/.pgpass keep the
+    # password out of this file).
+    url: str = ""
+    # A running training run's lease: its worker renews it every third of this, and a run
+    # whose lease ran out is failed by whoever notices (its worker is taken for dead). Two
+    # minutes: a GC pause or a busy store never costs a run, a dead worker is seen soon.
+    run_lease_seconds: int = 120
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(self.url == "" or self.url.startswith(("postgresql://", "postgres://")), "url",
+              "(not shown)", "must be empty (the SQLite file) or a postgresql:// URL")
+        check(self.run_lease_seconds >= 3, "run_lease_seconds", self.run_lease_seconds,
+              "must be at least 3")
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -323,6 +343,7 @@ class Config:
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     explore: ExploreConfig = field(default_factory=ExploreConfig)
     serving: ServingConfig = field(default_factory=ServingConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
     source: Path = DEFAULT_CONFIG
 
     def __post_init__(self) -> None:
@@ -342,6 +363,11 @@ class Config:
     @property
     def db_path(self) -> Path:
         return self.data_dir / "assistant.db"
+
+    @property
+    def store_target(self) -> str | Path:
+        """What feedback_store.db opens: [store] url, or the SQLite file under data_dir."""
+        return self.store.url or self.db_path
 
     @property
     def adapters_dir(self) -> Path:

@@ -13,13 +13,12 @@ import logging
 import shutil
 from pathlib import Path
 
-from sqlite_utils import Database
-
 from adapters import registry, reward_head
 from assistant.state import AppState
 from feedback_store import users
 from feedback_store.errors import AssistantError, Conflict, NotFound
 from feedback_store.feedback import MAX_ID
+from feedback_store.sql import Database
 
 log = logging.getLogger("assistant.erase")
 

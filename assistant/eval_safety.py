@@ -118,7 +118,7 @@ def adapter_path(config: Config, user: str | None, adapter: str | None) -> Path:
 
     if user is None:
         raise BadRequest("name a --user or an --adapter folder")
-    db = open_db(config.db_path)
+    db = open_db(config.store_target)
     try:
         current = registry.current_path(db, get_user_by_name(db, user))
     finally:

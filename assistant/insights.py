@@ -15,13 +15,13 @@ import random
 from dataclasses import dataclass
 
 import numpy as np
-from sqlite_utils import Database
 
 from adapters.feature_cache import cached_features
 from assistant.rewards import _load, head_summary, latest_head
 from feedback_store import feedback as fb
 from feedback_store import runs
 from feedback_store.conversations import opening_turns, prompt_messages, user_messages
+from feedback_store.sql import Database
 
 GATE_FIELDS = ("win_rate", "reward_gain", "candidate_reward", "baseline_reward", "baseline",
                "n_prompts", "candidate_kl", "candidate_len", "baseline_len")

@@ -6,13 +6,12 @@ import json
 from functools import lru_cache
 from pathlib import Path
 
-from sqlite_utils import Database
-
 from adapters.feature_cache import cached_features, features_id, store_features
 from adapters.features import compute_features
 from adapters.reward_head import RewardHead, latest_published
 from assistant.state import AppState
 from feedback_store import conversations as conv
+from feedback_store.sql import Database
 
 SUMMARY_FIELDS = ("cv_accuracy", "n_pairs", "n_thumbs", "prior")
 

@@ -7,7 +7,6 @@ from typing import Any, TypeVar
 
 from litestar import Router, delete, get, post, put
 from litestar.di import Provide
-from sqlite_utils import Database
 
 from adapters import registry
 from assistant.api_docs import SettingsBody
@@ -20,6 +19,8 @@ from assistant.user_settings import check_settings, read_settings, save_settings
 from feedback_store import conversations as conv
 from feedback_store import feedback as fb
 from feedback_store import runs, users
+from feedback_store.db import snapshot
+from feedback_store.sql import Database
 from feedback_store.training_data import FORMATS, source_preferences, training_rows
 
 T = TypeVar("T")
@@ -48,11 +49,8 @@ def me_summary(db: Database, user_id: int, base_id: str) -> dict:
 
 def _snapshot(db: Database, fn: Callable[..., T], *args: Any) -> T:
     """Run several reads in one read transaction so an export is self-consistent."""
-    db.execute("BEGIN")
-    try:
+    with snapshot(db):
         return fn(db, *args)
-    finally:
-        db.execute("COMMIT")
 
 
 def export_user(db: Database, user_id: int) -> dict:

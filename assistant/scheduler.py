@@ -57,7 +57,9 @@ class TrainingScheduler:
         self.kick()
 
     def tick(self) -> list[dict]:
-        """Queue every due user, then make sure a worker runs."""
+        """Fail runs whose worker is gone (a lease that ran out, on any host), queue every
+        due user, then make sure a worker runs."""
+        self.fail_orphans()
         queued = self.store.write_sync(runs.request_training, None, False,
                                        self.config.training.min_new_events, "scheduler")
         self.kick()

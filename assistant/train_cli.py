@@ -12,7 +12,7 @@ from feedback_store.db import open_db, transaction
 
 
 def cmd_train(args: argparse.Namespace, config: Config) -> None:
-    db = open_db(config.db_path)
+    db = open_db(config.store_target)
     queued = transaction(db, runs.request_training, args.user, args.force,
                          config.training.min_new_events, "cli")
     if not queued:

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlite_utils import Database
-
 from assistant.bodies import SettingsIn
 from assistant.config import GenerationConfig
 from feedback_store import user_settings as store
 from feedback_store.errors import BadRequest
+from feedback_store.sql import Database
 
 ANSWER_LENGTHS = {"short": 0.5, "normal": 1.0, "long": 3.0}
 DEFAULTS: dict[str, Any] = {"answer_length": "normal"}

@@ -19,7 +19,6 @@ import json
 import logging
 import os
 import signal
-import sqlite3
 import sys
 import threading
 import time
@@ -34,7 +33,7 @@ from assistant.logs import configure_logging
 from assistant.run_lock import RunLock
 from assistant.training_settings import run_settings
 from feedback_store import runs
-from feedback_store.db import connect, open_db, retrying, transaction
+from feedback_store.db import connect, is_busy, open_db, retrying, transaction
 from feedback_store.errors import TrainingError
 
 log = logging.getLogger("assistant.worker")
@@ -82,7 +81,9 @@ class RunLog:
             try:
                 transaction(self.db, runs.update_progress, self.run_id, {"steps": self.steps},
                             self.tail)
-            except sqlite3.OperationalError as exc:
+            except Exception as exc:
+                if not is_busy(exc):
+                    raise
                 log.warning("progress not saved (%s); retrying later", exc)
                 return
             self.saved = time.time()
@@ -160,7 +161,7 @@ def watch_parent(config: Config, run_id: int, parent_pid: int) -> threading.Thre
             time.sleep(PARENT_POLL)
         _finishing.acquire()      # never released: the process ends below
         try:
-            db = connect(config.db_path)
+            db = connect(config.store_target)
             retrying(db, _fail_if_running, run_id,
                      f"the server (pid {parent_pid}) stopped while this run was training; "
                      "the previous adapter and reward head stay live")
@@ -168,6 +169,26 @@ def watch_parent(config: Config, run_id: int, parent_pid: int) -> threading.Thre
             os._exit(3)
 
     thread = threading.Thread(target=loop, name="parent-watch", daemon=True)
+    thread.start()
+    return thread
+
+
+def keep_lease(config: Config, run_id: int) -> threading.Thread:
+    """Renew the run's lease every third of [store] run_lease_seconds on a connection of its
+    own, so a long step without log lines never looks like a dead worker."""
+    seconds = config.store.run_lease_seconds
+
+    def loop() -> None:
+        db = connect(config.store_target)
+        while True:
+            time.sleep(seconds / 3)
+            try:
+                if not retrying(db, runs.renew_lease, run_id, os.getpid(), seconds):
+                    return          # finished, or failed by someone who found it expired
+            except Exception as exc:    # a store hiccup: the next beat tries again
+                log.warning("run %s: lease not renewed (%s)", run_id, exc)
+
+    thread = threading.Thread(target=loop, name="lease", daemon=True)
     thread.start()
     return thread
 
@@ -206,11 +227,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         _stop_on_sigterm()
-        db = open_db(config.db_path)
-        run = retrying(db, runs.claim_next, os.getpid())
+        db = open_db(config.store_target)
+        run = retrying(db, runs.claim_next, os.getpid(), config.store.run_lease_seconds,
+                       exclusive=False)
         if run is None:
             log.info("no queued run")
             return 0
+        keep_lease(config, run["id"])
         if args.parent_pid:
             watch_parent(config, run["id"], args.parent_pid)
         result = execute(config, run, db)

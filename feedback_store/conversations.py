@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlite_utils import Database
-
 from feedback_store.clock import now
 from feedback_store.db import insert
 from feedback_store.errors import BadRequest, NotFound
+from feedback_store.sql import Database, json_ints
 
 TITLE_CHARS = 60
 
@@ -58,12 +57,11 @@ def delete_conversation(db: Database, user_id: int, conversation_id: int) -> Non
     db.execute(f"delete from features where message_id in ({ids})", [conversation_id])
     db.execute(f"delete from thumbs where message_id in ({ids})", [conversation_id])
     db.execute(f"delete from comparisons where message_a in ({ids})", [conversation_id])
+    said = f"exists (select 1 from {json_ints(db, 'message_ids')} j where j.value in ({ids}))"
     db.execute(f"delete from rankings where event_id in (select id from feedback_events where "
-               f"exists (select 1 from json_each(message_ids) where value in ({ids})))",
-               [conversation_id])
+               f"{said})", [conversation_id])
     # The event log goes too: deleting a conversation deletes what was said about it.
-    db.execute("delete from feedback_events where exists (select 1 from json_each(message_ids) "
-               f"where value in ({ids}))", [conversation_id])
+    db.execute(f"delete from feedback_events where {said}", [conversation_id])
     db.execute("delete from messages where conversation_id = ?", [conversation_id])
     db.execute("delete from conversations where id = ?", [conversation_id])
 
@@ -175,7 +173,8 @@ def choose_candidate(db: Database, message: dict) -> None:
     """Make `message` the branch its conversation continues from."""
     if message["role"] != "assistant":
         raise BadRequest(f"message {message['id']} is not an assistant answer")
-    db.execute("update messages set chosen = (id = ?) where candidate_group = ?",
+    db.execute("update messages set chosen = case when id = ? then 1 else 0 end "
+               "where candidate_group = ?",
                [message["id"], message["candidate_group"]])
 
 

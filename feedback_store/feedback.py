@@ -11,12 +11,11 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 
-from sqlite_utils import Database
-
 from feedback_store import conversations as conv
 from feedback_store.clock import now
 from feedback_store.db import insert
 from feedback_store.errors import BadRequest, NotFound
+from feedback_store.sql import Database, json_first_int
 
 THUMBS = ("up", "down")
 CHOICES = ("a", "b", "tie", "both_bad")
@@ -241,7 +240,7 @@ def comparisons(db: Database, user_id: int) -> list[dict]:
 def _ranking_of_turn(db: Database, user_id: int, turn_id: int) -> dict | None:
     rows = list(db.query(
         "select r.* from rankings r join messages m "
-        "on m.id = json_extract(r.message_ids, '$[0]') "
+        f"on m.id = {json_first_int(db, 'r.message_ids')} "
         "where r.user_id = ? and m.candidate_group = ?", [user_id, turn_id]))
     return _decoded(rows[0], "message_ids") if rows else None
 
@@ -329,7 +328,7 @@ def verdicts_in_conversation(db: Database, user_id: int, conversation_id: int) -
     pairs = db.query(f"select message_a, message_b, choice from comparisons where user_id = ? "
                      f"and message_a in ({ids}) order by id", [user_id, conversation_id])
     ranks = db.query("select message_ids from rankings where user_id = ? and "
-                     f"json_extract(message_ids, '$[0]') in ({ids}) order by id",
+                     f"{json_first_int(db, 'message_ids')} in ({ids}) order by id",
                      [user_id, conversation_id])
     return ([{"kind": "comparison", "message_ids": [p["message_a"], p["message_b"]],
               "choice": p["choice"]} for p in pairs]

@@ -1,25 +1,36 @@
 """Training runs as a durable queue: queued -> running -> succeeded | rejected | failed.
 
-The queue lives in SQLite so queued runs survive a restart; a run left `running` by a process
-that died is marked `failed` (the user's previous adapter keeps serving). Whether a worker is
-alive is told by the OS lock it holds for the run's life (assistant/run_lock.py), not by its
-pid alone: a pid can be reused by an unrelated process after a crash.
+The queue lives in the store so queued runs survive a restart; a run left `running` by a
+process that died is marked `failed` (the user's previous adapter keeps serving). Whether a
+worker on this host is alive is told by the OS lock it holds for the run's life
+(assistant/run_lock.py), not by its pid alone: a pid can be reused by an unrelated process
+after a crash. A worker anywhere (a shared PostgreSQL store) also renews its run's lease
+while it trains; a run whose lease ran out is failed by whoever looks.
+
+Claiming is safe with many workers: on PostgreSQL `FOR UPDATE SKIP LOCKED` gives each
+concurrent claim a different run without waiting on the others; on SQLite the claim runs in
+a BEGIN IMMEDIATE transaction, one writer at a time.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import socket
 
-from sqlite_utils import Database
-
-from feedback_store.clock import now
+from feedback_store.clock import later, now
 from feedback_store.db import insert
 from feedback_store.errors import BadRequest, NotFound
+from feedback_store.sql import Database
 
 ACTIVE = ("queued", "running")
 FINAL = ("succeeded", "rejected", "failed")
 LOG_TAIL_CHARS = 4000
+LEASE_SECONDS = 120          # [store] run_lease_seconds' default
+
+
+def this_host() -> str:
+    return socket.gethostname()
 
 
 def new_event_count(db: Database, user_id: int) -> int:
@@ -116,14 +127,30 @@ def _decode(row: dict) -> dict:
     return row
 
 
-def claim_next(db: Database, pid: int) -> dict | None:
-    """Take the oldest queued run and mark it running by this process."""
-    rows = list(db["training_runs"].rows_where("status = 'queued'", order_by="id", limit=1))
+def claim_next(db: Database, pid: int, lease_seconds: float = LEASE_SECONDS) -> dict | None:
+    """Take the oldest queued run and mark it running by this process, leased for
+    `lease_seconds`. Call inside a transaction (on PostgreSQL, `exclusive=False` lets claims
+    run side by side: the row lock taken here keeps two of them off one run). None when no
+    run is queued, or (PostgreSQL) when every queued run is being claimed by another worker."""
+    skip_locked = " for update skip locked" if db.is_postgres else ""
+    rows = list(db.query("select id from training_runs where status = 'queued' "
+                         f"order by id limit 1{skip_locked}"))
     if not rows:
         return None
-    db.table("training_runs").update(rows[0]["id"], {"status": "running", "started_at": now(),
-                                               "pid": pid})
+    db.table("training_runs").update(rows[0]["id"], {
+        "status": "running", "started_at": now(), "pid": pid, "host": this_host(),
+        "lease_until": later(lease_seconds)})
     return get_run(db, rows[0]["id"])
+
+
+def renew_lease(db: Database, run_id: int, pid: int, lease_seconds: float = LEASE_SECONDS
+                ) -> bool:
+    """The worker's heartbeat: extend its running run's lease. False when the run is no
+    longer this worker's to renew (finished, or failed because the lease had run out)."""
+    cursor = db.execute("update training_runs set lease_until = ? where id = ? and "
+                        "status = 'running' and pid = ? and host = ?",
+                        [later(lease_seconds), run_id, pid, this_host()])
+    return cursor.rowcount == 1
 
 
 def set_reward_head_version(db: Database, run_id: int, version: int) -> None:
@@ -200,19 +227,35 @@ def _alive(pid: int | None) -> bool:
     return True
 
 
-def fail_orphans(db: Database, worker_running: bool = True) -> list[int]:
-    """Runs marked running whose process is gone become failed.
+def _orphan_error(run: dict, worker_running: bool) -> str | None:
+    """Why a running run is orphaned, or None while its worker may be alive.
 
-    worker_running=False (nobody holds the training lock) means every running run is
-    orphaned, even if its pid now belongs to some other process.
-    """
-    running = list(db["training_runs"].rows_where("status = 'running'"))
-    orphans = [r for r in running if not worker_running or not _alive(r["pid"])]
-    for r in orphans:
-        finish(db, r["id"], "failed", error=(
-            f"the training process (pid {r['pid']}) died before finishing (killed, crashed "
-            "or its server stopped); the previous adapter and reward head stay live"))
-    return [r["id"] for r in orphans]
+    A lease that ran out is a dead worker wherever it ran. Otherwise only this host's
+    workers can be judged: worker_running=False (nobody holds the training lock) means each
+    of this host's running runs is orphaned, even if its pid now belongs to some other
+    process; a run of another host waits for its lease."""
+    live = " the previous adapter and reward head stay live"
+    if run["lease_until"] is not None and run["lease_until"] < now():
+        return (f"the training worker (pid {run['pid']} on {run['host']}) stopped renewing "
+                f"its lease, which ran out at {run['lease_until']} (killed, crashed or cut "
+                f"off);{live}")
+    if run["host"] not in (None, this_host()):
+        return None
+    if worker_running and _alive(run["pid"]):
+        return None
+    return (f"the training process (pid {run['pid']}) died before finishing (killed, crashed "
+            f"or its server stopped);{live}")
+
+
+def fail_orphans(db: Database, worker_running: bool = True) -> list[int]:
+    """Runs marked running whose worker is gone (see _orphan_error) become failed."""
+    failed = []
+    for run in list(db["training_runs"].rows_where("status = 'running'", order_by="id")):
+        error = _orphan_error(run, worker_running)
+        if error is not None:
+            finish(db, run["id"], "failed", error=error)
+            failed.append(run["id"])
+    return failed
 
 
 def has_queued(db: Database) -> bool:

@@ -19,11 +19,10 @@ from dataclasses import dataclass, field
 from itertools import combinations
 from typing import Any
 
-from sqlite_utils import Database
-
 from feedback_store import conversations as conv
 from feedback_store import feedback as fb
 from feedback_store.errors import BadRequest
+from feedback_store.sql import Database
 from feedback_store.users import get_user_by_name
 
 FORMATS = ("preference", "unpaired")

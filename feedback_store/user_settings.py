@@ -7,9 +7,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from sqlite_utils import Database
-
 from feedback_store.clock import now
+from feedback_store.sql import Database
 
 
 def get_settings(db: Database, user_id: int) -> dict[str, Any]:

@@ -6,11 +6,10 @@ import hashlib
 import re
 import secrets
 
-from sqlite_utils import Database
-
 from feedback_store.clock import now
 from feedback_store.db import insert
 from feedback_store.errors import BadRequest, Conflict, NotFound
+from feedback_store.sql import Database
 
 KEY_PREFIX = "pa-"
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")

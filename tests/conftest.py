@@ -1,4 +1,11 @@
-"""Shared fixtures: a tiny random Llama with the real tokenizer, temporary stores."""
+"""Shared fixtures: a tiny random Llama with the real tokenizer, temporary stores.
+
+The store runs on SQLite unless a test module sets `BACKENDS = BOTH` (or a test is decorated
+@on_both): then each such test that touches the store (through `db`, `store_url`,
+`live_server`...) runs on SQLite and on PostgreSQL (a throwaway server, tests/pg.py, started
+once per session when first needed). ASSISTANT_TEST_BACKENDS=postgresql (or
+"sqlite,postgresql") puts every test that touches the store on those engines.
+"""
 
 from __future__ import annotations
 
@@ -52,16 +59,73 @@ def tiny_model(tokenizer):
     return make_tiny_model(tokenizer)
 
 
+BOTH = ("sqlite", "postgresql")
+FORCED = tuple(b for b in os.environ.get("ASSISTANT_TEST_BACKENDS", "").split(",") if b)
+
+
+def on_both(test):
+    """Run this test's store on both engines (the module's other tests keep theirs)."""
+    test.backends = BOTH
+    return test
+
+
+def pytest_generate_tests(metafunc):
+    if "backend" in metafunc.fixturenames:
+        backends = FORCED or getattr(metafunc.function, "backends", None) \
+            or getattr(metafunc.module, "BACKENDS", ("sqlite",))
+        if backends != ("sqlite",):          # SQLite alone: test ids stay as they were
+            metafunc.parametrize("backend", backends, indirect=True)
+
+
+@pytest.fixture(scope="module")
+def backend(request) -> str:
+    """Which engine the store runs on (parametrized per module: BACKENDS)."""
+    return getattr(request, "param", "sqlite")
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """One throwaway PostgreSQL server for the session; skip (or fail, when required) if
+    the machine has no initdb / pg_ctl."""
+    from tests import pg
+
+    bin_dir = pg.binaries()
+    if bin_dir is None:
+        message = "PostgreSQL binaries (initdb, pg_ctl) not found"
+        if pg.REQUIRED:
+            pytest.fail(message + " and ASSISTANT_TEST_POSTGRES=required")
+        pytest.skip(message)
+    server = pg.PostgresServer(bin_dir).start()
+    yield server
+    server.stop()
+
+
+def new_store_url(request, backend: str) -> str:
+    """'' (the SQLite file under the data dir) or a fresh PostgreSQL database's URL."""
+    return "" if backend == "sqlite" else request.getfixturevalue("postgres").new_database()
+
+
+@pytest.fixture
+def store_url(request, backend) -> str:
+    return new_store_url(request, backend)
+
+
 @pytest.fixture
 def db_path(tmp_path):
     return tmp_path / "assistant.db"
 
 
 @pytest.fixture
-def db(db_path):
+def db_target(db_path, store_url):
+    """What open_db opens: the SQLite file, or the test's PostgreSQL database."""
+    return store_url or db_path
+
+
+@pytest.fixture
+def db(db_target):
     from feedback_store.db import open_db
 
-    database = open_db(db_path)
+    database = open_db(db_target)
     yield database
     database.close()
 
@@ -114,8 +178,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(data_dir: Path, engine, **env_overrides):
-    """Start the app under uvicorn on a free loopback port in a thread; yield LiveServer."""
+def start_server(data_dir: Path, engine, store_url: str = "", **env_overrides):
+    """Start the app under uvicorn on a free loopback port in a thread; yield LiveServer.
+    store_url: a PostgreSQL database for the store ("" = SQLite under data_dir)."""
     import threading
     import time
 
@@ -131,7 +196,7 @@ def start_server(data_dir: Path, engine, **env_overrides):
            "ASSISTANT_EXPLORE_ENABLED": "false",
            # Off unless a test turns it on (tests/test_safety_flow.py): fitting the consensus
            # head on the HH file costs a feature pass per fresh data dir.
-           "ASSISTANT_SAFETY_ENABLED": "false",
+           "ASSISTANT_SAFETY_ENABLED": "false", "ASSISTANT_STORE_URL": store_url,
            **{k: str(v) for k, v in env_overrides.items()}}
     config = load_config(ROOT / "config.toml", env=env)
     app = create_app(config, engine)
@@ -154,10 +219,10 @@ def tiny_engine(tokenizer, seed: int = 0):
 
 
 @pytest.fixture
-def live_server(tmp_path, tokenizer):
+def live_server(tmp_path, tokenizer, store_url):
     """A real server on loopback with a tiny random model (fast, nonsense answers)."""
     engine = tiny_engine(tokenizer)
-    server, thread, live = start_server(tmp_path / "data", engine)
+    server, thread, live = start_server(tmp_path / "data", engine, store_url)
     yield live
     server.should_exit = True
     thread.join(timeout=10)

@@ -10,6 +10,9 @@ from test_training_data import w, world  # noqa: F401  (fixture)
 from feedback_store import feedback as fb
 from feedback_store import runs
 from feedback_store.training_data import source_preferences
+from tests.conftest import BOTH
+
+BACKENDS = BOTH  # the store on SQLite and on PostgreSQL
 
 
 def test_a_toggled_vote_is_one_label(world):  # noqa: F811

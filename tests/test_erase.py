@@ -2,21 +2,23 @@
 
 from __future__ import annotations
 
-import json
 import os
 
 import httpx
 
 from feedback_store import runs
+from tests.conftest import BOTH
 
-# Every table that holds per-user rows, and how to find them.
+BACKENDS = BOTH  # the store on SQLite and on PostgreSQL
+
+# Every table that holds per-user rows, and how to find them (? = the user's id; features
+# are found by the user's message ids).
 USER_ROWS = {
-    "users": "id = :u", "api_keys": "user_id = :u", "conversations": "user_id = :u",
-    "messages": "user_id = :u", "feedback_events": "user_id = :u", "thumbs": "user_id = :u",
-    "comparisons": "user_id = :u", "rankings": "user_id = :u",
-    "adapter_versions": "user_id = :u", "training_runs": "user_id = :u",
-    "reward_heads": "user_id = :u",
-    "features": "message_id in (select value from json_each(:ids))",
+    "users": "id = ?", "api_keys": "user_id = ?", "conversations": "user_id = ?",
+    "messages": "user_id = ?", "feedback_events": "user_id = ?", "thumbs": "user_id = ?",
+    "comparisons": "user_id = ?", "rankings": "user_id = ?",
+    "adapter_versions": "user_id = ?", "training_runs": "user_id = ?",
+    "reward_heads": "user_id = ?", "features": "message_id in ({ids})",
 }
 
 
@@ -55,8 +57,9 @@ def populate(live, key: str) -> tuple[int, list[int]]:
 
 def leftovers(live, uid: int, ids: list[int]) -> dict[str, int]:
     def count(db):
-        params = {"u": uid, "ids": json.dumps(ids)}
-        return {t: db.execute(f"select count(*) from {t} where {where}", params).fetchone()[0]
+        marks = ", ".join("?" for _ in ids)
+        return {t: db.execute(f"select count(*) from {t} where {where.format(ids=marks)}",
+                              ids if "{ids}" in where else [uid]).fetchone()[0]
                 for t, where in USER_ROWS.items()}
     return live.state.store.write_sync(count)
 

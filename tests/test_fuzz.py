@@ -24,7 +24,9 @@ schemathesis = pytest.importorskip("schemathesis")
 from hypothesis import HealthCheck, settings  # noqa: E402  (after the importorskip)
 
 from assistant.app import openapi_document  # noqa: E402
-from tests.conftest import rated_turn, start_server, tiny_engine  # noqa: E402
+from tests.conftest import BOTH, new_store_url, rated_turn, start_server, tiny_engine  # noqa: E402
+
+BACKENDS = BOTH  # the store on SQLite and on PostgreSQL
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "25"))
 SEED = os.environ.get("FUZZ_SEED", "")
@@ -32,11 +34,11 @@ PHASES = os.environ.get("FUZZ_PHASES", "examples,fuzzing").split(",")
 
 
 @pytest.fixture(scope="module")
-def fuzz_server(tmp_path_factory, tokenizer):
+def fuzz_server(tmp_path_factory, tokenizer, request, backend):
     # Short answers: the fuzz is about the HTTP layer, not the model's speed.
     engine = tiny_engine(tokenizer)
     server, thread, live = start_server(
-        tmp_path_factory.mktemp("fuzz") / "data", engine,
+        tmp_path_factory.mktemp("fuzz") / "data", engine, new_store_url(request, backend),
         ASSISTANT_GENERATION_MAX_TOKENS_LIMIT=8, ASSISTANT_GENERATION_MAX_TOKENS_DEFAULT=4)
     seed_data(live)
     yield live

@@ -14,7 +14,9 @@ import httpx
 import pytest
 
 from assistant.app import openapi_document
-from tests.conftest import rated_turn
+from tests.conftest import BOTH, rated_turn
+
+BACKENDS = BOTH  # the store on SQLite and on PostgreSQL
 
 MARKER = "alice-private-marker-7f3a"
 QUERY_SAMPLES = {"user": "alice", "format": "preference"}

@@ -3,10 +3,13 @@
 import sqlite3
 
 import pytest
+import sqlite_utils
 
 from feedback_store import migrations
 from feedback_store.db import connect, open_db, transaction
+from feedback_store.sql import add_column, create_table
 from feedback_store.users import create_user
+from tests.conftest import on_both
 
 
 def test_an_older_database_upgrades_and_keeps_its_rows(tmp_path, monkeypatch):
@@ -58,30 +61,31 @@ def test_migrations_are_keyed_by_name_and_old_ids_upgrade(tmp_path):
     assert migrations.migrate(db, renamed) == []
 
 
-def test_a_failing_migration_rolls_back_all_its_ddl(tmp_path, monkeypatch):
-    db = open_db(tmp_path / "a.db")
+@on_both
+def test_a_failing_migration_rolls_back_all_its_ddl(db):
 
     def m900_half_done(db):
-        db["half"].create({"id": int}, pk="id")
-        db["users"].add_column("nickname", str)
+        create_table(db, "half", {"id": int}, pk="id")
+        add_column(db, "users", "nickname", str)
         db.execute("create index users_nick on users (nickname)")
         raise RuntimeError("boom")
 
     with pytest.raises(RuntimeError, match="boom"):
         migrations.migrate(db, [*migrations.MIGRATIONS, m900_half_done])
     assert "half" not in db.table_names()
-    assert "nickname" not in db["users"].columns_dict
+    assert "nickname" not in db.columns("users")
     assert "m900_half_done" not in {r["name"] for r in db["migrations"].rows}
-    assert db.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+    if not db.is_postgres:
+        assert db.execute("PRAGMA foreign_keys").fetchone()[0] == 1
 
 
-def test_transaction_helper_commits_rolls_back_and_nests(tmp_path):
-    db = open_db(tmp_path / "t.db")
+@on_both
+def test_transaction_helper_commits_rolls_back_and_nests(db):
     with transaction(db):
         create_user(db, "alice")
     with pytest.raises(ValueError), transaction(db):
         create_user(db, "bob")
-        assert db.conn.in_transaction
+        assert db.in_transaction
         raise ValueError
     with transaction(db):
         with pytest.raises(ValueError), transaction(db):    # nested: a savepoint
@@ -90,7 +94,35 @@ def test_transaction_helper_commits_rolls_back_and_nests(tmp_path):
         create_user(db, "dave")
     assert [u["name"] for u in db["users"].rows] == ["alice", "dave"]
     assert transaction(db, lambda d, x: x * 2, 21) == 42
-    assert not db.conn.in_transaction
+    assert not db.in_transaction
+
+
+def test_postgres_gets_the_same_schema_and_migrates_once_under_concurrency(postgres,
+                                                                           tmp_path):
+    """Server and worker start together: both migrate one database at once."""
+    import threading
+
+    url = postgres.new_database()
+    applied: list[list[str]] = []
+
+    def start() -> None:
+        db = connect(url)
+        applied.append(migrations.migrate(db))
+        db.close()
+
+    threads = [threading.Thread(target=start) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    names = [fn.__name__ for fn in migrations.MIGRATIONS]
+    assert sorted(sum(applied, [])) == sorted(names)        # each ran exactly once
+    pg, lite = connect(url), open_db(tmp_path / "lite.db")
+    for table in lite.table_names():
+        if table != "sqlite_sequence":
+            assert pg.columns(table) == lite.columns(table), table
+    user, _ = create_user(pg, "alice")
+    assert user["id"] == 1 and isinstance(user["id"], int)
 
 
 def test_old_database_gets_autoincrement_keeping_rows_and_foreign_keys(tmp_path):
@@ -101,10 +133,12 @@ def test_old_database_gets_autoincrement_keeping_rows_and_foreign_keys(tmp_path)
                            "content": "kept", "created_at": "then", "seed": 5})
     migrations.migrate(db)
     assert db["messages"].get(9)["content"] == "kept" and db["messages"].get(9)["seed"] == 5
-    assert "AUTOINCREMENT" in db["users"].schema and "AUTOINCREMENT" in db["messages"].schema
-    fks = {(fk.column, fk.other_table) for fk in db["messages"].foreign_keys}
+    schema = sqlite_utils.Database(db.conn)           # SQLite's own view of the schema
+    assert "AUTOINCREMENT" in schema["users"].schema
+    assert "AUTOINCREMENT" in schema["messages"].schema
+    fks = {(fk.column, fk.other_table) for fk in schema["messages"].foreign_keys}
     assert fks == {("conversation_id", "conversations"), ("user_id", "users")}
-    assert {i.name for i in db["messages"].indexes} >= {"idx_messages_conversation_id",
+    assert {i.name for i in schema["messages"].indexes} >= {"idx_messages_conversation_id",
                                                          "idx_messages_user_id"}
     assert db.execute("PRAGMA foreign_key_check").fetchall() == []
     with pytest.raises(sqlite3.IntegrityError):        # foreign keys are enforced again

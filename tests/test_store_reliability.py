@@ -18,7 +18,7 @@ from feedback_store import runs
 from feedback_store.db import Store, connect, open_db, retrying, transaction
 from feedback_store.errors import ConfigError
 from feedback_store.users import create_user
-from tests.conftest import ROOT
+from tests.conftest import ROOT, on_both
 from tests.waiting import until
 
 
@@ -48,6 +48,7 @@ def test_erased_text_is_not_left_in_the_database_or_wal(live_server):
         assert b"COMMENT-KIWI-9931" not in data, path
 
 
+@on_both
 def test_ids_of_erased_users_and_deleted_conversations_are_never_reused(live_server):
     live = live_server
     admin = live.headers(live.admin_key)
@@ -115,6 +116,7 @@ def test_error_write_is_retried_while_the_database_is_busy(tmp_path):
     assert runs.get_run(db, run["id"])["error"] == "ValueError: x"
 
 
+@on_both
 def test_unpublished_reward_head_is_not_the_users_head(db, tmp_path):
     import numpy as np
 

@@ -14,6 +14,9 @@ from feedback_store.db import transaction
 from feedback_store.errors import BadRequest
 from feedback_store.training_data import training_rows
 from feedback_store.users import create_user
+from tests.conftest import BOTH
+
+BACKENDS = BOTH  # the store on SQLite and on PostgreSQL
 
 
 def w(db, fn, *args):

@@ -18,13 +18,13 @@ FAST = {"ASSISTANT_TRAINING_STEPS": 2, "ASSISTANT_TRAINING_GROUP_SIZE": 2,
         "ASSISTANT_SAFETY_ENABLED": "false"}
 
 
-def serve(tmp_path, tiny_dir, **env):
+def serve(tmp_path, tiny_dir, store_url: str = "", **env):
     from adapters.base_model import load_base
     from assistant.engine import Engine
 
     base = load_base(str(tiny_dir), tmp_path / "data" / "cache")
     engine = Engine(base.model, base.tokenizer, base.base_id, context_tokens=512, cache_size=4)
-    return start_server(tmp_path / "data", engine, ASSISTANT_MODEL_PATH=tiny_dir,
+    return start_server(tmp_path / "data", engine, store_url, ASSISTANT_MODEL_PATH=tiny_dir,
                         **{**FAST, **env})
 
 

@@ -9,8 +9,10 @@ import threading
 
 import httpx
 
-from tests.conftest import ADMIN_KEY
+from tests.conftest import ADMIN_KEY, BOTH
 from tests.test_training_flow import give_feedback, serve, train, wait
+
+BACKENDS = BOTH  # the store on SQLite and on PostgreSQL
 
 
 class Chatter(threading.Thread):
@@ -45,8 +47,9 @@ class Chatter(threading.Thread):
                     self.acked_votes += 1
 
 
-def test_training_run_succeeds_while_others_chat_and_vote(tmp_path, tiny_dir):
-    server, thread, live = serve(tmp_path, tiny_dir, ASSISTANT_TRAINING_PROMOTE_MARGIN=-1e9,
+def test_training_run_succeeds_while_others_chat_and_vote(tmp_path, tiny_dir, store_url):
+    server, thread, live = serve(tmp_path, tiny_dir, store_url,
+                                 ASSISTANT_TRAINING_PROMOTE_MARGIN=-1e9,
                                  ASSISTANT_TRAINING_KL_BUDGET=1e9)
     chatters: list[Chatter] = []
     try:
@@ -73,7 +76,7 @@ def test_training_run_succeeds_while_others_chat_and_vote(tmp_path, tiny_dir):
     # every acknowledged write is in the database
     from feedback_store.db import connect
 
-    db = connect(live.config.db_path)
+    db = connect(live.config.store_target)
     acked = set().union(*(c.acked_messages for c in chatters))
     stored = {r[0] for r in db.execute("select id from messages where role = 'assistant'")}
     assert acked <= stored
