@@ -41,13 +41,15 @@ def run_on_worker(config_data: dict, run: dict) -> str:
     """The body of a run's Ray task: record this process as the run's, execute it as the
     process worker does, return its final status."""
     from assistant.config import from_dict
-    from assistant.worker import execute
+    from assistant.worker import execute, keep_lease
     from feedback_store.db import open_db, retrying
 
     config = from_dict(config_data)
-    db = open_db(config.db_path)
+    db = open_db(config.store_target)
     try:
-        retrying(db, runs.set_worker_pid, run["id"], os.getpid())
+        retrying(db, runs.set_worker_pid, run["id"], os.getpid(),
+                 config.store.run_lease_seconds)
+        keep_lease(config, run["id"])      # a live task is never taken for a dead worker
         return execute(config, run, db)["status"]
     finally:
         db.close()
@@ -159,7 +161,8 @@ class RayTrainingScheduler(TrainingScheduler):
         with self.lock:
             while (not self.stopping and self.remote is not None
                    and len(self.tasks) < self.config.training.max_parallel_runs):
-                run = self.store.write_sync(runs.claim_next, os.getpid())
+                run = self.store.write_sync(runs.claim_next, os.getpid(),
+                                            self.config.store.run_lease_seconds)
                 if run is None:
                     return
                 self.tasks[run["id"]] = self.remote.remote(json.loads(self.worker_config()),

@@ -197,10 +197,12 @@ def finish_running(db: Database, run_id: int, status: str, metrics: dict | None 
     return cursor.rowcount == 1
 
 
-def set_worker_pid(db: Database, run_id: int, pid: int) -> None:
-    """The process executing a claimed run, as it starts (a Ray worker, on some node)."""
-    db.execute("update training_runs set pid = ? where id = ? and status = 'running'",
-               [pid, run_id])
+def set_worker_pid(db: Database, run_id: int, pid: int,
+                   lease_seconds: float = LEASE_SECONDS) -> None:
+    """The process executing a claimed run, as it starts (a Ray worker, on some node): the
+    run's pid, host and lease become its own, so its heartbeat (renew_lease) holds them."""
+    db.execute("update training_runs set pid = ?, host = ?, lease_until = ? where id = ? and "
+               "status = 'running'", [pid, this_host(), later(lease_seconds), run_id])
 
 
 def fail_running(db: Database, keep: list[int], error: str) -> list[int]:

@@ -138,3 +138,17 @@ def test_another_hosts_run_lives_by_its_lease(db):
     db["training_runs"].update(run_id, {"lease_until": "2000-01-01T00:00:00.000+00:00"})
     assert runs.fail_orphans(db) == [run_id]
     assert "elsewhere" in runs.get_run(db, run_id)["error"]
+
+
+def test_a_worker_taking_over_a_claimed_run_takes_its_lease(db):
+    # The Ray executor claims a run in the server and runs it in a Ray worker: the worker
+    # becomes the run's pid, host and lease holder, so a lease the server claimed (and never
+    # renews) does not get the running task failed, and the worker's heartbeat holds it.
+    import os
+
+    (run_id,) = queue_runs(db, 1)
+    transaction(db, runs.claim_next, os.getpid() + 1, -1)    # the server's claim, run out
+    transaction(db, runs.set_worker_pid, run_id, os.getpid(), 60)
+    assert runs.fail_orphans(db) == []
+    assert runs.renew_lease(db, run_id, os.getpid(), 60)     # the worker's heartbeat
+    assert not runs.renew_lease(db, run_id, os.getpid() + 1)  # no longer the server's
