@@ -212,6 +212,7 @@ def test_exploring_stream_sends_each_shown_answer(explore_server):
 def test_a_user_with_an_ensemble_head_gets_uncertainty_selection(explore_server, tmp_path):
     from adapters.ensemble import fit_ensemble
     from adapters.feature_cache import features_id
+    from adapters.features import FEATURE_LAYERS, FEATURE_POOLS
 
     key = explore_server.add_user("gus")
     state = explore_server.state
@@ -219,7 +220,8 @@ def test_a_user_with_an_ensemble_head_gets_uncertainty_selection(explore_server,
     assert {c["selection"] for c in first} == {"contrast"}        # no head yet
     uid = first[0]["user_id"]
     rng = np.random.default_rng(0)
-    dim = 128                        # tiny model: 1 layer x 2 pools x 64 hidden
+    # the tiny model's feature width: layers x pools x 64 hidden (the recipe may change)
+    dim = len(FEATURE_LAYERS) * len(FEATURE_POOLS) * 64
     C, R = rng.normal(size=(30, dim)), rng.normal(size=(30, dim))
     folder = tmp_path / "head"
     folder.mkdir()

@@ -532,8 +532,10 @@ def test_admin_page_for_admins_only(live_server, new_page):
             # Retrain bob: a queued run shows up (or "pending" if training is not there).
             page.get_by_role("button", name="Retrain bob", exact=True).click()
             page.wait_for_selector("tr:has(td:has-text('bob')) .pill-queued")
+            # One forced run; the worker may already have claimed it (a fast machine).
             runs = db_rows(live, "select status, force from training_runs")
-            assert runs == [{"status": "queued", "force": 1}]
+            assert [r["force"] for r in runs] == [1]
+            assert runs[0]["status"] in {"queued", "running"}
             # A run is going: Retrain is off for bob; erin has no feedback: off too.
             assert page.get_by_role("button", name="Retrain bob", exact=True).is_disabled()
             assert page.get_by_role("button", name="Retrain erin", exact=True).is_disabled()
