@@ -21,7 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.conftest import make_tiny_model, start_server, tiny_engine
+from bench.load import tiny_model_dir
+from tests.conftest import start_server, tiny_engine
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -34,16 +35,6 @@ FAST = {"ASSISTANT_TRAINING_STEPS": "2", "ASSISTANT_TRAINING_GROUP_SIZE": "2",
         "ASSISTANT_TRAINING_PROMOTE_MARGIN": "-1e9", "ASSISTANT_TRAINING_KL_BUDGET": "1e9",
         "ASSISTANT_SAFETY_ENABLED": "false", "ASSISTANT_SCHEDULER_ENABLED": "false",
         "ASSISTANT_EXPLORE_ENABLED": "false", "ASSISTANT_ADMIN_KEY": "bench-admin-key-0123456789"}
-
-
-def tiny_model_dir(root: Path) -> Path:
-    from adapters.base_model import load_tokenizer
-
-    tokenizer = load_tokenizer("", ROOT / "data" / "cache")
-    path = root / "tiny-model"
-    make_tiny_model(tokenizer).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
 
 
 def seed(data_dir: Path, model_dir: Path, users: int, turns: int) -> None:
@@ -133,7 +124,7 @@ def main() -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)      # one line per seeding request
     with tempfile.TemporaryDirectory(prefix="bench-ray-training-") as tmp:
         work = Path(tmp)
-        model_dir = tiny_model_dir(work)
+        model_dir = tiny_model_dir(work / "tiny-model")
         seed(work / "seeded", model_dir, args.users, args.turns)
         rows = [measure(executor, work / "seeded", model_dir, args.parallel, work)
                 for executor in ("process", "ray")]
