@@ -27,6 +27,7 @@ from tests.test_routing import register, save_random_adapter
 
 PROMPT = "Tell me about cats."
 LONG = 4000     # tokens: an answer still streaming when its replica is killed
+OVERFLOW_TOKENS = 300   # per request of a burst: ~6 s here, 3x Serve's longest wait (2 s)
 
 
 # ---- no Ray needed ---------------------------------------------------------------------
@@ -175,11 +176,11 @@ def test_each_answer_comes_from_the_users_adapter_on_a_replica_that_holds_it(
     assert len(holding) == 1
 
 
-async def _burst(cluster, ref: AdapterRef, n: int = 6) -> list[str]:
+async def _burst(cluster, ref: AdapterRef, n: int = 6, max_tokens: int = 48) -> list[str]:
     """n concurrent greedy requests for one adapter straight to the deployment."""
     mid = model_id(ref, cluster.live.config.adapters_dir)
     req = GenRequest(messages=[{"role": "user", "content": PROMPT}], temperature=0,
-                     max_tokens=48)
+                     max_tokens=max_tokens)
 
     async def one() -> str:
         gen = cluster.handle.options(stream=True, multiplexed_model_id=mid).stream.remote(req)
@@ -191,10 +192,13 @@ async def _burst(cluster, ref: AdapterRef, n: int = 6) -> list[str]:
 
 
 def held_everywhere(cluster, ref: AdapterRef) -> dict[str, dict]:
-    """Bursts of requests for `ref` until every replica holds it (a replica admits 2 at a
-    time, so the router overflows to the other one); at most 10 bursts."""
+    """Bursts of requests for `ref` until every replica holds it; at most 10 bursts. A
+    replica admits 2 at a time, and Serve's router sends a request to a replica without the
+    id only once those holding it stayed busy past its matching timeout (1-2 s): each burst
+    is long enough to outlast it (48-token bursts took ~1 s and, on a fast machine, drained
+    before the router ever overflowed: CI failed so)."""
     for _ in range(10):
-        asyncio.run(_burst(cluster, ref))
+        asyncio.run(_burst(cluster, ref, max_tokens=OVERFLOW_TOKENS))
         replicas = cluster.replicas()
         if all(ref.name in r["loaded"] for r in replicas.values()):
             return replicas
