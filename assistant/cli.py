@@ -43,8 +43,14 @@ def cmd_init(args: argparse.Namespace, config: Config) -> None:
     if not users.admin_exists(db):
         with transaction(db):
             _, key = users.create_user(db, "admin", admin=True)
-        print("created user 'admin' (role admin). Its API key, shown only this once:")
-        print(key)
+        if config.server.admin_key:
+            # The operator already holds a key that acts as this admin: printing a second
+            # live key would only leave it in whatever captures stdout (a unit's journal).
+            print("created user 'admin' (role admin); ASSISTANT_ADMIN_KEY acts as it "
+                  "(`assistant user rotate admin` gives it a key of its own)")
+        else:
+            print("created user 'admin' (role admin). Its API key, shown only this once:")
+            print(key)
     db.close()
 
 

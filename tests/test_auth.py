@@ -75,3 +75,27 @@ def test_cli_user_add_prints_key_last(tmp_path):
     dup = subprocess.run([sys.executable, "-m", "assistant", "user", "add", "carol"],
                          capture_output=True, text=True, env=env, cwd=ROOT)
     assert dup.returncode == 2 and "already exists" in dup.stderr
+
+
+def test_init_prints_the_admins_key_only_when_no_admin_key_is_configured(
+        tmp_path, tiny_dir, monkeypatch, capsys):
+    """`assistant init` shows the first admin's key once, so the operator can log in; with
+    ASSISTANT_ADMIN_KEY set the operator already has one, and a second live key would only
+    end up in whatever captures stdout (a service's journal, a benchmark's server.log)."""
+    from assistant import cli
+    from feedback_store.users import KEY_PREFIX
+
+    monkeypatch.setenv("ASSISTANT_MODEL_PATH", str(tiny_dir))
+    monkeypatch.setenv("ASSISTANT_DATA_DIR", str(tmp_path / "with-key"))
+    monkeypatch.setenv("ASSISTANT_ADMIN_KEY", "operator-key-0123456789")
+    assert cli.main(["init"]) == 0
+    out = capsys.readouterr().out
+    assert "created user 'admin'" in out and KEY_PREFIX not in out
+
+    monkeypatch.delenv("ASSISTANT_ADMIN_KEY")
+    monkeypatch.setenv("ASSISTANT_DATA_DIR", str(tmp_path / "without"))
+    assert cli.main(["init"]) == 0
+    key = capsys.readouterr().out.strip().splitlines()[-1]
+    assert key.startswith(KEY_PREFIX)
+    assert cli.main(["init"]) == 0                   # run again: nothing new, no key
+    assert KEY_PREFIX not in capsys.readouterr().out
