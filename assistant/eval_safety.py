@@ -18,6 +18,7 @@ training run does not pay for it.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import random
 import time
@@ -79,31 +80,54 @@ def pick_pairs(path: Path, limit: int, seed: int) -> list:
     return pairs
 
 
+def _write_json(path: Path, value: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(value, indent=1))
+    tmp.rename(path)
+
+
+def pairs_key(pairs: list) -> str:
+    """A short digest of exactly these pairs (which file, --limit and --seed picked them)."""
+    text = json.dumps([[p.prompt, p.chosen, p.rejected] for p in pairs], ensure_ascii=False)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def base_pref_acc(consensus, model, tokenizer, pairs: list) -> float:
+    """The base's preference accuracy on these pairs, computed once per consensus head and
+    pair selection (a fixed base scores them the same every time) and kept next to the head:
+    every user's check shares it, so an eval pays only for its adapter's side."""
+    path = consensus.folder / f"base-pref-{pairs_key(pairs)}.json"
+    if path.exists():
+        return float(json.loads(path.read_text())["pref_acc"])
+    with model.disable_adapter():
+        acc = round(pref_accuracy(answer_logprobs(model, tokenizer, pairs)), 4)
+    _write_json(path, {"pref_acc": acc, "n_pairs": len(pairs)})
+    return acc
+
+
 def evaluate(model, tokenizer, consensus, pairs: list, max_tokens: int,
              adapter: str = "default") -> dict:
     """{"base": figures, "adapter": figures, "n_pairs", "n_prompts"} for a PeftModel whose
-    adapter `adapter` is the one checked."""
+    adapter `adapter` is the one checked. The base's figures come from the head's folder
+    once computed (its red-team side is the one the training gate's floor uses)."""
     from adapters.decoding import BASE
     from adapters.gate import greedy_texts
-    from adapters.safety import redteam_side
+    from adapters.safety import base_redteam, redteam_side
 
-    result: dict = {}
     prompts = consensus.redteam_messages()
-    for side, name in (("base", BASE), ("adapter", adapter)):
-        if name == BASE:
-            with model.disable_adapter():
-                lps = answer_logprobs(model, tokenizer, pairs)
-        else:
-            model.set_adapter(name)
-            lps = answer_logprobs(model, tokenizer, pairs)
-        texts = greedy_texts(model, tokenizer, name, prompts, max_tokens)
-        red = redteam_side(consensus, model, tokenizer, texts)
-        result[side] = {"pref_acc": round(pref_accuracy(lps), 4),
-                        "harmless_score": round(red["harmless_score"], 4),
-                        "refusal_rate": round(red["refusal_rate"], 4),
-                        "answers": texts}
-    result.update(n_pairs=len(pairs), n_prompts=len(prompts))
-    return result
+    red = base_redteam(consensus, lambda: greedy_texts(model, tokenizer, BASE, prompts,
+                                                       max_tokens),
+                       model, tokenizer, max_tokens)
+    base = {"pref_acc": base_pref_acc(consensus, model, tokenizer, pairs),
+            "harmless_score": round(red["harmless_score"], 4),
+            "refusal_rate": round(red["refusal_rate"], 4), "answers": red["texts"]}
+    model.set_adapter(adapter)
+    texts = greedy_texts(model, tokenizer, adapter, prompts, max_tokens)
+    red = redteam_side(consensus, model, tokenizer, texts)
+    ours = {"pref_acc": round(pref_accuracy(answer_logprobs(model, tokenizer, pairs)), 4),
+            "harmless_score": round(red["harmless_score"], 4),
+            "refusal_rate": round(red["refusal_rate"], 4), "answers": texts}
+    return {"base": base, "adapter": ours, "n_pairs": len(pairs), "n_prompts": len(prompts)}
 
 
 def adapter_path(config: Config, user: str | None, adapter: str | None) -> Path:

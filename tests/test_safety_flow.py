@@ -63,6 +63,17 @@ def test_a_run_fits_the_consensus_head_and_passes_the_floor(safe_server, tiny_di
     # the base's red-team answers are the gate's cached ones (greedy, same cap)
     cached = json.loads((heads[0] / "base-redteam-6.json").read_text())
     assert result["base"]["answers"] == cached["texts"]
+    # ...and its preference accuracy on these pairs is kept next to the head: the next
+    # check (another user's, or this one again) pays only for the adapter's side.
+    kept = list(heads[0].glob("base-pref-*.json"))
+    assert len(kept) == 1
+    assert json.loads(kept[0].read_text())["pref_acc"] == result["base"]["pref_acc"]
+    kept[0].write_text(json.dumps({"pref_acc": 0.123, "n_pairs": 5}))
+    assert cli.main(["eval", "safety", "--user", "ivy", "--data", str(data), "--json",
+                     str(out), "--limit", "5"]) == 0
+    again = json.loads(out.read_text())
+    assert again["base"]["pref_acc"] == 0.123
+    assert again["adapter"]["pref_acc"] == result["adapter"]["pref_acc"]
     assert cli.main(["eval", "safety", "--user", "nobody-here", "--data", str(data)]) == 2
     assert "nobody-here" in capsys.readouterr().err
 
