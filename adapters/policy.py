@@ -253,10 +253,26 @@ def _restore(run: _Run, weights: list[torch.Tensor]) -> None:
         run.sampler.sync()
 
 
+def _blend(start: list[torch.Tensor], end: list[torch.Tensor],
+           a: float) -> list[torch.Tensor]:
+    """start + a (end - start), tensor by tensor: a = 0 is start, 1 is end."""
+    return [s + a * (e - s) for s, e in zip(start, end, strict=True)]
+
+
+def backoff_scale(settings: PolicySettings, kl: float) -> float:
+    """How much of an over-target warm start to keep: backoff * target / kl. Along the
+    straight path from the old weights, KL to the base starts as the square of the step
+    (KL ~ 1/2 d^T F d) and, where it stays convex, lies under the chord: the kept share then
+    measures at most backoff * target. The square law alone (sqrt(target / kl)) kept too
+    much where KL had saturated: a tiny model's warm start at 32x the target measured 6x it."""
+    return min(1.0, settings.warm_start_backoff * settings.target_kl / kl)
+
+
 @dataclass
 class _Leash:
     """settings.target_kl's bookkeeping: the weights of the last two policies, and of the
-    adapter before the warm start (when one ran), to fall back on."""
+    adapter before the warm start (when one ran) until a step measures the warm start, as
+    kept, under the target."""
 
     run: _Run
     pre_warm: list[torch.Tensor] | None
@@ -268,24 +284,38 @@ class _Leash:
         weights = _lora_weights(run.params) if run.settings.target_kl > 0 else []
         return cls(run, pre_warm, weights, weights)
 
-    def check(self, step: int, kl: float) -> str | None:
+    def check(self, step: int, kl: float) -> tuple[str | None, float | None]:
         """After step `step` (whose update _update skipped if kl was over the target):
-        None to go on; "warm_start_reverted" when the warm start alone went over, so RL
-        goes on from the adapter as it was before it; "stopped" to end RL with the weights
-        from before the update that went over."""
+        (what happened, the warm start's kept share when it changed). None to go on;
+        "warm_start_scaled" when the warm start alone went over and was scaled back toward
+        the adapter before it; "warm_start_reverted" when it (or its scaled-back trial)
+        went over and was undone, RL going on from the adapter as it was before it;
+        "stopped" to end RL with the weights from before the update that went over."""
         if self.run.settings.target_kl <= 0:
-            return None
+            return None, None
         if not _over_target(self.run.settings, kl):
             self.before_last, self.current = self.current, _lora_weights(self.run.params)
-            return None
-        if step == 1 and self.pre_warm is not None:
-            _restore(self.run, self.pre_warm)
-            self.before_last = self.current = self.pre_warm
-            self.pre_warm = None
-            return "warm_start_reverted"
+            self.pre_warm = None        # the warm start, as kept, measured under the target
+            return None, None
+        if self.pre_warm is not None:
+            return self._back_off(step, kl, self.pre_warm)
         if step > 1:
             _restore(self.run, self.before_last)
-        return "stopped"
+        return "stopped", None
+
+    def _back_off(self, step: int, kl: float,
+                  pre_warm: list[torch.Tensor]) -> tuple[str, float]:
+        """The warm start (step 1) or its scaled-back trial (step 2) went over."""
+        a = backoff_scale(self.run.settings, kl)
+        if step == 1 and a > 0:
+            self.current = _blend(pre_warm, _lora_weights(self.run.params), a)
+            _restore(self.run, self.current)
+            self.before_last = pre_warm
+            return "warm_start_scaled", a
+        _restore(self.run, pre_warm)
+        self.before_last = self.current = pre_warm
+        self.pre_warm = None
+        return "warm_start_reverted", 0.0
 
 
 def train_policy(model, tokenizer, prompts: list[list[dict]], reward_fn: RewardFn,
@@ -305,7 +335,9 @@ def train_policy(model, tokenizer, prompts: list[list[dict]], reward_fn: RewardF
     passed to `progress` as the step ends). kl_stop marks the step whose policy went over
     target_kl: RL ended there, with the weights from before the update that took it over
     (the samples of step t measure the policy after t - 1 updates). If the warm start alone
-    went over, it is undone instead (warm_start_reverted on step 1) and RL goes on.
+    went over, it is scaled back instead (warm_start_kept < 1 on step 1, by settings'
+    warm_start_backoff) and RL goes on; if step 2 still measures over, it is undone
+    (warm_start_reverted) and RL goes on from the adapter as it was before it.
     """
     if not prompts:
         raise TrainingError("no prompts to train on")
@@ -322,8 +354,8 @@ def train_policy(model, tokenizer, prompts: list[list[dict]], reward_fn: RewardF
         batch = _rollout(run, [rendered[i] for i in picked], [prompts[i] for i in picked])
         generated = time.perf_counter()
         loss, kl = _update(run, batch)
-        leashed = leash.check(step, kl)
-        records.append(_step_record(step, batch, loss, kl, leashed,
+        leashed, kept = leash.check(step, kl)
+        records.append(_step_record(step, batch, loss, kl, leashed, kept,
                                     (started, generated, cpu_started)))
         if progress is not None:
             progress(records[-1])
@@ -357,9 +389,10 @@ def _start_run(model, tokenizer, reward_fn: RewardFn, settings: PolicySettings,
 
 
 def _step_record(step: int, batch: dict, loss: float, kl: float, leashed: str | None,
-                 clock: tuple[float, float, float]) -> StepRecord:
-    """What step `step` did; clock: (its start, the end of its rollout) by perf_counter,
-    and its start by process_time."""
+                 kept: float | None, clock: tuple[float, float, float]) -> StepRecord:
+    """What step `step` did; kept: the warm start's share kept when the leash changed it;
+    clock: (its start, the end of its rollout) by perf_counter, and its start by
+    process_time."""
     started, generated, cpu_started = clock
     return {
         "step": step, "reward_mean": batch["rewards"].mean().item(),
@@ -369,4 +402,4 @@ def _step_record(step: int, batch: dict, loss: float, kl: float, leashed: str | 
         # CPU time shows the cost apart from contention on a shared machine.
         "cpu_seconds": time.process_time() - cpu_started,
         "kl_stop": leashed == "stopped",
-        "warm_start_reverted": leashed == "warm_start_reverted"}
+        "warm_start_reverted": leashed == "warm_start_reverted", "warm_start_kept": kept}

@@ -28,6 +28,7 @@ class StepRecord(TypedDict):
     cpu_seconds: float          # process CPU time: the cost apart from a shared machine's load
     kl_stop: bool               # over training.target_kl: RL ended here
     warm_start_reverted: bool   # the warm start alone went over target_kl and was undone
+    warm_start_kept: float | None  # its share kept when the leash scaled it back (0: undone)
 
 
 class GateMetrics(TypedDict):

@@ -45,6 +45,17 @@ TRACEBACK_LINES = 12     # of the failure's traceback, kept in the run's log
 _finishing = threading.Lock()
 
 
+def _warm_start_note(record: StepRecord) -> str:
+    """What the KL leash did to the DPO warm start at this step, in words ("" if nothing)."""
+    if record.get("warm_start_reverted"):
+        return " - the warm start went over training.target_kl: undone, RL goes on"
+    kept = record.get("warm_start_kept")
+    if kept is not None:
+        return (f" - the warm start went over training.target_kl: scaled back to {kept:.2f}"
+                " of its change, RL goes on")
+    return ""
+
+
 class RunLog:
     """Keeps the last lines of a run's log and its step metrics, persisted now and then."""
 
@@ -67,8 +78,7 @@ class RunLog:
              f"loss {record['loss']:.4f}"
              + (" - over training.target_kl: RL stops, keeping the previous weights"
                 if record.get("kl_stop") else "")
-             + (" - the warm start went over training.target_kl: undone, RL goes on"
-                if record.get("warm_start_reverted") else ""))
+             + _warm_start_note(record))
 
     @property
     def tail(self) -> str:

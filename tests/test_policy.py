@@ -283,14 +283,68 @@ def test_rl_stops_at_target_kl_and_keeps_the_weights_under_it(tokenizer):
 
 
 
-def test_a_warm_start_over_target_kl_is_undone_and_rl_goes_on(tokenizer):
+def _lora_b_max(model) -> float:
+    return max(v.abs().max().item() for k, v in lora_state(model).items() if "lora_B" in k)
+
+
+def test_a_warm_start_over_target_kl_is_scaled_back_and_rl_goes_on(tokenizer):
+    """The warm start (B ~ 0.3) lands over the target; it is scaled back to
+    backoff * target / kl of its change, and the next step measures that under the target."""
     settings = policy.PolicySettings(steps=2, group_size=4, prompts_per_step=2,
                                      max_completion_tokens=12, learning_rate=1e-4,
                                      target_kl=1e-3)
     model, records = policy.train_policy(make_tiny_model(tokenizer), tokenizer, PROMPTS,
                                          count_e, settings, warm_start=randomize_lora)
+    first, second = records
+    kept = first["warm_start_kept"]
+    assert first["kl"] > 1e-3 and kept == pytest.approx(0.7 * 1e-3 / first["kl"])
+    assert 0 < kept < 1 and not first["warm_start_reverted"]
+    assert 0 < second["kl"] <= 0.7e-3 and not second["kl_stop"]     # RL took its step
+    assert second["warm_start_kept"] is None and not second["warm_start_reverted"]
+    # B is the warm start's, scaled (plus one small step): not B = 0, not B ~ 0.3.
+    assert _lora_b_max(model) == pytest.approx(kept * _b_after_warm_start(tokenizer),
+                                               rel=0.05)
+
+
+def _b_after_warm_start(tokenizer) -> float:
+    """max |B| of the LoRA right after randomize_lora (what the scaled run started from)."""
+    settings = policy.PolicySettings(steps=0, target_kl=0)
+    model, _ = policy.train_policy(make_tiny_model(tokenizer), tokenizer, PROMPTS, count_e,
+                                   settings, warm_start=randomize_lora)
+    return _lora_b_max(model)
+
+
+def test_a_scaled_back_warm_start_still_over_target_kl_is_undone(tokenizer):
+    """A backoff that keeps too much (20 x target / kl of the change) still measures over the
+    target on step 2: the warm start is undone and RL goes on from the fresh LoRA."""
+    settings = policy.PolicySettings(steps=3, group_size=4, prompts_per_step=2,
+                                     max_completion_tokens=12, learning_rate=1e-4,
+                                     target_kl=1e-3, warm_start_backoff=20)
+    model, records = policy.train_policy(make_tiny_model(tokenizer), tokenizer, PROMPTS,
+                                         count_e, settings, warm_start=randomize_lora)
+    assert records[0]["warm_start_kept"] and not records[0]["warm_start_reverted"]
+    assert records[1]["kl"] > 1e-3 and records[1]["warm_start_reverted"]
+    assert records[1]["warm_start_kept"] == 0.0
+    assert len(records) == 3 and records[2]["kl"] == 0 and not records[2]["kl_stop"]
+    assert _lora_b_max(model) < 1e-3           # B = 0 plus one small step: the base
+
+
+def test_with_no_backoff_a_warm_start_over_target_kl_is_undone_at_once(tokenizer):
+    settings = policy.PolicySettings(steps=2, group_size=4, prompts_per_step=2,
+                                     max_completion_tokens=12, learning_rate=1e-4,
+                                     target_kl=1e-3, warm_start_backoff=0)
+    model, records = policy.train_policy(make_tiny_model(tokenizer), tokenizer, PROMPTS,
+                                         count_e, settings, warm_start=randomize_lora)
     assert records[0]["warm_start_reverted"] and records[0]["kl"] > 1e-3
     assert len(records) == 2 and not records[1]["warm_start_reverted"]
     assert records[1]["kl"] == 0 and not records[1]["kl_stop"]     # B = 0 again: the base
-    # Back at the fresh LoRA (B = 0) plus one small step, not the warm start's B ~ 0.3.
-    assert max(v.abs().max() for k, v in lora_state(model).items() if "lora_B" in k) < 1e-3
+    assert _lora_b_max(model) < 1e-3
+
+
+def test_the_run_log_says_what_the_leash_did_to_the_warm_start():
+    from assistant.worker import _warm_start_note
+
+    scaled = _warm_start_note({"warm_start_kept": 0.19, "warm_start_reverted": False})
+    assert "scaled back to 0.19 of its change" in scaled
+    assert "undone" in _warm_start_note({"warm_start_kept": 0.0, "warm_start_reverted": True})
+    assert _warm_start_note({"warm_start_kept": None, "warm_start_reverted": False}) == ""
