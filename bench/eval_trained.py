@@ -44,6 +44,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-tokens", type=int, default=96)
     p.add_argument("--rows", type=int, default=16)
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "eval-trained")
+    p.add_argument("--base-answers", type=Path, metavar="ANSWERS_JSON",
+                   help="a personalize.py run's answers.json: its base answers stand for "
+                        "the base's here (the same held-out prompts, seeds and sampling "
+                        "give the same texts), so only the users' adapters answer")
     return p.parse_args(argv)
 
 
@@ -58,12 +62,24 @@ def user_key(admin: Api, url: str, name: str) -> tuple[str, dict]:
                  "reward_head": me.get("reward_head")}
 
 
+def reused_base(path: Path | None, heldout: list[str]) -> list[list[str]] | None:
+    """The base's answers from a personalize.py answers.json (None: answer them here). Its
+    held-out prompts must be these, in this order, or the texts would belong elsewhere."""
+    if path is None:
+        return None
+    record = json.loads(path.read_text())
+    if record["heldout"] != heldout:
+        raise SystemExit(f"{path}: its held-out prompts are not this split's "
+                         "(use the run's --heldout and --seed)")
+    return record["base"]
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     personas = {p.name: p for folder in args.personas for p in load_personas(folder)}
     _, heldout = split_prompts(load_prompts(args.prompts), args.heldout, args.seed)
     admin = Api(args.url, args.admin_key)
-    own, info, base = {}, {}, None
+    own, info, base = {}, {}, reused_base(args.base_answers, heldout)
     for name in args.user:
         persona = split_user(name)[0]
         key, info[name] = user_key(admin, args.url, name)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from bench import best_of_base, scoring
 from bench.personas import parse_persona
 
@@ -70,3 +72,15 @@ def test_best_of_base_scores_each_personas_pick_for_every_judge():
     # prompt 2 all tie -> 0.5. Own: LISTED beats both (1.0), then all ties (0.5).
     assert table["lists"] == {"short": 0.375, "lists": 0.75}
     assert "| short | 1.000 | 0.250 | +0.750 |" in best_of_base.report(table)
+
+
+def test_eval_trained_reuses_a_runs_base_answers_only_for_the_same_heldout_prompts(tmp_path):
+    from bench.eval_trained import reused_base
+
+    path = tmp_path / "answers.json"
+    path.write_text(json.dumps({"heldout": ["a?", "b?"], "base": [["A1", "A2"], ["B1", "B2"]],
+                                "personal": {}}))
+    assert reused_base(path, ["a?", "b?"]) == [["A1", "A2"], ["B1", "B2"]]
+    assert reused_base(None, ["a?", "b?"]) is None
+    with pytest.raises(SystemExit, match="held-out prompts"):
+        reused_base(path, ["b?", "a?"])
