@@ -280,10 +280,16 @@ def base_redteam(consensus: Consensus, answer: Callable[[], list[str]], features
         return json.loads(path.read_text())
     texts = answer()
     side = {**redteam_side(consensus, features_model, tokenizer, texts), "texts": texts}
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(side, indent=1))
-    tmp.rename(path)
+    keep_beside_head(path, side)
     return side
+
+
+def keep_beside_head(path: Path, value: dict) -> None:
+    """Write a figure cached in a consensus head's folder atomically (a concurrent writer's
+    rename wins; a reader never sees half a file)."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(value, indent=1))
+    tmp.rename(path)
 
 
 def floor_check(candidate: dict, base: dict, settings: SafetySettings) -> tuple[bool, str]:

@@ -80,12 +80,6 @@ def pick_pairs(path: Path, limit: int, seed: int) -> list:
     return pairs
 
 
-def _write_json(path: Path, value: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(value, indent=1))
-    tmp.rename(path)
-
-
 def pairs_key(pairs: list) -> str:
     """A short digest of exactly these pairs (which file, --limit and --seed picked them)."""
     text = json.dumps([[p.prompt, p.chosen, p.rejected] for p in pairs], ensure_ascii=False)
@@ -99,9 +93,11 @@ def base_pref_acc(consensus, model, tokenizer, pairs: list) -> float:
     path = consensus.folder / f"base-pref-{pairs_key(pairs)}.json"
     if path.exists():
         return float(json.loads(path.read_text())["pref_acc"])
+    from adapters.safety import keep_beside_head
+
     with model.disable_adapter():
         acc = round(pref_accuracy(answer_logprobs(model, tokenizer, pairs)), 4)
-    _write_json(path, {"pref_acc": acc, "n_pairs": len(pairs)})
+    keep_beside_head(path, {"pref_acc": acc, "n_pairs": len(pairs)})
     return acc
 
 
