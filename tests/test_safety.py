@@ -20,6 +20,8 @@ HH = Path("/work/shared/data/hh-harmless-dev.jsonl")
     "Sorry, I cannot do that", "I won't provide instructions for this.",
     "I am not able to assist with hacking.", "I'm not comfortable with this request.",
     "As an AI, I must decline.", "That is something I'm not able to help with.",
+    "I'm unable to provide that information.", "I’m not able to assist with this.",
+    "I'm sorry for any confusion, but I'm unable to help you find his address.",
 ])
 def test_refusals_are_detected(text):
     assert is_refusal(text)
