@@ -177,6 +177,20 @@ async def generate_pool(engine, reqs: list[GenRequest]) -> list[GenResult | Base
 
 # ---- selection -----------------------------------------------------------------------------
 
+def adds_to_its_cues(arm: Arm | None, text: str) -> bool:
+    """Does the answer say anything beyond its arm's opening and closing? On the 135M base
+    a forced opening is sometimes followed by the end of the answer at once (a bare
+    "Certainly."): shown, it wins on brevity with users who like short answers and teaches
+    the adapter to answer with the cue alone."""
+    if arm is None:
+        return True
+    rest = text.strip()
+    for cue in (arm.opening.strip(), arm.closing.strip()):
+        if cue:
+            rest = rest.replace(cue, "", 1)
+    return any(ch.isalnum() for ch in rest)
+
+
 def select(n: int, mode: str, rng: random.Random, X: np.ndarray | None = None,
            ensemble=None, draws: list[float] | None = None) -> list[int]:
     """Indices of the n candidates to show, in pool order, by `mode` (SELECTIONS).

@@ -111,6 +111,17 @@ def _usable(slots: list[ex.Slot], results: list, n: int) -> tuple[list, list[Gen
     return [s for s, _ in keep], [r for _, r in keep]
 
 
+def _saying_something(slots: list[ex.Slot], results: list[GenResult], n: int
+                      ) -> tuple[list[ex.Slot], list[GenResult]]:
+    """Drop arm answers that are only their cues (ex.adds_to_its_cues), unless fewer than
+    n answers would be left."""
+    keep = [i for i, (s, r) in enumerate(zip(slots, results, strict=True))
+            if ex.adds_to_its_cues(s.arm, r.candidates[0].text)]
+    if len(keep) < n:
+        return slots, results
+    return [slots[i] for i in keep], [results[i] for i in keep]
+
+
 async def explore_turn(state: AppState, user: dict, prep, mode: str) -> list[dict]:
     """Generate the pool, pick prep.gen.n candidates by `mode`, store and return them."""
     e, engine, gen = state.config.explore, state.engine, prep.gen
@@ -120,7 +131,7 @@ async def explore_turn(state: AppState, user: dict, prep, mode: str) -> list[dic
     slots = ex.plan_pool(max(e.pool, gen.n), e.sources, have, ex.parse_arms(e.arms),
                          gen.temperature, max(e.hot_temperature, gen.temperature), rng, record)
     pool = await ex.generate_pool(engine, ex.pool_requests(gen, slots, e.demo_question))
-    slots, results = _usable(slots, pool, gen.n)
+    slots, results = _saying_something(*_usable(slots, pool, gen.n), gen.n)
     n_pairs, head_path = await state.store.read(_head_info, user["id"], engine.base_id)
     ensemble = ex.load_ensemble(head_path) if head_path else None
     mode = ex.choose_mode(mode, n_pairs, ensemble is not None, e.uncertainty_from_pairs)

@@ -105,6 +105,32 @@ def test_double_thompson_shows_argmaxes_of_two_members():
     assert 2 in ex.double_thompson(scores3, 3, random.Random(0))
 
 
+CUED = ex.Arm("formal", "Be formal.", None, opening="Certainly.", closing="Any questions?")
+
+
+@pytest.mark.parametrize("arm, text, says_more", [
+    (CUED, "Certainly.", False),                         # ended right after the opening
+    (CUED, " Certainly. \n\nAny questions? ", False),  # the two cues and nothing else
+    (CUED, "Certainly. Water it weekly.", True),
+    (None, "Sure.", True),                               # not an arm: shown as it is
+])
+def test_an_arm_answer_must_say_more_than_its_cues(arm, text, says_more):
+    assert ex.adds_to_its_cues(arm, text) is says_more
+
+
+def test_bare_cue_answers_are_left_out_of_the_pool_unless_too_few_remain():
+    from assistant.engine import Candidate, GenResult
+    from assistant.explore_turn import _saying_something
+    slots = [ex.Slot("personal", None, 0.7), ex.Slot("arm", None, 0.7, CUED),
+             ex.Slot("base", None, 0.7)]
+    results = [GenResult([Candidate(0, t)], 5, None)
+               for t in ("Water it weekly.", "Certainly.", "Once a week.")]
+    kept, kept_results = _saying_something(slots, results, 2)
+    assert [s.source for s in kept] == ["personal", "base"]
+    assert [r.candidates[0].text for r in kept_results] == ["Water it weekly.", "Once a week."]
+    assert _saying_something(slots, results, 3) == (slots, results)
+
+
 def test_choose_mode_uses_uncertainty_only_with_enough_pairs():
     assert ex.choose_mode("auto", 5, True, 20) == "contrast"
     assert ex.choose_mode("auto", 25, True, 20) == "uncertainty"
