@@ -11,6 +11,14 @@ matrix among the users given.
 
     .venv/bin/python -m bench.eval_trained --url http://127.0.0.1:PORT --admin-key KEY \
         --personas bench/personas-extra --user closer-explore-on --user concise-explore-on
+
+Users trained in separate data dirs (two offline runs at once need two, each holding its
+training lock) are scored together with --combine: the results.json of each one's
+evaluation, given the same --heldout, --seed and --base-answers, are joined into one table
+and one head-to-head matrix, without a server:
+
+    .venv/bin/python -m bench.eval_trained --personas bench/personas-extra \
+        --combine A/results.json --combine B/results.json --out OUT
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 from bench.harness import Api, answer_heldout, load_prompts, split_prompts, split_user
 from bench.personas import load_personas
@@ -28,13 +37,22 @@ from bench.scoring import score_answers, texts
 ROOT = Path(__file__).resolve().parent.parent
 
 
+class Evaluation(NamedTuple):
+    own: dict[str, list[list[str]]]      # persona -> per held-out prompt, its adapter's texts
+    info: dict[str, dict]                # user -> the version and head that served it
+    base: list[list[str]] | None         # per held-out prompt, the base's texts
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--url", required=True)
-    p.add_argument("--admin-key", required=True)
+    p.add_argument("--url")
+    p.add_argument("--admin-key")
     p.add_argument("--personas", type=Path, action="append", required=True)
-    p.add_argument("--user", action="append", required=True,
+    p.add_argument("--user", action="append", default=[],
                    help="'<persona>-explore-<mode>' or a persona name (repeatable)")
+    p.add_argument("--combine", type=Path, action="append", default=[], metavar="RESULTS_JSON",
+                   help="an earlier evaluation's results.json whose users join this one's "
+                        "(repeatable); every one must hold the same base answers")
     p.add_argument("--prompts", type=Path,
                    default=ROOT.parent / "shared" / "data" / "prompts-dev.jsonl")
     p.add_argument("--heldout", type=int, default=24)
@@ -48,7 +66,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="a personalize.py run's answers.json: its base answers stand for "
                         "the base's here (the same held-out prompts, seeds and sampling "
                         "give the same texts), so only the users' adapters answer")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.user and not (args.url and args.admin_key):
+        p.error("--user needs --url and --admin-key (a running server answers for it)")
+    if not args.user and not args.combine:
+        p.error("name a --user to evaluate or a --combine results.json to join")
+    return args
 
 
 def user_key(admin: Api, url: str, name: str) -> tuple[str, dict]:
@@ -74,10 +97,8 @@ def reused_base(path: Path | None, heldout: list[str]) -> list[list[str]] | None
     return record["base"]
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    personas = {p.name: p for folder in args.personas for p in load_personas(folder)}
-    _, heldout = split_prompts(load_prompts(args.prompts), args.heldout, args.seed)
+def answer_users(args: argparse.Namespace, heldout: list[str]) -> Evaluation:
+    """Each named user's adapter answers the held-out prompts (and the base, unless reused)."""
     admin = Api(args.url, args.admin_key)
     own, info, base = {}, {}, reused_base(args.base_answers, heldout)
     for name in args.user:
@@ -90,6 +111,40 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name}: answered {len(heldout)} held-out prompts "
               f"(version {info[name]['current_version']})", flush=True)
         api.close()
+    return Evaluation(own, info, base)
+
+
+def combine(evaluation: Evaluation, paths: list[Path]) -> Evaluation:
+    """Join earlier evaluations' users to this one. Equal base answers are the check that
+    they answered the same held-out prompts with the same seeds and sampling."""
+    own, info, base = dict(evaluation.own), dict(evaluation.info), evaluation.base
+    for path in paths:
+        record = json.loads(path.read_text())
+        answers = record["answers"]
+        if base is not None and answers["base"] != base:
+            raise SystemExit(f"{path}: its base answers are not this evaluation's (use the "
+                             "same --heldout, --seed, sampling and --base-answers)")
+        base = answers["base"]
+        for user, persona in zip(record["users"], _personas_of(answers), strict=True):
+            if persona in own:
+                raise SystemExit(f"{path}: persona {persona!r} is evaluated twice")
+            own[persona], info[user] = answers[persona], record["users"][user]
+    return Evaluation(own, info, base)
+
+
+def _personas_of(answers: dict) -> list[str]:
+    return [name for name in answers if name != "base"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    personas = {p.name: p for folder in args.personas for p in load_personas(folder)}
+    _, heldout = split_prompts(load_prompts(args.prompts), args.heldout, args.seed)
+    evaluation = Evaluation({}, {}, None)
+    if args.user:
+        evaluation = answer_users(args, heldout)
+    evaluation = combine(evaluation, args.combine)
+    own, info, base = evaluation
     chosen = [personas[p] for p in own]
     scores = score_answers(chosen, base, own)
     result = {"users": info, "heldout": len(heldout), "scores": scores,
@@ -99,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     lines = ["| persona | version | win rate vs base | decisive | ties | liked share "
              "personal / base | words personal / base |", "| --- | --- | --- | --- | --- | "
              "--- | --- |"]
-    for user, persona in zip(args.user, own, strict=True):
+    for user, persona in zip(info, own, strict=True):
         r = scores["personas"][persona]
         lines.append(f"| {persona} | {info[user]['current_version']} | {fmt(r['win_rate'])} | "
                      f"{fmt(r.get('decisive_win_rate'))} | {fmt(r.get('tie_share'))} | "
@@ -110,7 +165,6 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

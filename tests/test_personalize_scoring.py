@@ -84,3 +84,38 @@ def test_eval_trained_reuses_a_runs_base_answers_only_for_the_same_heldout_promp
     assert reused_base(None, ["a?", "b?"]) is None
     with pytest.raises(SystemExit, match="held-out prompts"):
         reused_base(path, ["b?", "a?"])
+
+
+def test_eval_trained_combines_separately_trained_users_into_one_head_to_head(tmp_path):
+    # Two evaluations of users trained in separate data dirs, on the same held-out prompts
+    # (equal base answers): combined, each persona's own adapter is judged against the other's.
+    from bench.eval_trained import main
+
+    personas = tmp_path / "personas"
+    personas.mkdir()
+    (personas / "short.toml").write_text('name = "short"\ntemperature = 0.0\nthumbs_up_at = 0.0'
+                                         '\nthumbs_down_at = -1.0\n[utility]\nwords = -1.0\n')
+    (personas / "lists.toml").write_text('name = "lists"\ntemperature = 0.0\nthumbs_up_at = 0.0'
+                                         '\nthumbs_down_at = -1.0\n[utility]\nhas_bullets = 1.0\n')
+    base = [[LONG], [LONG]]
+    paths = []
+    for user, persona, answers in (("short-explore-on", "short", [[BRIEF], [BRIEF]]),
+                                   ("lists-explore-on", "lists", [[LISTED], [LISTED]])):
+        path = tmp_path / f"{persona}.json"
+        path.write_text(json.dumps({"users": {user: {"current_version": 1}}, "heldout": 2,
+                                    "answers": {"base": base, persona: answers}}))
+        paths.append(path)
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"q{i}?"}) + "\n" for i in range(6)))
+    args = ["--personas", str(personas), "--prompts", str(prompts), "--heldout", "2",
+            "--out", str(tmp_path / "out")]
+    assert main(args + ["--combine", str(paths[0]), "--combine", str(paths[1])]) == 0
+    scores = json.loads((tmp_path / "out" / "results.json").read_text())["scores"]
+    assert scores["head_to_head"] == {"short": {"lists": 1.0}, "lists": {"short": 1.0}}
+    assert scores["personas"]["lists"]["win_rate"] == 1.0
+    # Another split's evaluation (its base answered other prompts) is refused, not mixed in.
+    other = json.loads(paths[1].read_text())
+    other["answers"]["base"] = [[BRIEF], [LONG]]
+    paths[1].write_text(json.dumps(other))
+    with pytest.raises(SystemExit, match="base answers"):
+        main(args + ["--combine", str(paths[0]), "--combine", str(paths[1])])
