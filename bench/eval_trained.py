@@ -91,6 +91,9 @@ def reused_base(path: Path | None, heldout: list[str]) -> list[list[str]] | None
     if path is None:
         return None
     record = json.loads(path.read_text())
+    if "base" not in record or "heldout" not in record:
+        raise SystemExit(f"{path}: no base answers in it (a --feedback-only run answers no "
+                         "held-out prompts; use a run that evaluated)")
     if record["heldout"] != heldout:
         raise SystemExit(f"{path}: its held-out prompts are not this split's "
                          "(use the run's --heldout and --seed)")

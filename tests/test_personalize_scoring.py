@@ -84,6 +84,9 @@ def test_eval_trained_reuses_a_runs_base_answers_only_for_the_same_heldout_promp
     assert reused_base(None, ["a?", "b?"]) is None
     with pytest.raises(SystemExit, match="held-out prompts"):
         reused_base(path, ["b?", "a?"])
+    path.write_text("{}")        # a --feedback-only run's answers.json
+    with pytest.raises(SystemExit, match="no base answers"):
+        reused_base(path, ["a?", "b?"])
 
 
 def test_eval_trained_combines_separately_trained_users_into_one_head_to_head(tmp_path):
