@@ -128,15 +128,12 @@ def combine(evaluation: Evaluation, paths: list[Path]) -> Evaluation:
             raise SystemExit(f"{path}: its base answers are not this evaluation's (use the "
                              "same --heldout, --seed, sampling and --base-answers)")
         base = answers["base"]
-        for user, persona in zip(record["users"], _personas_of(answers), strict=True):
+        for user, served in record["users"].items():
+            persona = split_user(user)[0]
             if persona in own:
                 raise SystemExit(f"{path}: persona {persona!r} is evaluated twice")
-            own[persona], info[user] = answers[persona], record["users"][user]
+            own[persona], info[user] = answers[persona], served
     return Evaluation(own, info, base)
-
-
-def _personas_of(answers: dict) -> list[str]:
-    return [name for name in answers if name != "base"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -168,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
+
 
 if __name__ == "__main__":
     sys.exit(main())
