@@ -10,6 +10,9 @@ from feedback_store.errors import BadRequest, NotFound
 from feedback_store.sql import Database, json_ints
 
 TITLE_CHARS = 60
+# Ids per "in (...)" lookup: under SQLite's oldest bound-parameter limit (999), so any
+# build takes it; PostgreSQL allows far more.
+ID_CHUNK = 900
 
 
 def create_conversation(db: Database, user_id: int, title: str,
@@ -81,6 +84,21 @@ def find_message(db: Database, user_id: int, message_id: int) -> dict | None:
     """A message the user owns, or None for unknown or foreign ids alike."""
     rows = list(db["messages"].rows_where("id = ? and user_id = ?", [message_id, user_id]))
     return rows[0] if rows else None
+
+
+def find_messages(db: Database, user_id: int, message_ids: list[int]) -> dict[int, dict]:
+    """The user's messages among `message_ids`, by id (unknown or foreign ids are absent),
+    in one query per ID_CHUNK ids instead of one per id: a user's record of choices reads
+    every answer they compared, on each exploring turn."""
+    ids = sorted(set(message_ids))
+    found: dict[int, dict] = {}
+    for start in range(0, len(ids), ID_CHUNK):
+        chunk = ids[start:start + ID_CHUNK]
+        marks = ",".join("?" * len(chunk))
+        for row in db["messages"].rows_where(f"user_id = ? and id in ({marks})",
+                                             [user_id, *chunk]):
+            found[row["id"]] = row
+    return found
 
 
 def get_message(db: Database, user_id: int, message_id: int) -> dict:

@@ -53,9 +53,13 @@ def training_rows(db: Database, user_id: int, fmt: str, with_ids: bool = False) 
     check_format(fmt)
     lookup = _Lookup(db, user_id)
     if fmt == "preference":
-        rows = [_preference_row(lookup, p, with_ids) for p in _pairs(db, user_id)]
+        pairs = _pairs(db, user_id)
+        lookup.preload([i for p in pairs for i in (p.chosen, p.rejected)])
+        rows = [_preference_row(lookup, p, with_ids) for p in pairs]
     else:
-        rows = [_unpaired_row(lookup, x, with_ids) for x in _labels(db, user_id)]
+        labels = _labels(db, user_id)
+        lookup.preload([x.message for x in labels])
+        rows = [_unpaired_row(lookup, x, with_ids) for x in labels]
     return [r for r in rows if r is not None]
 
 
@@ -117,6 +121,12 @@ class _Lookup:
         self.messages: dict[int, dict | None] = {}
         self.prompts: dict[int, list[dict]] = {}
 
+    def preload(self, message_ids: list[int]) -> None:
+        """Read the messages of many ids at once (one query per chunk, not per id)."""
+        missing = [i for i in message_ids if i not in self.messages]
+        found = conv.find_messages(self.db, self.user_id, missing)
+        self.messages.update({i: found.get(i) for i in missing})
+
     def message(self, message_id: int) -> dict | None:
         if message_id not in self.messages:
             self.messages[message_id] = conv.find_message(self.db, self.user_id, message_id)
@@ -176,7 +186,9 @@ def source_preferences(db: Database, user_id: int) -> dict[str, dict]:
     def label(message: dict) -> str:
         return source_label(message.get("source"), message.get("arm"))
 
-    for pair in _pairs(db, user_id):
+    pairs = _pairs(db, user_id)
+    lookup.preload([i for p in pairs for i in (p.chosen, p.rejected)])
+    for pair in pairs:
         won, lost = lookup.message(pair.chosen), lookup.message(pair.rejected)
         if won is None or lost is None or label(won) == label(lost):
             continue
