@@ -14,6 +14,7 @@ import os
 import random
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -96,6 +97,21 @@ def wait_healthy(url: str, timeout: float, process: subprocess.Popen | None = No
 
 
 @contextmanager
+def sigterm_exits() -> Iterator[None]:
+    """SIGTERM raises SystemExit inside the block, so `finally` clauses run: without it a
+    terminated benchmark left its started server running, orphaned (Python's default
+    SIGTERM action ends the process without unwinding). The old handler comes back after."""
+    def handler(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextmanager
 def server(args: argparse.Namespace) -> Iterator[Server]:
     """A running server: --url's, or a fresh `python -m assistant serve` on a temp dir."""
     if args.url:
@@ -119,8 +135,9 @@ def server(args: argparse.Namespace) -> Iterator[Server]:
                             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_healthy(url, args.start_timeout, proc)
-        yield Server(url, key, proc, data_dir, env)
+        with sigterm_exits():
+            wait_healthy(url, args.start_timeout, proc)
+            yield Server(url, key, proc, data_dir, env)
     finally:
         proc.terminate()
         try:

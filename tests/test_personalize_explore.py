@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import itertools
+import os
+import signal
 from pathlib import Path
 
+import pytest
+
 from bench import feedback, harness, personalize, pipeline, report, scoring
+from bench.harness import sigterm_exits
 from bench.personas import load_personas, parse_persona
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -157,3 +162,19 @@ def test_arm_probe_scores_the_served_arm_and_the_words_the_model_wrote():
     opened = parse_arm("enthusiastic | Be upbeat. | opening: Great question! ")
     assert arm_probe.model_written(opened, "Great question! Yes.") == " Yes."
     assert "|" in "\n".join(arm_probe.arm_report({"summary": fig}))
+
+
+def test_a_terminated_benchmark_unwinds_so_its_server_is_stopped():
+    """SIGTERM inside `server()`'s block runs its finally (which stops the started server);
+    Python's default action would end the process and orphan the server."""
+    unwound = []
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(SystemExit) as exc:
+        try:
+            with sigterm_exits():
+                os.kill(os.getpid(), signal.SIGTERM)    # handled before the next line
+                unwound.append("not reached")
+        finally:
+            unwound.append(True)
+    assert exc.value.code == 128 + signal.SIGTERM and unwound == [True]
+    assert signal.getsignal(signal.SIGTERM) is before
