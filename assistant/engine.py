@@ -679,6 +679,15 @@ class Engine:
         self._sample(rows, out.logits[:, -1].float())
         self._retire()
 
+    def _hold_ends(self, rows: list[_Row], logits: torch.Tensor) -> torch.Tensor:
+        """logits (rows, V), a copy, with end of sequence masked for the rows whose steering
+        holds it back (a forced opening not yet continued: assistant/steer.py)."""
+        held = [i for i, r in enumerate(rows)
+                if r.job.tracker.steer.holds_end(len(r.cand.tokens))]
+        if held:
+            logits[torch.tensor(held)[:, None], torch.tensor(self.eos_ids)] = float("-inf")
+        return logits
+
     def _sample(self, rows: list[_Row], logits: torch.Tensor) -> None:
         """Pick each row's next token from logits (rows, V) and hand it to its tracker."""
         live = [i for i, r in enumerate(rows) if not r.done]
@@ -687,7 +696,7 @@ class Engine:
         sub = [rows[i] for i in live]
         sampler = RowSampling([r.settings for r in sub], 0,
                               generators=[r.generator for r in sub])
-        tokens = sampler.choose([r.cand.tokens for r in sub], logits[live])
+        tokens = sampler.choose([r.cand.tokens for r in sub], self._hold_ends(sub, logits[live]))
         for r, token in zip(sub, tokens, strict=True):
             r.token = r.job.tracker.step(r.cand, token)
             if r.cand.finish_reason is None and r.job.cancel.is_set():

@@ -8,7 +8,7 @@ from assistant import explore as ex
 from assistant.arms import ArmError, parse_arm, parse_arms
 from assistant.config import load_config
 from assistant.engine import Engine, GenRequest
-from assistant.steer import Steering, opening_ids
+from assistant.steer import OPENING_MIN_CONTINUATION, Steering, opening_ids
 from feedback_store.errors import ConfigError
 from tests.conftest import ROOT, make_tiny_model
 
@@ -48,6 +48,27 @@ def test_opening_is_the_answers_start_and_the_model_continues_after_it(tokenizer
     assert plain.candidates[0].tokens[:4] != cand.tokens[:4]
     # The opening counts toward max_tokens: the answer is no longer than the others.
     assert cand.finish_reason != "length" or len(cand.tokens) + len(opened) == 12
+    eng.close()
+
+
+def test_an_opening_is_continued_not_ended_at_once(tokenizer):
+    """A model whose likeliest token after the opening is end of sequence still writes
+    OPENING_MIN_CONTINUATION tokens (an answer that is only "Certainly." says nothing);
+    after those, or without an opening, it may end as before."""
+    eng = engine(tokenizer)
+    opening = "Certainly."
+    prompt = eng.render(Q, 20) + opening_ids(tokenizer, opening)
+    first = greedy_continuation(eng, prompt, 1)[0]
+    eng.eos_ids = [*eng.eos_ids, first]             # the model now "wants" to stop here
+    opened = eng.generate_sync(GenRequest(messages=Q, temperature=0, max_tokens=20,
+                                          opening=opening)).candidates[0]
+    assert len(opened.tokens) >= OPENING_MIN_CONTINUATION
+    assert first not in opened.tokens[:OPENING_MIN_CONTINUATION]
+    assert opened.text.startswith(opening) and len(opened.text) > len(opening)
+    plain_prompt = eng.render(Q, 20)
+    eng.eos_ids = [*eng.eos_ids, greedy_continuation(eng, plain_prompt, 1)[0]]
+    plain = eng.generate_sync(GenRequest(messages=Q, temperature=0, max_tokens=20))
+    assert plain.candidates[0].tokens == [] and plain.candidates[0].finish_reason == "stop"
     eng.close()
 
 
