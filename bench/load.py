@@ -24,7 +24,6 @@ import os
 import random
 import secrets
 import shutil
-import signal
 import sqlite3
 import statistics
 import subprocess
@@ -38,7 +37,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.harness import FINAL, free_port
+from bench.harness import FINAL, free_port, sigterm_exits
 
 ROOT = Path(__file__).resolve().parent.parent
 MAX_USERS = 64                  # bounded: this is a loopback bench, not a stress tool
@@ -334,8 +333,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.max_tokens is None:
         args.max_tokens = 16 if args.real else 4
     # Stopped from outside (timeout, Ctrl-C), still stop the server it started.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    result = run_bench(args)
+    with sigterm_exits():
+        result = run_bench(args)
     print(report(result))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
