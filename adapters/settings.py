@@ -182,6 +182,17 @@ class DpoSettings(Checked):
     # Long answers are cut: their openings carry the style.
     dpo_max_answer_tokens: int = 160
     dpo_seed: int = 0
+    # Weight of the chosen answer's per-token NLL added to the DPO loss (RPO: Pang et al.
+    # 2024, "Iterative Reasoning Preference Optimization"). DPO alone can win its margin by
+    # pushing the long rejected answer down (a summed log-prob falls fastest by ending early)
+    # without making the liked answer any likelier to be written; the NLL term asks the
+    # policy to write what the user chose. 0 = plain DPO.
+    dpo_nll_weight: float = 0.0
+    # Explain the part of each choice that answer length accounts for with a learned scalar
+    # (gamma * (|chosen| - |rejected|) / 100 tokens in the logit), so the LoRA fits what
+    # length does not (R-DPO: Park et al. 2024, "Disentangling Length from Quality in DPO",
+    # with its alpha fitted per run rather than set, since a user may like either length).
+    dpo_length_offset: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -193,6 +204,8 @@ class DpoSettings(Checked):
               "must be at least 1")
         check(self.dpo_max_answer_tokens >= 1, "dpo_max_answer_tokens",
               self.dpo_max_answer_tokens, "must be at least 1")
+        check(self.dpo_nll_weight >= 0, "dpo_nll_weight", self.dpo_nll_weight,
+              "must be 0 or more")
 
 
 @dataclass(frozen=True)
