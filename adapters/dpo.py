@@ -11,9 +11,8 @@ continues on-policy from there against the head, with its KL leash to the base.
 with log pi(y) the sum of the answer's token log-probs under the LoRA policy and ref the
 same model with its adapter disabled (the shared base), exactly as in RL.
 
-Two optional terms (DpoSettings) aim the update at what the user liked rather than at length:
-    + gamma * (|c| - |r|) / 100 inside the sigmoid (R-DPO), gamma fitted to the pairs first
-    + w * (-log pi(c) / |c|)  averaged over pairs (RPO's NLL on the chosen answer)
+plus, with dpo_nll_weight = w > 0, the chosen answer's per-token NLL (RPO, Pang et al. 2024):
+    + w * mean over pairs of (-log pi(c) / |c|)
 """
 
 from __future__ import annotations
@@ -72,41 +71,16 @@ def _sequence_logp(policy, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
     return (token_logprobs(policy, ids, mask, comp, cmask) * cmask).sum(-1)
 
 
-@dataclass
-class _Loss:
-    """The terms of one step's loss that DpoSettings switches on; `gamma` is the fitted
-    length coefficient (length_coefficient) or None."""
-    beta: float
-    nll_weight: float
-    gamma: float | None
-
-    def __call__(self, logp: torch.Tensor, ref: torch.Tensor,
-                 lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(loss, margin (B,)) from (2B,) policy and reference log-probs and token counts."""
-        b = logp.shape[0] // 2
-        margin = self.beta * ((logp[:b] - ref[:b]) - (logp[b:] - ref[b:]))       # (B,)
-        logit = margin
-        if self.gamma is not None:
-            logit = margin + self.gamma * (lengths[:b] - lengths[b:]) / 100.0
-        loss = -F.logsigmoid(logit).mean()
-        if self.nll_weight > 0:
-            loss = loss + self.nll_weight * (-logp[:b] / lengths[:b]).mean()
-        return loss, margin
-
-
-def length_coefficient(pairs: list[_Encoded], l2: float = 1.0, steps: int = 25) -> float:
-    """gamma maximizing sum log sigmoid(gamma * d) - l2/2 gamma^2, d = (|c| - |r|) / 100
-    tokens: how far answer length alone explains the user's choices (Newton's method on one
-    parameter). The L2 keeps it finite when every choice went the same way on length."""
-    d = torch.tensor([(len(p.chosen) - len(p.rejected)) / 100.0 for p in pairs],
-                     dtype=torch.float64)                                         # (N,)
-    gamma = torch.zeros((), dtype=torch.float64)
-    for _ in range(steps):
-        s = torch.sigmoid(gamma * d)
-        grad = ((1 - s) * d).sum() - l2 * gamma
-        hess = -(s * (1 - s) * d * d).sum() - l2
-        gamma = gamma - grad / hess
-    return float(gamma)
+def dpo_loss(logp: torch.Tensor, ref: torch.Tensor, lengths: torch.Tensor, beta: float,
+             nll_weight: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss, margin (B,)) from (2B,) policy and reference log-probs and answer token counts,
+    rows [chosen..., rejected...]."""
+    b = logp.shape[0] // 2
+    margin = beta * ((logp[:b] - ref[:b]) - (logp[b:] - ref[b:]))       # (B,)
+    loss = -F.logsigmoid(margin).mean()
+    if nll_weight > 0:
+        loss = loss + nll_weight * (-logp[:b] / lengths[:b]).mean()
+    return loss, margin
 
 
 def dpo_warm_start(policy, tokenizer, rows: list[dict], settings: DpoSettings,
@@ -121,8 +95,6 @@ def dpo_warm_start(policy, tokenizer, rows: list[dict], settings: DpoSettings,
     with torch.no_grad(), policy.disable_adapter():
         ref = [_sequence_logp(policy, _batch(b, pad)) for b in batches]
     params = [p for p in policy.parameters() if p.requires_grad]
-    gamma = length_coefficient(pairs) if settings.dpo_length_offset else None
-    loss_fn = _Loss(settings.dpo_beta, settings.dpo_nll_weight, gamma)
     optimizer = torch.optim.AdamW(params, lr=settings.dpo_learning_rate, weight_decay=0.0)
     order, records = list(range(len(batches))), []
     rng = random.Random(settings.dpo_seed)
@@ -130,19 +102,20 @@ def dpo_warm_start(policy, tokenizer, rows: list[dict], settings: DpoSettings,
         rng.shuffle(order)
         for i in order:
             records.append(_step(policy, optimizer, params, _batch(batches[i], pad), ref[i],
-                                 loss_fn, epoch))
+                                 settings, epoch))
             if progress:
                 progress(records[-1])
     policy.eval()
     return records
 
 
-def _step(policy, optimizer, params, batch, ref: torch.Tensor, loss_fn: _Loss,
+def _step(policy, optimizer, params, batch, ref: torch.Tensor, settings: DpoSettings,
           epoch: int) -> dict:
     started = time.perf_counter()
     policy.train()
     logp = _sequence_logp(policy, batch)
-    loss, margin = loss_fn(logp, ref, batch[3].sum(-1))
+    loss, margin = dpo_loss(logp, ref, batch[3].sum(-1), settings.dpo_beta,
+                            settings.dpo_nll_weight)
     if not torch.isfinite(loss):
         raise TrainingError(f"non-finite DPO loss {loss.item()}")
     optimizer.zero_grad(set_to_none=True)
@@ -150,6 +123,5 @@ def _step(policy, optimizer, params, batch, ref: torch.Tensor, loss_fn: _Loss,
     torch.nn.utils.clip_grad_norm_(params, 1.0)
     optimizer.step()
     return {"epoch": epoch, "loss": loss.item(), "accuracy": (margin > 0).float().mean().item(),
-            "margin": margin.mean().item(), "seconds": time.perf_counter() - started,
-            **({"length_gamma": loss_fn.gamma} if loss_fn.gamma is not None else {})}
+            "margin": margin.mean().item(), "seconds": time.perf_counter() - started}
 

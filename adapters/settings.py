@@ -188,11 +188,6 @@ class DpoSettings(Checked):
     # without making the liked answer any likelier to be written; the NLL term asks the
     # policy to write what the user chose. 0 = plain DPO.
     dpo_nll_weight: float = 0.0
-    # Explain the part of each choice that answer length accounts for with a learned scalar
-    # (gamma * (|chosen| - |rejected|) / 100 tokens in the logit), so the LoRA fits what
-    # length does not (R-DPO: Park et al. 2024, "Disentangling Length from Quality in DPO",
-    # with its alpha fitted per run rather than set, since a user may like either length).
-    dpo_length_offset: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -5,12 +5,9 @@ from peft import LoraConfig, get_peft_model
 
 from adapters.dpo import (
     _batch,
-    _Encoded,
-    _Loss,
     _sequence_logp,
     dpo_warm_start,
     encode_pairs,
-    length_coefficient,
 )
 from adapters.policy import LORA_TARGETS
 from adapters.settings import DpoSettings
@@ -84,27 +81,3 @@ def test_nll_term_makes_the_chosen_answer_likelier_than_plain_dpo(tiny_model, to
     nll_logp, nll_margin = trained(tiny_model, tokenizer, dpo_nll_weight=1.0)
     assert nll_logp > plain_logp + 1.0          # RPO: the liked answer itself gains
     assert nll_margin > 0                       # and it is still preferred
-
-
-def encoded(lengths: list[tuple[int, int]]) -> list[_Encoded]:
-    return [_Encoded([1], [5] * c, [6] * r) for c, r in lengths]
-
-
-def test_length_coefficient_follows_how_length_explains_the_choices():
-    shorter_wins = length_coefficient(encoded([(20, 80)] * 10))
-    assert -20 < shorter_wins < -1              # negative, and finite though separable
-    assert length_coefficient(encoded([(20, 80), (80, 20)] * 5)) == 0.0
-    assert length_coefficient(encoded([(50, 50)] * 4)) == 0.0
-    assert length_coefficient(encoded([(90, 30)] * 10)) > 1
-
-
-def test_length_offset_takes_the_length_part_of_a_choice_off_the_policy():
-    logp = torch.zeros(4, requires_grad=True)   # chosen: 2 short; rejected: 2 long
-    ref, lengths = torch.zeros(4), torch.tensor([20.0, 20.0, 100.0, 100.0])
-    plain_loss, _ = _Loss(0.1, 0.0, None)(logp, ref, lengths)
-    (plain_grad,) = torch.autograd.grad(plain_loss, logp)
-    loss, margin = _Loss(0.1, 0.0, -3.0)(logp, ref, lengths)
-    (grad,) = torch.autograd.grad(loss, logp)
-    assert torch.equal(margin, torch.zeros(2))  # the reported margin is the policy's alone
-    assert loss < plain_loss                    # length already explains most of it
-    assert grad.abs().sum() < 0.2 * plain_grad.abs().sum()
