@@ -1,0 +1,141 @@
+"""Which DPO warm start learns a user's liked feature rather than only "shorter"? An A/B of
+DpoSettings variants on stored feedback, in one process, same pairs, seeds and prompts.
+
+For each user of a kept data dir (bench.personalize --keep-data) and each variant, a fresh
+LoRA on the real base takes the DPO warm start on all of the user's preference pairs, exactly
+as a training run's first stage does (adapters/dpo.py), then answers held-out prompts (the
+same split as bench.personalize). The answers are judged by the user's persona file: win
+rate against the base's stored answers, liked-feature share, words. No RL, no gate: this
+isolates the stage the 60-event runs pointed at (README, issue 14).
+
+    .venv/bin/python -m bench.dpo_variants --data-dir /tmp/personalize-xyz \\
+        --user analogies-explore-on --personas bench/personas-extra \\
+        --base-answers bench/out/floor-off/answers.json \\
+        --variant plain: --variant nll:dpo_nll_weight=1.0
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from bench.feedback import feature_share
+from bench.harness import load_prompts, split_prompts, split_user
+from bench.personas import load_personas
+from bench.scoring import decisive, win_rate
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def parse_variant(text: str) -> tuple[str, dict[str, object]]:
+    """'name:key=value,key=value' -> (name, DpoSettings overrides)."""
+    name, _, rest = text.partition(":")
+    overrides: dict[str, object] = {}
+    for item in filter(None, rest.split(",")):
+        key, _, value = item.partition("=")
+        overrides[key] = (value.lower() == "true" if value.lower() in ("true", "false")
+                          else float(value) if "." in value or "e" in value else int(value))
+    return name, overrides
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data-dir", type=Path, required=True)
+    p.add_argument("--user", action="append", required=True, help="user name (repeatable)")
+    p.add_argument("--personas", type=Path, required=True)
+    p.add_argument("--variant", action="append", required=True, type=parse_variant,
+                   help="name:key=value,... DpoSettings overrides (repeatable)")
+    p.add_argument("--base-answers", type=Path, required=True,
+                   help="answers.json of a bench run: the base's held-out answers")
+    p.add_argument("--prompts", type=Path, default=Path("/work/shared/data/prompts-dev.jsonl"))
+    p.add_argument("--heldout", type=int, default=30)
+    p.add_argument("--answer-prompts", type=int, default=16,
+                   help="how many of the held-out prompts to answer")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--temperature", type=float, default=0.7)
+    p.add_argument("--max-tokens", type=int, default=128)
+    p.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "dpo_variants.json")
+    return p.parse_args(argv)
+
+
+def answers(policy, tokenizer, prompts: list[str], args: argparse.Namespace) -> list[str]:
+    """One sampled answer per prompt from the policy's active adapter (seeded)."""
+    from adapters.decoding import completion_mask, decode, eos_ids, left_pad, render_prompts, sample
+
+    rows = render_prompts(tokenizer, [[{"role": "user", "content": q}] for q in prompts])
+    eos, out = eos_ids(policy, tokenizer), []
+    torch.manual_seed(args.seed)
+    for i in range(0, len(rows), 8):
+        ids, mask = left_pad(rows[i:i + 8], tokenizer.pad_token_id)
+        tokens = sample(policy, ids, mask, max_new_tokens=args.max_tokens,
+                        temperature=args.temperature, eos=eos, pad_id=tokenizer.pad_token_id)
+        out += decode(tokenizer, tokens, completion_mask(tokens, eos))
+    return out
+
+
+def run_variant(base, pairs: list[dict], overrides: dict, prompts: list[str],
+                args: argparse.Namespace) -> tuple[list[str], dict]:
+    from adapters.dpo import dpo_warm_start
+    from adapters.policy import attach_lora
+    from adapters.settings import DpoSettings, PolicySettings
+
+    torch.manual_seed(args.seed)
+    policy = attach_lora(base.model, PolicySettings()).eval()
+    started = time.perf_counter()
+    steps = dpo_warm_start(policy, base.tokenizer, pairs, DpoSettings(**overrides))
+    seconds = time.perf_counter() - started
+    texts = answers(policy, base.tokenizer, prompts, args)
+    policy.unload()         # the plain base back for the next variant
+    last = steps[-1] if steps else {}
+    return texts, {"steps": len(steps), "dpo_seconds": round(seconds, 1),
+                   "last_loss": round(last.get("loss", float("nan")), 4)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from adapters.base_model import load_base
+    from feedback_store.db import connect
+    from feedback_store.training_data import training_rows
+
+    args = parse_args(argv)
+    torch.set_num_threads(1)
+    personas = {p.name: p for p in load_personas(args.personas)}
+    _, heldout = split_prompts(load_prompts(args.prompts), args.heldout, args.seed)
+    stored = json.loads(args.base_answers.read_text())
+    if stored["heldout"] != heldout:
+        raise SystemExit("--base-answers has other held-out prompts (same --heldout, --seed)")
+    k = args.answer_prompts
+    prompts, base_texts = heldout[:k], stored["base"][:k]
+    db = connect(args.data_dir / "assistant.db")
+    base = load_base("", ROOT / "data" / "cache")
+    results: dict = {"prompts": k, "users": {}}
+    for user in args.user:
+        persona = personas[split_user(user)[0]]
+        uid = db.execute("select id from users where name = ?", [user]).fetchone()[0]
+        pairs = training_rows(db, uid, "preference")
+        results["users"][user] = {"pairs": len(pairs), "variants": {}}
+        for name, overrides in args.variant:
+            texts, info = run_variant(base, pairs, overrides, prompts, args)
+            ours = [[t] for t in texts]
+            row = {**info, "overrides": overrides, "win_rate": round(win_rate(persona, ours,
+                                                                               base_texts), 3),
+                   **decisive(persona, ours, base_texts),
+                   "liked_share": feature_share(persona, ours),
+                   "liked_share_base": feature_share(persona, base_texts),
+                   "words": round(sum(len(t.split()) for t in texts) / len(texts), 1),
+                   "answers": texts}
+            results["users"][user]["variants"][name] = row
+            print(f"{user} {name}: win {row['win_rate']} liked {row['liked_share']} "
+                  f"(base {row['liked_share_base']}) words {row['words']} "
+                  f"loss {row['last_loss']} "
+                  f"({row['dpo_seconds']} s)", flush=True)
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
