@@ -122,3 +122,13 @@ def test_eval_trained_combines_separately_trained_users_into_one_head_to_head(tm
     paths[1].write_text(json.dumps(other))
     with pytest.raises(SystemExit, match="base answers"):
         main(args + ["--combine", str(paths[0]), "--combine", str(paths[1])])
+
+
+def test_dpo_variant_parses_typed_overrides():
+    from bench.dpo_variants import parse_variant
+
+    assert parse_variant("plain:") == ("plain", {})
+    assert parse_variant("nll:dpo_nll_weight=1.0,dpo_epochs=3") == (
+        "nll", {"dpo_nll_weight": 1.0, "dpo_epochs": 3})
+    name, overrides = parse_variant("x:flag=true")
+    assert overrides == {"flag": True}
