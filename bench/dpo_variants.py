@@ -26,7 +26,7 @@ import torch
 from bench.feedback import feature_share
 from bench.harness import load_prompts, split_prompts, split_user
 from bench.personas import load_personas
-from bench.scoring import decisive, win_rate
+from bench.scoring import decisive, mean_words, win_rate
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -99,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     from adapters.base_model import load_base
     from feedback_store.db import connect
     from feedback_store.training_data import training_rows
+    from feedback_store.users import get_user_by_name
 
     args = parse_args(argv)
     torch.set_num_threads(1)
@@ -112,10 +113,10 @@ def main(argv: list[str] | None = None) -> int:
     db = connect(args.data_dir / "assistant.db")
     base = load_base("", ROOT / "data" / "cache")
     results: dict = {"prompts": k, "users": {}}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     for user in args.user:
         persona = personas[split_user(user)[0]]
-        uid = db.execute("select id from users where name = ?", [user]).fetchone()[0]
-        pairs = training_rows(db, uid, "preference")
+        pairs = training_rows(db, get_user_by_name(db, user)["id"], "preference")
         results["users"][user] = {"pairs": len(pairs), "variants": {}}
         for name, overrides in args.variant:
             texts, info = run_variant(base, pairs, overrides, prompts, args)
@@ -125,14 +126,13 @@ def main(argv: list[str] | None = None) -> int:
                    **decisive(persona, ours, base_texts),
                    "liked_share": feature_share(persona, ours),
                    "liked_share_base": feature_share(persona, base_texts),
-                   "words": round(sum(len(t.split()) for t in texts) / len(texts), 1),
+                   "words": round(mean_words(ours), 1),
                    "answers": texts}
             results["users"][user]["variants"][name] = row
             print(f"{user} {name}: win {row['win_rate']} liked {row['liked_share']} "
                   f"(base {row['liked_share_base']}) words {row['words']} "
                   f"loss {row['last_loss']} "
                   f"({row['dpo_seconds']} s)", flush=True)
-            args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(json.dumps(results, indent=1))
     return 0
 

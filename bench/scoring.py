@@ -100,8 +100,8 @@ def score_answers(personas: list[Persona], base: list[list[str]],
                     "liked_share_base": feature_share(p, base),
                     "utility_personal": round(mean_utility(p, own[p.name]), 3),
                     "utility_base": round(mean_utility(p, base), 3),
-                    "words_personal": round(_mean_words(own[p.name]), 1),
-                    "words_base": round(_mean_words(base), 1)} for p in personas}
+                    "words_personal": round(mean_words(own[p.name]), 1),
+                    "words_base": round(mean_words(base), 1)} for p in personas}
     return {"personas": per, "specificity": spec, "head_to_head": head_to_head(personas, own)}
 
 
@@ -135,7 +135,7 @@ def feedback_events(counts: dict | None) -> int | None:
                                           "rankings"))
 
 
-def _mean_words(groups: list[list[str]]) -> float:
+def mean_words(groups: list[list[str]]) -> float:
     words = [len(t.split()) for g in groups for t in g]
     return sum(words) / len(words)
 

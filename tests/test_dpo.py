@@ -3,12 +3,7 @@
 import torch
 from peft import LoraConfig, get_peft_model
 
-from adapters.dpo import (
-    _batch,
-    _sequence_logp,
-    dpo_warm_start,
-    encode_pairs,
-)
+from adapters.dpo import _batch, _sequence_logp, dpo_warm_start, encode_pairs
 from adapters.policy import LORA_TARGETS
 from adapters.settings import DpoSettings
 
@@ -24,11 +19,15 @@ def rows() -> list[dict]:
     return out
 
 
-def margin(policy, tokenizer, data) -> float:
+def logps(policy, tokenizer, data) -> torch.Tensor:
+    """(2B,) summed answer log-probs, rows [chosen..., rejected...]."""
     with torch.no_grad():
-        logp = _sequence_logp(policy, _batch(encode_pairs(tokenizer, data, 64),
+        return _sequence_logp(policy, _batch(encode_pairs(tokenizer, data, 64),
                                              tokenizer.pad_token_id))
-    b = len(data)
+
+
+def margin(policy, tokenizer, data) -> float:
+    logp, b = logps(policy, tokenizer, data), len(data)
     return (logp[:b] - logp[b:]).mean().item()
 
 
@@ -57,10 +56,7 @@ def test_zero_epochs_or_no_pairs_is_a_no_op(tiny_model, tokenizer):
 
 
 def chosen_logp(policy, tokenizer, data) -> float:
-    with torch.no_grad():
-        logp = _sequence_logp(policy, _batch(encode_pairs(tokenizer, data, 64),
-                                             tokenizer.pad_token_id))
-    return logp[:len(data)].mean().item()
+    return logps(policy, tokenizer, data)[:len(data)].mean().item()
 
 
 def trained(tiny_model, tokenizer, **overrides) -> tuple[float, float]:
