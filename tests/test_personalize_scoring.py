@@ -132,3 +132,11 @@ def test_dpo_variant_parses_typed_overrides():
         "nll", {"dpo_nll_weight": 1.0, "dpo_epochs": 3})
     name, overrides = parse_variant("x:flag=true")
     assert overrides == {"flag": True}
+
+
+def test_dpo_pick_reads_a_phrase_personas_any_share_or_a_single_feature():
+    from bench.dpo_pick import _liked
+
+    assert _liked({"phrase:in short": 0.5, "phrase:overall": 0.1, "any": 0.55}) == 0.55
+    assert _liked({"has_bullets": 0.69}) == 0.69
+    assert _liked({}) is None       # concise likes no feature, only brevity

@@ -1,0 +1,88 @@
+"""Would the user's own reward head pick the DPO warm start their persona prefers?
+
+Reads a `bench.dpo_variants` result (each variant's answers to the same held-out prompts, with
+the persona's verdicts) and scores every variant's answers with a reward head saved by a
+training run on the same user's feedback (`<data dir>/adapters/<user>/reward/<version>`).
+It then applies the product's rule (adapters/dpo_select.py: the second variant replaces the
+first only if its paired per-prompt gain clears `--z` standard errors) and prints which one
+the head keeps next to the persona's win rate and liked-feature share of each. The head
+scores here are the head alone; a run with the safety floor on scores with the RL reward
+(head plus the consensus harmlessness term).
+
+    .venv/bin/python -m bench.dpo_pick --variants bench/out/dpo_variants.json \\
+        --user summarizer-explore-on --head /tmp/d/adapters/summarizer-explore-on/reward/1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from bench.harness import load_prompts, split_prompts
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--variants", type=Path, required=True, help="bench.dpo_variants output")
+    p.add_argument("--user", required=True)
+    p.add_argument("--head", type=Path, required=True, help="a saved reward head folder")
+    p.add_argument("--prompts", type=Path, default=Path("/work/shared/data/prompts-dev.jsonl"))
+    p.add_argument("--heldout", type=int, default=30)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--z", type=float, default=None,
+                   help="standard errors the alternative must clear (default: DpoSettings')")
+    p.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "dpo_pick.json")
+    return p.parse_args(argv)
+
+
+def _liked(shares: dict[str, float]) -> float | None:
+    """The persona's liked-feature share: "any" of its phrases, or its one feature."""
+    return shares.get("any", next(iter(shares.values()), None))
+
+
+def main(argv: list[str] | None = None) -> int:
+    import torch
+
+    from adapters.base_model import load_base
+    from adapters.dpo_select import paired_gain, prefers_alternative
+    from adapters.jobs import reward_function
+    from adapters.reward_head import RewardHead
+    from adapters.settings import DpoSettings
+
+    args = parse_args(argv)
+    torch.set_num_threads(1)
+    z = DpoSettings().dpo_select_z if args.z is None else args.z
+    found = json.loads(args.variants.read_text())
+    variants = found["users"][args.user]["variants"]
+    _, heldout = split_prompts(load_prompts(args.prompts), args.heldout, args.seed)
+    prompts = [[{"role": "user", "content": q}] for q in heldout[:found["prompts"]]]
+    base = load_base("", ROOT / "data" / "cache")
+    score = reward_function(base, RewardHead.load(args.head))
+    rewards = {name: score(prompts, row["answers"]) for name, row in variants.items()}
+    names = list(variants)
+    first = rewards[names[0]]
+    rows = []
+    for name in names:
+        gain, se = paired_gain(rewards[name], first)
+        rows.append({"variant": name, "head_reward": sum(rewards[name]) / len(prompts),
+                     "gain": gain, "t": gain / se if se not in (0.0, float("inf")) else None,
+                     "kept": name == names[0] or prefers_alternative(first, rewards[name], z),
+                     "win_rate": variants[name]["win_rate"],
+                     "liked": _liked(variants[name]["liked_share"])})
+    print(f"{args.user}: head {args.head}, z = {z}")
+    for r in rows:
+        t = "-" if r["t"] is None else f"{r['t']:+.2f}"
+        print(f"  {r['variant']:8} head {r['head_reward']:+.3f} gain {r['gain']:+.3f} t {t} "
+              f"| persona win {r['win_rate']} liked {r['liked']}"
+              + ("  <- would replace the first" if r["kept"] and r is not rows[0] else ""))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"user": args.user, "head": str(args.head), "z": z,
+                                    "variants": rows}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
