@@ -9,9 +9,10 @@ knows which of the two moved toward what they liked, so each run asks it:
 
 1. both warm starts are trained from the same starting LoRA weights (the fresh LoRA or the
    serving version), on the same pairs;
-2. each answers the selection prompts greedily (the gate's decoding) and the head scores the
-   answers: per prompt r_0(x) for the incumbent (dpo_nll_weight) and r_1(x) for the
-   alternative (dpo_select_nll_weight);
+2. each answers the selection prompts greedily (the gate's decoding) and the run's RL reward
+   (the user's head, plus the harmlessness term when the safety floor is on) scores both
+   sets of answers in one batch: per prompt r_0(x) for the incumbent (dpo_nll_weight) and
+   r_1(x) for the alternative (dpo_select_nll_weight);
 3. the alternative replaces the incumbent only if its paired gain d = r_1 - r_0 clears
    mean(d) > dpo_select_z * std(d) / sqrt(n): a noisy head's coin toss keeps the default.
 
@@ -34,14 +35,18 @@ import torch
 from adapters.dpo import dpo_warm_start
 from adapters.settings import DpoSettings
 
-Scorer = Callable[[object], list[float]]      # policy -> head reward per selection prompt
+Answer = Callable[[object], list[str]]       # policy -> one answer per selection prompt
+# Answers of both warm starts in one list (the prompts' order repeated) -> one reward each.
+# One call for both: the RL reward is standardized over its batch (adapters/safety.py), so
+# rewards from two calls would not be on one scale.
+Score = Callable[[list[str]], list[float]]
 
 
 @dataclass
 class Trial:
     nll_weight: float
     steps: list[dict]
-    rewards: list[float]
+    answers: list[str]
     state: dict[str, torch.Tensor]
     seconds: float
 
@@ -74,12 +79,11 @@ def prefers_alternative(incumbent: list[float], alternative: list[float], z: flo
 
 
 def _trial(policy, tokenizer, pairs: list[dict], settings: DpoSettings, weight: float,
-           start: dict[str, torch.Tensor], score: Scorer) -> Trial:
+           start: dict[str, torch.Tensor], answer: Answer) -> Trial:
     t = time.perf_counter()
     load_lora_state(policy, start)
     steps = dpo_warm_start(policy, tokenizer, pairs, replace(settings, dpo_nll_weight=weight))
-    rewards = score(policy)
-    return Trial(weight, steps, rewards, lora_state(policy), time.perf_counter() - t)
+    return Trial(weight, steps, answer(policy), lora_state(policy), time.perf_counter() - t)
 
 
 def selecting(settings: DpoSettings) -> bool:
@@ -89,24 +93,28 @@ def selecting(settings: DpoSettings) -> bool:
 
 
 def choose_warm_start(policy, tokenizer, pairs: list[dict], settings: DpoSettings,
-                      score: Scorer) -> tuple[list[dict], dict]:
+                      answer: Answer, score: Score) -> tuple[list[dict], dict]:
     """Warm-start the policy's active LoRA in place with whichever DPO variant the head
     prefers (module doc). Returns the kept variant's step records and a summary of both."""
     if not selecting(settings) or not pairs:
         return dpo_warm_start(policy, tokenizer, pairs, settings), {}
     start = lora_state(policy)
-    trials = [_trial(policy, tokenizer, pairs, settings, w, start, score)
+    trials = [_trial(policy, tokenizer, pairs, settings, w, start, answer)
               for w in (settings.dpo_nll_weight, settings.dpo_select_nll_weight)]
     incumbent, alternative = trials
-    switch = prefers_alternative(incumbent.rewards, alternative.rewards, settings.dpo_select_z)
+    n = len(incumbent.answers)
+    rewards = score(incumbent.answers + alternative.answers)
+    ours, theirs = rewards[n:], rewards[:n]
+    switch = prefers_alternative(theirs, ours, settings.dpo_select_z)
     kept = alternative if switch else incumbent
     load_lora_state(policy, kept.state)
-    mean, se = paired_gain(alternative.rewards, incumbent.rewards)
-    summary = {"nll_weight": kept.nll_weight, "n_prompts": len(incumbent.rewards),
+    mean, se = paired_gain(ours, theirs)
+    summary = {"nll_weight": kept.nll_weight, "n_prompts": n,
                # one prompt has no error bar: None, as JSON has no infinity
                "gain": mean, "gain_se": se if math.isfinite(se) else None,
                "z": settings.dpo_select_z,
-               "trials": [{"nll_weight": t.nll_weight, "reward": sum(t.rewards) / len(t.rewards),
+               "trials": [{"nll_weight": t.nll_weight, "reward": sum(r) / n,
                            "last_loss": t.steps[-1]["loss"] if t.steps else None,
-                           "seconds": round(t.seconds, 1)} for t in trials]}
+                           "seconds": round(t.seconds, 1)}
+                          for t, r in zip(trials, (theirs, ours), strict=True)]}
     return kept.steps, summary

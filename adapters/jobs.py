@@ -367,15 +367,18 @@ def _train(base, rl_reward_fn: RewardFn, prompts: list[list[dict]], pairs: list[
     {"steps": DPO step records, "selection": the choice's figures or {}}."""
     dpo: dict = {"steps": [], "selection": {}}
 
-    def score(policy) -> list[float]:
-        texts = greedy_texts(policy, base.tokenizer, "default", heldout,
-                             settings.gate.max_completion_tokens)
-        return score_texts(rl_reward_fn, heldout, texts, "the DPO selection")
+    def answer(policy) -> list[str]:
+        return greedy_texts(policy, base.tokenizer, "default", heldout,
+                            settings.gate.max_completion_tokens)
+
+    def score(texts: list[str]) -> list[float]:
+        prompts = heldout * (len(texts) // len(heldout))
+        return score_texts(rl_reward_fn, prompts, texts, "the DPO selection")
 
     def warm_start(policy) -> None:
         t = time.perf_counter()
         dpo["steps"], dpo["selection"] = choose_warm_start(policy, base.tokenizer, pairs,
-                                                           settings.dpo, score)
+                                                           settings.dpo, answer, score)
         timer.phase("dpo", t)
         if dpo["selection"]:
             sel = dpo["selection"]
@@ -383,7 +386,7 @@ def _train(base, rl_reward_fn: RewardFn, prompts: list[list[dict]], pairs: list[
                 + ", ".join(f"NLL weight {t['nll_weight']} -> {t['reward']:+.3f}"
                             for t in sel["trials"])
                 + f"; kept NLL weight {sel['nll_weight']} (gain {sel['gain']:+.3f}, "
-                f"standard error {sel['gain_se']})")
+                f"standard error {'-' if sel['gain_se'] is None else round(sel['gain_se'], 3)})")
         if dpo["steps"]:
             log(f"DPO warm start on {len(pairs)} pairs: {len(dpo['steps'])} steps, last loss "
                 f"{dpo['steps'][-1]['loss']:.4f}")

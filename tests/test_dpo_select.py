@@ -59,11 +59,17 @@ def test_the_head_picks_the_warm_start_and_the_policy_keeps_its_weights(tiny_mod
     policy = fresh_policy(tiny_model)
     calls = []
 
-    def score(p) -> list[float]:
+    def answer(p) -> list[str]:       # the "answers" are the log-probs, as text
         calls.append(chosen_logps(p, tokenizer))
-        return [sign * v for v in calls[-1]]
+        return [repr(v) for v in calls[-1]]
 
-    steps, summary = choose_warm_start(policy, tokenizer, rows(), SETTINGS, score)
+    def score(texts: list[str]) -> list[float]:
+        """Centred over its batch, as the RL reward is standardized (adapters/safety.py):
+        both warm starts must be scored in one call for their rewards to compare."""
+        values = [sign * float(t) for t in texts]
+        return [v - sum(values) / len(values) for v in values]
+
+    steps, summary = choose_warm_start(policy, tokenizer, rows(), SETTINGS, answer, score)
     assert len(calls) == 2
     assert calls[0] == pytest.approx(reference[0.0], abs=1e-4)      # both from the same start
     assert calls[1] == pytest.approx(reference[1.0], abs=1e-4)
@@ -75,8 +81,8 @@ def test_the_head_picks_the_warm_start_and_the_policy_keeps_its_weights(tiny_mod
 def test_without_an_alternative_it_is_one_plain_warm_start(tiny_model, tokenizer):
     policy = fresh_policy(tiny_model)
 
-    def score(p) -> list[float]:
-        raise AssertionError("no selection, nothing to score")
+    def unused(_):
+        raise AssertionError("no selection, nothing to answer or score")
 
-    steps, summary = choose_warm_start(policy, tokenizer, rows(), DpoSettings(), score)
+    steps, summary = choose_warm_start(policy, tokenizer, rows(), DpoSettings(), unused, unused)
     assert summary == {} and len(steps) == 4
