@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from adapters import registry, safety
-from adapters.decoding import BASE, RewardFn, score_texts
-from adapters.dpo_select import choose_warm_start
+from adapters.decoding import BASE, RewardFn
+from adapters.dpo import dpo_warm_start
 from adapters.feature_cache import cached_features, ensure_features, features_id
 from adapters.features import compute_features
 from adapters.gate import decide, evaluate, greedy_texts
@@ -311,12 +311,11 @@ def execute_run(db, base, adapters_dir: Path, run: dict, settings: RunSettings,
     current = registry.current_path(db, user)
     seen = registry.version_meta(current).get("trained_through_event")
     pairs = _dpo_pairs(db, user["id"], seen, heldout)
-    policy, steps, dpo = _train(base, rl_reward_fn, train, pairs, heldout, current, settings,
-                                timer, log, progress)
+    policy, steps, dpo_steps = _train(base, rl_reward_fn, train, pairs, current, settings,
+                                      timer, log, progress)
     # Everything up to here is in this version now: its new events and the pairs it fitted
     # (a forced run with no new events may still fit pairs a rejected run left unlearned).
     through = max([*events, *(max(p["event_ids"]) for p in pairs), seen or 0]) or None
-    dpo_steps, selection = dpo["steps"], dpo["selection"]
     try:
         metrics, version = _gate_and_save(db, base, adapters_dir, user, policy, current,
                                           heldout, reward_fn, settings, timer, log, through,
@@ -326,7 +325,6 @@ def execute_run(db, base, adapters_dir: Path, run: dict, settings: RunSettings,
     mark_events_used(db, user["id"], events, run["id"])
     return {"status": "rejected" if version is None else "succeeded",
             "metrics": {**metrics, "steps": steps, "dpo_steps": dpo_steps,
-                        **({"dpo_selection": selection} if selection else {}),
                         "seconds": timer.seconds, "events_used": len(events),
                         "head": _head_summary(fitted)},
             "adapter_version": version, "events_used": len(events),
@@ -358,38 +356,20 @@ def _dpo_pairs(db, user_id: int, trained_through: int | None,
 
 
 def _train(base, rl_reward_fn: RewardFn, prompts: list[list[dict]], pairs: list[dict],
-           heldout: list[list[dict]], current: Path | None, settings: RunSettings,
-           timer: Timer, log: Log, progress: Callable[[StepRecord], None] | None,
-           ) -> tuple[PeftModel, list[StepRecord], dict]:
+           current: Path | None, settings: RunSettings, timer: Timer, log: Log,
+           progress: Callable[[StepRecord], None] | None,
+           ) -> tuple[PeftModel, list[StepRecord], list[dict]]:
     """The candidate adapter: the serving one (`current`, or a fresh LoRA), warm-started by
-    DPO on `pairs` (the variant the head prefers on `heldout`, when two are configured:
-    adapters/dpo_select.py), then RL on `prompts`. Returns it with the RL step records and
-    {"steps": DPO step records, "selection": the choice's figures or {}}."""
-    dpo: dict = {"steps": [], "selection": {}}
-
-    def answer(policy) -> list[str]:
-        return greedy_texts(policy, base.tokenizer, "default", heldout,
-                            settings.gate.max_completion_tokens)
-
-    def score(texts: list[str]) -> list[float]:
-        prompts = heldout * (len(texts) // len(heldout))
-        return score_texts(rl_reward_fn, prompts, texts, "the DPO selection")
+    DPO on `pairs`, then RL on `prompts`. Returns it with the RL and the DPO step records."""
+    dpo_steps: list[dict] = []
 
     def warm_start(policy) -> None:
         t = time.perf_counter()
-        dpo["steps"], dpo["selection"] = choose_warm_start(policy, base.tokenizer, pairs,
-                                                           settings.dpo, answer, score)
+        dpo_steps.extend(dpo_warm_start(policy, base.tokenizer, pairs, settings.dpo))
         timer.phase("dpo", t)
-        if dpo["selection"]:
-            sel = dpo["selection"]
-            log(f"DPO warm starts scored by the head on {sel['n_prompts']} held-out prompts: "
-                + ", ".join(f"NLL weight {t['nll_weight']} -> {t['reward']:+.3f}"
-                            for t in sel["trials"])
-                + f"; kept NLL weight {sel['nll_weight']} (gain {sel['gain']:+.3f}, "
-                f"standard error {'-' if sel['gain_se'] is None else round(sel['gain_se'], 3)})")
-        if dpo["steps"]:
-            log(f"DPO warm start on {len(pairs)} pairs: {len(dpo['steps'])} steps, last loss "
-                f"{dpo['steps'][-1]['loss']:.4f}")
+        if dpo_steps:
+            log(f"DPO warm start on {len(pairs)} pairs: {len(dpo_steps)} steps, last loss "
+                f"{dpo_steps[-1]['loss']:.4f}")
 
     t = time.perf_counter()
     policy, steps = train_policy(base.model, base.tokenizer, prompts, rl_reward_fn,
@@ -398,7 +378,7 @@ def _train(base, rl_reward_fn: RewardFn, prompts: list[list[dict]], pairs: list[
                                  warm_start=warm_start)
     timer.phase("rl", t)
     timer.seconds["rl"] = round(timer.seconds["rl"] - timer.seconds.get("dpo", 0.0), 2)
-    return policy, steps, dpo
+    return policy, steps, dpo_steps
 
 
 def publish(db, run: dict, outcome: RunOutcome) -> None:

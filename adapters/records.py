@@ -66,7 +66,6 @@ class RunMetrics(TypedDict, total=False):
     safety: dict[str, Any]              # jobs.safety_floor's figures
     steps: list[StepRecord]
     dpo_steps: list[dict[str, float]]   # adapters/dpo.py's per-step figures
-    dpo_selection: dict[str, Any]       # adapters/dpo_select.py's choice, when it chose
     seconds: dict[str, float]           # per phase: reward_head, dpo, rl, gate, safety_floor
     events_used: int
     head: HeadSummary

@@ -188,16 +188,6 @@ class DpoSettings(Checked):
     # without making the liked answer any likelier to be written; the NLL term asks the
     # policy to write what the user chose. 0 = plain DPO.
     dpo_nll_weight: float = 0.0
-    # A second warm start with this NLL weight, trained from the same start on the same
-    # pairs; the run keeps whichever the user's own head scores higher on the held-out
-    # prompts (adapters/dpo_select.py). The NLL term taught one simulated user a summary
-    # line plain DPO never wrote and cost another his lists, so neither fits everyone.
-    # 0 = a single warm start with dpo_nll_weight. Costs one more DPO pass and two greedy
-    # answers per held-out prompt.
-    dpo_select_nll_weight: float = 0.0
-    # The alternative replaces dpo_nll_weight's warm start only if its mean per-prompt gain
-    # exceeds this many standard errors: a head at chance keeps the default.
-    dpo_select_z: float = 2.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -211,9 +201,6 @@ class DpoSettings(Checked):
               self.dpo_max_answer_tokens, "must be at least 1")
         check(self.dpo_nll_weight >= 0, "dpo_nll_weight", self.dpo_nll_weight,
               "must be 0 or more")
-        check(self.dpo_select_nll_weight >= 0, "dpo_select_nll_weight",
-              self.dpo_select_nll_weight, "must be 0 or more")
-        check(self.dpo_select_z >= 0, "dpo_select_z", self.dpo_select_z, "must be 0 or more")
 
 
 @dataclass(frozen=True)

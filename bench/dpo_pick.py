@@ -1,13 +1,12 @@
-"""Would the user's own reward head pick the DPO warm start their persona prefers?
+"""Could the user's own reward head pick the DPO warm start their persona prefers?
 
 Reads a `bench.dpo_variants` result (each variant's answers to the same held-out prompts, with
 the persona's verdicts) and scores every variant's answers with a reward head saved by a
 training run on the same user's feedback (`<data dir>/adapters/<user>/reward/<version>`).
-It then applies the product's rule (adapters/dpo_select.py: the second variant replaces the
-first only if its paired per-prompt gain clears `--z` standard errors) and prints which one
-the head keeps next to the persona's win rate and liked-feature share of each. The head
-scores here are the head alone; a run with the safety floor on scores with the RL reward
-(head plus the consensus harmlessness term).
+It prints each variant's mean head reward and the paired t of its per-prompt gain over the
+first variant, next to the persona's win rate and liked-feature share, and marks a variant
+that clears `--z` (a rule "switch only if the head is sure"). Measured (README, "DPO
+variants"): the head could not make this choice, so the product does not ask it to.
 
     .venv/bin/python -m bench.dpo_pick --variants bench/out/dpo_variants.json \\
         --user summarizer-explore-on --head /tmp/d/adapters/summarizer-explore-on/reward/1
@@ -17,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 
 from bench.harness import load_prompts, split_prompts
@@ -32,10 +32,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--prompts", type=Path, default=Path("/work/shared/data/prompts-dev.jsonl"))
     p.add_argument("--heldout", type=int, default=30)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--z", type=float, default=None,
-                   help="standard errors the alternative must clear (default: DpoSettings')")
+    p.add_argument("--z", type=float, default=2.0,
+                   help="standard errors a variant's gain must clear to be marked")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "dpo_pick.json")
     return p.parse_args(argv)
+
+
+def paired_gain(ours: list[float], theirs: list[float]) -> tuple[float, float]:
+    """(mean, standard error) of the per-prompt differences ours - theirs."""
+    d = [a - b for a, b in zip(ours, theirs, strict=True)]
+    mean = sum(d) / len(d)
+    if len(d) < 2:
+        return mean, float("inf")
+    return mean, math.sqrt(sum((x - mean) ** 2 for x in d) / (len(d) - 1) / len(d))
 
 
 def _liked(shares: dict[str, float]) -> float | None:
@@ -47,14 +56,12 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from adapters.base_model import load_base
-    from adapters.dpo_select import paired_gain, prefers_alternative
     from adapters.jobs import reward_function
     from adapters.reward_head import RewardHead
-    from adapters.settings import DpoSettings
 
     args = parse_args(argv)
     torch.set_num_threads(1)
-    z = DpoSettings().dpo_select_z if args.z is None else args.z
+    z = args.z
     found = json.loads(args.variants.read_text())
     variants = found["users"][args.user]["variants"]
     _, heldout = split_prompts(load_prompts(args.prompts), args.heldout, args.seed)
@@ -69,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         gain, se = paired_gain(rewards[name], first)
         rows.append({"variant": name, "head_reward": sum(rewards[name]) / len(prompts),
                      "gain": gain, "t": gain / se if se not in (0.0, float("inf")) else None,
-                     "kept": name == names[0] or prefers_alternative(first, rewards[name], z),
+                     "head_sure": name != names[0] and 0 < gain and z * se < gain,
                      "win_rate": variants[name]["win_rate"],
                      "liked": _liked(variants[name]["liked_share"])})
     print(f"{args.user}: head {args.head}, z = {z}")
@@ -77,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         t = "-" if r["t"] is None else f"{r['t']:+.2f}"
         print(f"  {r['variant']:8} head {r['head_reward']:+.3f} gain {r['gain']:+.3f} t {t} "
               f"| persona win {r['win_rate']} liked {r['liked']}"
-              + ("  <- would replace the first" if r["kept"] and r is not rows[0] else ""))
+              + ("  <- the head is sure it beats the first" if r["head_sure"] else ""))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"user": args.user, "head": str(args.head), "z": z,
                                     "variants": rows}, indent=1))

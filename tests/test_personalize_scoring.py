@@ -140,3 +140,13 @@ def test_dpo_pick_reads_a_phrase_personas_any_share_or_a_single_feature():
     assert _liked({"phrase:in short": 0.5, "phrase:overall": 0.1, "any": 0.55}) == 0.55
     assert _liked({"has_bullets": 0.69}) == 0.69
     assert _liked({}) is None       # concise likes no feature, only brevity
+
+
+def test_dpo_pick_paired_gain_and_its_error_bar():
+    from bench.dpo_pick import paired_gain
+
+    mean, se = paired_gain([1.0, 2.0, 3.0], [0.0, 1.0, 2.0])
+    assert mean == 1.0 and se == 0.0
+    mean, se = paired_gain([2.0, -2.0], [0.0, 0.0])
+    assert mean == 0.0 and se == 2.0
+    assert paired_gain([5.0], [0.0]) == (5.0, float("inf"))    # one prompt: no error bar

@@ -168,26 +168,6 @@ def test_gate_rejects_and_keeps_serving_base(tmp_path, tiny_dir):
         thread.join(timeout=10)
 
 
-def test_a_run_lets_the_head_choose_between_two_dpo_warm_starts(tmp_path, tiny_dir):
-    server, thread, live = serve(tmp_path, tiny_dir, ASSISTANT_TRAINING_PROMOTE_MARGIN=-1e9,
-                                 ASSISTANT_TRAINING_KL_BUDGET=1e9,
-                                 ASSISTANT_TRAINING_DPO_SELECT_NLL_WEIGHT=1.0)
-    try:
-        key = live.add_user("erin")
-        give_feedback(live, key, turns=4)       # 3 prompts for DPO, 1 held out
-        run = wait(live, train(live, "erin")["id"])
-        assert run["status"] == "succeeded", run["error"] or run["log_tail"]
-        selection = run["metrics"]["dpo_selection"]
-        assert [t["nll_weight"] for t in selection["trials"]] == [0.0, 1.0]
-        assert selection["n_prompts"] == 1 and selection["gain_se"] is None
-        assert selection["nll_weight"] == 0.0       # one prompt is no evidence to switch
-        assert len(run["metrics"]["dpo_steps"]) == 2    # the kept warm start's steps only
-        assert "DPO warm starts scored by the head" in run["log_tail"]
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-
-
 def test_failed_run_leaves_previous_version_serving(promoting):
     live = promoting
     key = live.add_user("erin")
