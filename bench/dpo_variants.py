@@ -11,7 +11,7 @@ isolates the stage the 60-event runs pointed at (README, issue 14).
     .venv/bin/python -m bench.dpo_variants --data-dir /tmp/personalize-xyz \\
         --user analogies-explore-on --personas bench/personas-extra \\
         --base-answers bench/out/floor-off/answers.json \\
-        --variant plain: --variant nll:dpo_nll_weight=1.0
+        --variant plain:dpo_nll_weight=0.0 --variant nll:dpo_nll_weight=1.0
 """
 
 from __future__ import annotations
