@@ -186,12 +186,11 @@ class DpoSettings(Checked):
     # 2024, "Iterative Reasoning Preference Optimization"). DPO alone can win its margin by
     # pushing the long rejected answer down (a summed log-prob falls fastest by ending early)
     # without making the liked answer any likelier to be written; the NLL term asks the
-    # policy to write what the user chose. 0 = plain DPO. 1: on the stored 60-event feedback
-    # of seven simulated users (bench/dpo_variants.py, README "DPO variants") it raised the
-    # mean liked-feature share of the five rare-taste users from 0.28 to 0.61 at the same
-    # mean win rate (0.91), and met the rare-taste target for four of them instead of two;
-    # it costs a list-loving user part of his lists (0.69 -> 0.44; win 0.97 -> 0.81).
-    dpo_nll_weight: float = 1.0
+    # policy to write what the user chose. 0 = plain DPO. Off by default: DPO alone, w = 1
+    # doubled the liked-feature share of seven simulated users at the same mean win rate,
+    # but end to end the safety floor refused 2 of its 3 candidates (plain DPO: 1 of 5), and
+    # a refused run teaches the user's assistant nothing (README, "DPO variants").
+    dpo_nll_weight: float = 0.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
