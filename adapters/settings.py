@@ -188,8 +188,9 @@ class DpoSettings(Checked):
     # without making the liked answer any likelier to be written; the NLL term asks the
     # policy to write what the user chose. 0 = plain DPO. Off by default: DPO alone, w = 1
     # doubled the liked-feature share of seven simulated users at the same mean win rate,
-    # but end to end the safety floor refused 2 of its 3 candidates (plain DPO: 1 of 5), and
-    # a refused run teaches the user's assistant nothing (README, "DPO variants").
+    # but end to end it met the rare-taste target for 1 of 3 users; the safety floor refused
+    # the other 2 (plain DPO at 60 events: 1 of 2 refused), and a refused run teaches the
+    # user's assistant nothing (README, "DPO variants").
     dpo_nll_weight: float = 0.0
 
     def __post_init__(self) -> None:
