@@ -61,7 +61,6 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parse_args(argv)
     torch.set_num_threads(1)
-    z = args.z
     found = json.loads(args.variants.read_text())
     variants = found["users"][args.user]["variants"]
     _, heldout = split_prompts(load_prompts(args.prompts), args.heldout, args.seed)
@@ -76,17 +75,17 @@ def main(argv: list[str] | None = None) -> int:
         gain, se = paired_gain(rewards[name], first)
         rows.append({"variant": name, "head_reward": sum(rewards[name]) / len(prompts),
                      "gain": gain, "t": gain / se if se not in (0.0, float("inf")) else None,
-                     "head_sure": name != names[0] and 0 < gain and z * se < gain,
+                     "head_sure": name != names[0] and 0 < gain and args.z * se < gain,
                      "win_rate": variants[name]["win_rate"],
                      "liked": _liked(variants[name]["liked_share"])})
-    print(f"{args.user}: head {args.head}, z = {z}")
+    print(f"{args.user}: head {args.head}, z = {args.z}")
     for r in rows:
         t = "-" if r["t"] is None else f"{r['t']:+.2f}"
         print(f"  {r['variant']:8} head {r['head_reward']:+.3f} gain {r['gain']:+.3f} t {t} "
               f"| persona win {r['win_rate']} liked {r['liked']}"
               + ("  <- the head is sure it beats the first" if r["head_sure"] else ""))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"user": args.user, "head": str(args.head), "z": z,
+    args.out.write_text(json.dumps({"user": args.user, "head": str(args.head), "z": args.z,
                                     "variants": rows}, indent=1))
     return 0
 
