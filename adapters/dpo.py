@@ -13,6 +13,13 @@ same model with its adapter disabled (the shared base), exactly as in RL.
 
 plus, with dpo_nll_weight = w > 0, the chosen answer's per-token NLL (RPO, Pang et al. 2024):
     + w * mean over pairs of (-log pi(c) / |c|)
+
+`anchor` pairs (the safety floor's HH harmless pairs, adapters/safety.py) are fitted in their
+own batches, shuffled in among the user's, with the DPO loss alone: the user's taste moves
+the adapter while the anchor holds it to the consensus harmlessness preference on the kind
+of request a user's pairs never show (mixing safety preference data into preference tuning,
+as Bai et al. 2022 and Touvron et al. 2023 do). No NLL on them: the policy should prefer the
+harmless answer, not learn to write like HH's annotators.
 """
 
 from __future__ import annotations
@@ -83,17 +90,24 @@ def dpo_loss(logp: torch.Tensor, ref: torch.Tensor, lengths: torch.Tensor, beta:
     return loss, margin
 
 
+def _chunks(pairs: list[_Encoded], size: int) -> list[list[_Encoded]]:
+    return [pairs[i:i + size] for i in range(0, len(pairs), size)]
+
+
 def dpo_warm_start(policy, tokenizer, rows: list[dict], settings: DpoSettings,
-                   progress: Callable[[dict], None] | None = None) -> list[dict]:
-    """Train the policy's active LoRA on preference rows in place; one record per step."""
+                   progress: Callable[[dict], None] | None = None,
+                   anchor: list[dict] | None = None) -> list[dict]:
+    """Train the policy's active LoRA on preference rows (and `anchor` rows, see the module
+    doc) in place; one record per step. Nothing to do without rows of the user's own."""
     if settings.dpo_epochs <= 0 or not rows:
         return []
-    pairs = encode_pairs(tokenizer, rows, settings.dpo_max_answer_tokens)
-    pad = tokenizer.pad_token_id
-    batches = [pairs[i:i + settings.dpo_pairs_per_step]
-               for i in range(0, len(pairs), settings.dpo_pairs_per_step)]
+    size, pad = settings.dpo_pairs_per_step, tokenizer.pad_token_id
+    limit = settings.dpo_max_answer_tokens
+    batches = ([(b, False) for b in _chunks(encode_pairs(tokenizer, rows, limit), size)]
+               + [(b, True) for b in _chunks(encode_pairs(tokenizer, anchor or [], limit),
+                                             size)])
     with torch.no_grad(), policy.disable_adapter():
-        ref = [_sequence_logp(policy, _batch(b, pad)) for b in batches]
+        ref = [_sequence_logp(policy, _batch(b, pad)) for b, _ in batches]
     params = [p for p in policy.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=settings.dpo_learning_rate, weight_decay=0.0)
     order, records = list(range(len(batches))), []
@@ -101,8 +115,9 @@ def dpo_warm_start(policy, tokenizer, rows: list[dict], settings: DpoSettings,
     for epoch in range(settings.dpo_epochs):
         rng.shuffle(order)
         for i in order:
-            records.append(_step(policy, optimizer, params, _batch(batches[i], pad), ref[i],
-                                 settings, epoch))
+            pairs, is_anchor = batches[i]
+            records.append(_step(policy, optimizer, params, _batch(pairs, pad), ref[i],
+                                 settings, epoch, is_anchor))
             if progress:
                 progress(records[-1])
     policy.eval()
@@ -110,12 +125,12 @@ def dpo_warm_start(policy, tokenizer, rows: list[dict], settings: DpoSettings,
 
 
 def _step(policy, optimizer, params, batch, ref: torch.Tensor, settings: DpoSettings,
-          epoch: int) -> dict:
+          epoch: int, anchor: bool) -> dict:
     started = time.perf_counter()
     policy.train()
     logp = _sequence_logp(policy, batch)
     loss, margin = dpo_loss(logp, ref, batch[3].sum(-1), settings.dpo_beta,
-                            settings.dpo_nll_weight)
+                            0.0 if anchor else settings.dpo_nll_weight)
     if not torch.isfinite(loss):
         raise TrainingError(f"non-finite DPO loss {loss.item()}")
     optimizer.zero_grad(set_to_none=True)
@@ -123,5 +138,6 @@ def _step(policy, optimizer, params, batch, ref: torch.Tensor, settings: DpoSett
     torch.nn.utils.clip_grad_norm_(params, 1.0)
     optimizer.step()
     return {"epoch": epoch, "loss": loss.item(), "accuracy": (margin > 0).float().mean().item(),
-            "margin": margin.mean().item(), "seconds": time.perf_counter() - started}
+            "margin": margin.mean().item(), "anchor": anchor,
+            "seconds": time.perf_counter() - started}
 

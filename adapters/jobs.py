@@ -311,8 +311,10 @@ def execute_run(db, base, adapters_dir: Path, run: dict, settings: RunSettings,
     current = registry.current_path(db, user)
     seen = registry.version_meta(current).get("trained_through_event")
     pairs = _dpo_pairs(db, user["id"], seen, heldout)
-    policy, steps, dpo_steps = _train(base, rl_reward_fn, train, pairs, current, settings,
-                                      timer, log, progress)
+    anchor = safety.dpo_anchor_rows(settings.safety, settings.safety.dpo_pairs
+                                    if consensus is not None else 0)
+    policy, steps, dpo_steps = _train(base, rl_reward_fn, train, pairs, anchor, current,
+                                      settings, timer, log, progress)
     # Everything up to here is in this version now: its new events and the pairs it fitted
     # (a forced run with no new events may still fit pairs a rejected run left unlearned).
     through = max([*events, *(max(p["event_ids"]) for p in pairs), seen or 0]) or None
@@ -356,20 +358,22 @@ def _dpo_pairs(db, user_id: int, trained_through: int | None,
 
 
 def _train(base, rl_reward_fn: RewardFn, prompts: list[list[dict]], pairs: list[dict],
-           current: Path | None, settings: RunSettings, timer: Timer, log: Log,
-           progress: Callable[[StepRecord], None] | None,
+           anchor: list[dict], current: Path | None, settings: RunSettings, timer: Timer,
+           log: Log, progress: Callable[[StepRecord], None] | None,
            ) -> tuple[PeftModel, list[StepRecord], list[dict]]:
     """The candidate adapter: the serving one (`current`, or a fresh LoRA), warm-started by
-    DPO on `pairs`, then RL on `prompts`. Returns it with the RL and the DPO step records."""
+    DPO on `pairs` (with the safety `anchor` pairs), then RL on `prompts`. Returns it with
+    the RL and the DPO step records."""
     dpo_steps: list[dict] = []
 
     def warm_start(policy) -> None:
         t = time.perf_counter()
-        dpo_steps.extend(dpo_warm_start(policy, base.tokenizer, pairs, settings.dpo))
+        dpo_steps.extend(dpo_warm_start(policy, base.tokenizer, pairs, settings.dpo,
+                                        anchor=anchor))
         timer.phase("dpo", t)
         if dpo_steps:
-            log(f"DPO warm start on {len(pairs)} pairs: {len(dpo_steps)} steps, last loss "
-                f"{dpo_steps[-1]['loss']:.4f}")
+            log(f"DPO warm start on {len(pairs)} pairs (+{len(anchor)} safety anchor pairs): "
+                f"{len(dpo_steps)} steps, last loss {dpo_steps[-1]['loss']:.4f}")
 
     t = time.perf_counter()
     policy, steps = train_policy(base.model, base.tokenizer, prompts, rl_reward_fn,

@@ -243,6 +243,23 @@ def _save(head: RewardHead, meta: dict, store: Path, key: str) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+# ---- the DPO anchor ---------------------------------------------------------------------
+
+def dpo_anchor_rows(settings: SafetySettings, n: int) -> list[dict]:
+    """`n` HH harmless pairs as DPO rows (TRL preference format), for the warm start to fit
+    beside the user's own pairs: a seeded sample of the consensus head's fit pairs, so the
+    red-team prompts the gate asks stay unseen (the gate stays a held-out test)."""
+    if n <= 0:
+        return []
+    pairs = read_hh(Path(settings.data_file))
+    fit, _ = redteam_split(pairs, settings.redteam_prompts, settings.seed, settings.fit_pairs)
+    picked = random.Random(settings.seed).sample(fit, min(n, len(fit)))
+    return [{"prompt": pairs[i].prompt,
+             "chosen": [{"role": "assistant", "content": pairs[i].chosen}],
+             "rejected": [{"role": "assistant", "content": pairs[i].rejected}]}
+            for i in sorted(picked)]
+
+
 # ---- the RL reward ------------------------------------------------------------------------
 
 def _z(values: np.ndarray) -> np.ndarray:

@@ -263,6 +263,9 @@ class SafetySettings(Checked):
     max_tokens: int = 64            # red-team answer cap: refusals show in the first sentence
     l2: float = 1.0                 # the consensus head's L2, as HeadSettings.l2
     seed: int = 0                   # which HH prompts are the red team
+    # HH harmless pairs of the fit set fitted beside the user's own pairs in every DPO warm
+    # start (adapters/dpo.py "anchor"); 0 = none. Measured: see config.toml.
+    dpo_pairs: int = 0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -275,6 +278,7 @@ class SafetySettings(Checked):
         check(self.fit_pairs >= 0, "fit_pairs", self.fit_pairs, "must be 0 (all) or more")
         check(1 <= self.max_tokens <= 1024, "max_tokens", self.max_tokens, "must be 1..1024")
         check(self.l2 > 0, "l2", self.l2, "must be positive")
+        check(0 <= self.dpo_pairs <= 1024, "dpo_pairs", self.dpo_pairs, "must be 0..1024")
         check(not self.enabled or bool(self.data_file.strip()), "data_file", self.data_file,
               "must name the HH-harmless pairs file while the floor is enabled")
 

@@ -6,7 +6,11 @@ LoRA on the real base takes the DPO warm start on all of the user's preference p
 as a training run's first stage does (adapters/dpo.py), then answers held-out prompts (the
 same split as bench.personalize). The answers are judged by the user's persona file: win
 rate against the base's stored answers, liked-feature share, words. No RL, no gate: this
-isolates the stage the 60-event runs pointed at (README, issue 14).
+isolates the stage the 60-event runs pointed at (README, issue 14). Without --base-answers
+the base's answers are sampled here, with the same seed as every variant's. With --floor
+every variant also takes the safety floor's check (adapters/safety.py: greedy answers to the
+red-team prompts scored by the consensus head, against the base's), and a variant's
+`safety_dpo_pairs=N` fits N of the floor's HH anchor pairs beside the user's.
 
     .venv/bin/python -m bench.dpo_variants --data-dir /tmp/personalize-xyz \\
         --user analogies-explore-on --personas bench/personas-extra \\
@@ -49,8 +53,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--personas", type=Path, required=True)
     p.add_argument("--variant", action="append", required=True, type=parse_variant,
                    help="name:key=value,... DpoSettings overrides (repeatable)")
-    p.add_argument("--base-answers", type=Path, required=True,
-                   help="answers.json of a bench run: the base's held-out answers")
+    p.add_argument("--base-answers", type=Path,
+                   help="answers.json of a bench run: the base's held-out answers "
+                        "(default: sample them here)")
+    p.add_argument("--floor", action="store_true",
+                   help="also run the safety floor's check on every variant")
+    p.add_argument("--safety-dir", type=Path, default=ROOT / "data" / "safety",
+                   help="consensus heads (fitted there on first need)")
+    p.add_argument("--safety-data", type=Path,
+                   default=Path("/work/shared/data/hh-harmless-dev.jsonl"))
     p.add_argument("--prompts", type=Path, default=Path("/work/shared/data/prompts-dev.jsonl"))
     p.add_argument("--heldout", type=int, default=30)
     p.add_argument("--answer-prompts", type=int, default=16,
@@ -77,26 +88,62 @@ def answers(policy, tokenizer, prompts: list[str], args: argparse.Namespace) -> 
     return out
 
 
+def safety_settings(args: argparse.Namespace):
+    from adapters.settings import SafetySettings
+
+    return SafetySettings(data_file=str(args.safety_data), store_dir=str(args.safety_dir),
+                          features_dir=str(ROOT / "data" / "cache" / "features"))
+
+
 def run_variant(base, pairs: list[dict], overrides: dict, prompts: list[str],
-                args: argparse.Namespace) -> tuple[list[str], dict]:
+                args: argparse.Namespace, consensus=None) -> tuple[list[str], dict]:
+    from adapters import safety
     from adapters.dpo import dpo_warm_start
+    from adapters.jobs import safety_floor
     from adapters.policy import attach_lora
     from adapters.settings import DpoSettings, PolicySettings
 
+    dpo = {k: v for k, v in overrides.items() if k != "safety_dpo_pairs"}
+    anchor = safety.dpo_anchor_rows(safety_settings(args),
+                                    int(overrides.get("safety_dpo_pairs", 0)))
     torch.manual_seed(args.seed)
     policy = attach_lora(base.model, PolicySettings()).eval()
     started = time.perf_counter()
-    steps = dpo_warm_start(policy, base.tokenizer, pairs, DpoSettings(**overrides))
+    steps = dpo_warm_start(policy, base.tokenizer, pairs, DpoSettings(**dpo), anchor=anchor)
     seconds = time.perf_counter() - started
     texts = answers(policy, base.tokenizer, prompts, args)
+    floor = (safety_floor(policy, base.tokenizer, consensus, safety_settings(args))[2]
+             if consensus is not None else None)
     policy.unload()         # the plain base back for the next variant
     last = steps[-1] if steps else {}
     return texts, {"steps": len(steps), "dpo_seconds": round(seconds, 1),
-                   "last_loss": round(last.get("loss", float("nan")), 4)}
+                   "last_loss": round(last.get("loss", float("nan")), 4), "floor": floor}
+
+
+def base_answers(base, heldout: list[str], args: argparse.Namespace) -> list[list[str]]:
+    """The base's answers (per prompt, a list of samples) to the first --answer-prompts
+    held-out prompts: stored, or one sampled here."""
+    k = args.answer_prompts
+    if args.base_answers is None:
+        return [[t] for t in answers(base.model, base.tokenizer, heldout[:k], args)]
+    stored = json.loads(args.base_answers.read_text())
+    if stored["heldout"] != heldout:
+        raise SystemExit("--base-answers has other held-out prompts (same --heldout, --seed)")
+    return stored["base"][:k]
+
+
+def floor_text(floor: dict | None) -> str:
+    if floor is None:
+        return ""
+    c, b = floor["candidate"], floor["base"]
+    return (f" floor {'pass' if floor['passed'] else 'FAIL'}: harmless "
+            f"{c['harmless_score']:+.2f} (base {b['harmless_score']:+.2f}) refusals "
+            f"{c['refusals']} (base {b['refusals']})")
 
 
 def main(argv: list[str] | None = None) -> int:
     from adapters.base_model import load_base
+    from adapters.safety import ensure_consensus
     from feedback_store.db import connect
     from feedback_store.training_data import training_rows
     from feedback_store.users import get_user_by_name
@@ -105,13 +152,12 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     personas = {p.name: p for p in load_personas(args.personas)}
     _, heldout = split_prompts(load_prompts(args.prompts), args.heldout, args.seed)
-    stored = json.loads(args.base_answers.read_text())
-    if stored["heldout"] != heldout:
-        raise SystemExit("--base-answers has other held-out prompts (same --heldout, --seed)")
     k = args.answer_prompts
-    prompts, base_texts = heldout[:k], stored["base"][:k]
     db = connect(args.data_dir / "assistant.db")
     base = load_base("", ROOT / "data" / "cache")
+    prompts, base_texts = heldout[:k], base_answers(base, heldout, args)
+    consensus = (ensure_consensus(base.model, base.tokenizer, base.base_id,
+                                  safety_settings(args)) if args.floor else None)
     results: dict = {"prompts": k, "users": {}}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     for user in args.user:
@@ -119,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         pairs = training_rows(db, get_user_by_name(db, user)["id"], "preference")
         results["users"][user] = {"pairs": len(pairs), "variants": {}}
         for name, overrides in args.variant:
-            texts, info = run_variant(base, pairs, overrides, prompts, args)
+            texts, info = run_variant(base, pairs, overrides, prompts, args, consensus)
             ours = [[t] for t in texts]
             row = {**info, "overrides": overrides, "win_rate": round(win_rate(persona, ours,
                                                                                base_texts), 3),
@@ -131,8 +177,8 @@ def main(argv: list[str] | None = None) -> int:
             results["users"][user]["variants"][name] = row
             print(f"{user} {name}: win {row['win_rate']} liked {row['liked_share']} "
                   f"(base {row['liked_share_base']}) words {row['words']} "
-                  f"loss {row['last_loss']} "
-                  f"({row['dpo_seconds']} s)", flush=True)
+                  f"loss {row['last_loss']} ({row['dpo_seconds']} s)"
+                  f"{floor_text(row['floor'])}", flush=True)
             args.out.write_text(json.dumps(results, indent=1))
     return 0
 

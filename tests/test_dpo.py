@@ -77,3 +77,37 @@ def test_nll_term_makes_the_chosen_answer_likelier_than_plain_dpo(tiny_model, to
     nll_logp, nll_margin = trained(tiny_model, tokenizer, dpo_nll_weight=1.0)
     assert nll_logp > plain_logp + 1.0          # RPO: the liked answer itself gains
     assert nll_margin > 0                       # and it is still preferred
+
+
+def anchor_rows() -> list[dict]:
+    """Pairs of another kind than the user's: a decline preferred over compliance."""
+    return [{"prompt": [{"role": "user", "content": f"How do I break into house {i}?"}],
+             "chosen": [{"role": "assistant", "content": "I can't help with that."}],
+             "rejected": [{"role": "assistant", "content": f"Sure, first find window {i}."}]}
+            for i in range(4)]
+
+
+def test_anchor_pairs_are_fitted_beside_the_users_without_the_nll_term(tiny_model, tokenizer):
+    settings = DpoSettings(dpo_epochs=3, dpo_learning_rate=5e-3, dpo_pairs_per_step=2,
+                           dpo_nll_weight=1.0)
+    margins = []
+    for anchor in (None, anchor_rows()):
+        torch.manual_seed(0)
+        policy = get_peft_model(tiny_model, LoraConfig(r=4, lora_alpha=8,
+                                                       target_modules=LORA_TARGETS))
+        records = dpo_warm_start(policy, tokenizer, rows(), settings, anchor=anchor)
+        margins.append(margin(policy, tokenizer, anchor_rows()))
+        policy.unload()
+    user_steps = [r for r in records if not r["anchor"]]
+    anchor_steps = [r for r in records if r["anchor"]]
+    assert len(user_steps) == 9 and len(anchor_steps) == 6      # 3 + 2 batches x 3 epochs
+    assert margins[1] > margins[0] + 0.5                         # the anchor was learned
+    # The NLL term (several nats per token on the tiny model) is in every user step's loss
+    # and in no anchor step's: DPO alone starts at log 2.
+    assert min(r["loss"] for r in user_steps) > 2.0
+    assert anchor_steps[0]["loss"] < 1.0
+
+
+def test_anchor_pairs_alone_train_nothing(tiny_model, tokenizer):
+    policy = get_peft_model(tiny_model, LoraConfig(r=4, target_modules=LORA_TARGETS))
+    assert dpo_warm_start(policy, tokenizer, [], DpoSettings(), anchor=anchor_rows()) == []

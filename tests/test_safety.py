@@ -187,3 +187,20 @@ def test_repo_config_points_at_the_shared_hh_file():
     assert config.safety.enabled
     assert config.safety_data_file == DEFAULT_CONFIG.parent.parent / "shared" / "data" / \
         "hh-harmless-dev.jsonl"
+
+
+def test_dpo_anchor_rows_are_a_seeded_sample_of_the_fit_pairs(tmp_path):
+    pairs = hh_pairs()
+    settings = SafetySettings(data_file=str(write_hh(tmp_path / "hh.jsonl", pairs)),
+                              redteam_prompts=3, fit_pairs=0, seed=0)
+    fit, redteam = redteam_split(pairs, 3, seed=0)
+    rows = safety.dpo_anchor_rows(settings, 5)
+    assert len(rows) == 5 and rows == safety.dpo_anchor_rows(settings, 5)
+    fitted = {(json.dumps(pairs[i].prompt), pairs[i].chosen, pairs[i].rejected) for i in fit}
+    for r in rows:                  # TRL's preference format, from the fit set only
+        assert (json.dumps(r["prompt"]), r["chosen"][0]["content"],
+                r["rejected"][0]["content"]) in fitted
+        assert r["chosen"][0]["role"] == "assistant"
+        assert r["prompt"][0]["content"].strip() not in redteam
+    assert len(safety.dpo_anchor_rows(settings, 10_000)) == len(fit)
+    assert safety.dpo_anchor_rows(settings, 0) == []

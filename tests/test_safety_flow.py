@@ -22,6 +22,7 @@ def safe_server(tmp_path, tiny_dir):
     server, thread, live = serve(tmp_path, tiny_dir, **SAFE,
                                  ASSISTANT_SAFETY_MARGIN=1e9,
                                  ASSISTANT_SAFETY_REFUSAL_TOLERANCE=1.0,
+                                 ASSISTANT_SAFETY_DPO_PAIRS=3,
                                  ASSISTANT_SAFETY_DATA_FILE=data)
     yield live, data
     server.should_exit = True
@@ -44,6 +45,10 @@ def test_a_run_fits_the_consensus_head_and_passes_the_floor(safe_server, tiny_di
     heads = [p for p in (live.config.data_dir / "safety").iterdir() if not p.name.startswith(".")]
     assert len(heads) == 1 and (heads[0] / "base-redteam-6.json").exists()
     assert "safety_floor" in run["metrics"]["seconds"]
+    # [safety] dpo_pairs: HH anchor pairs were fitted beside the user's in the DPO warm start
+    dpo = run["metrics"]["dpo_steps"]
+    assert any(s["anchor"] for s in dpo) and any(not s["anchor"] for s in dpo)
+    assert "+3 safety anchor pairs" in run["log_tail"]
 
     # `assistant eval safety` on the promoted version: the JSON shape.
     from assistant import cli
