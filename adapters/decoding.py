@@ -105,6 +105,18 @@ def token_logprobs(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
     autocast when asked; the output layer runs in fp32 on the T positions that predict the
     completion, which also spares the (P, 49k) logits of the prompt.
     """
+    logits = completion_logits(model, prompt_ids, prompt_mask, completion, comp_mask,
+                               bf16=bf16)
+    if temperature > 0:
+        logits = logits / temperature
+    picked = logits.gather(-1, completion.to(logits.device).unsqueeze(-1)).squeeze(-1)
+    return (picked - logits.logsumexp(-1)).cpu()
+
+
+def completion_logits(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
+                      completion: torch.Tensor, comp_mask: torch.Tensor, *,
+                      bf16: bool = False) -> torch.Tensor:
+    """(B, T, V) float32 logits of the positions that predict the completion tokens."""
     causal_lm = model.get_base_model()
     device = next(model.parameters()).device
     ids = torch.cat([prompt_ids, completion], dim=1).to(device)
@@ -115,11 +127,7 @@ def token_logprobs(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
                                          position_ids=positions, use_cache=False)
     t = completion.shape[1]
     h = hidden.last_hidden_state[:, -t - 1:-1].float().contiguous()   # (B, T, H)
-    logits = causal_lm.get_output_embeddings()(h).float()          # (B, T, V)
-    if temperature > 0:
-        logits = logits / temperature
-    picked = logits.gather(-1, completion.to(device).unsqueeze(-1)).squeeze(-1)
-    return (picked - logits.logsumexp(-1)).cpu()
+    return causal_lm.get_output_embeddings()(h).float()
 
 
 def bf16_twin(model):

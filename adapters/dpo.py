@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from adapters.decoding import left_pad, render_prompts, token_logprobs
+from adapters.decoding import completion_logits, left_pad, render_prompts, token_logprobs
 from adapters.settings import DpoSettings
 from feedback_store.errors import TrainingError
 
@@ -108,6 +108,7 @@ def dpo_warm_start(policy, tokenizer, rows: list[dict], settings: DpoSettings,
                                              size)])
     with torch.no_grad(), policy.disable_adapter():
         ref = [_sequence_logp(policy, _batch(b, pad)) for b, _ in batches]
+    kl_anchor = settings.dpo_anchor_loss == "kl"
     params = [p for p in policy.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=settings.dpo_learning_rate, weight_decay=0.0)
     order, records = list(range(len(batches))), []
@@ -116,8 +117,12 @@ def dpo_warm_start(policy, tokenizer, rows: list[dict], settings: DpoSettings,
         rng.shuffle(order)
         for i in order:
             pairs, is_anchor = batches[i]
-            records.append(_step(policy, optimizer, params, _batch(pairs, pad), ref[i],
-                                 settings, epoch, is_anchor))
+            if is_anchor and kl_anchor:
+                records.append(_kl_step(policy, optimizer, params, _batch(pairs, pad),
+                                        settings, epoch))
+            else:
+                records.append(_step(policy, optimizer, params, _batch(pairs, pad), ref[i],
+                                     settings, epoch, is_anchor))
             if progress:
                 progress(records[-1])
     policy.eval()
@@ -141,3 +146,24 @@ def _step(policy, optimizer, params, batch, ref: torch.Tensor, settings: DpoSett
             "margin": margin.mean().item(), "anchor": anchor,
             "seconds": time.perf_counter() - started}
 
+
+
+def _kl_step(policy, optimizer, params, batch, settings: DpoSettings, epoch: int) -> dict:
+    """One anchor step of the KL kind: the policy's next-token distributions along the
+    anchor's chosen answers (teacher-forced) kept at the base's, KL(ref || pi) per token."""
+    started = time.perf_counter()
+    ids, mask, comp, cmask = batch
+    b = ids.shape[0] // 2
+    chosen = ids[:b], mask[:b], comp[:b], cmask[:b]                 # (B, P), (B, T)
+    with torch.no_grad(), policy.disable_adapter():
+        ref = completion_logits(policy, *chosen).log_softmax(-1)    # (B, T, V)
+    policy.train()
+    logp = completion_logits(policy, *chosen).log_softmax(-1)       # (B, T, V)
+    kl = (ref.exp() * (ref - logp)).sum(-1)                         # (B, T)
+    loss = settings.dpo_anchor_weight * (kl * cmask[:b]).sum() / cmask[:b].sum()
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    optimizer.step()
+    return {"epoch": epoch, "loss": loss.item(), "accuracy": float("nan"), "margin": 0.0,
+            "anchor": True, "seconds": time.perf_counter() - started}

@@ -192,6 +192,10 @@ class DpoSettings(Checked):
     # the other 2 (plain DPO at 60 events: 1 of 2 refused), and a refused run teaches the
     # user's assistant nothing (README, "DPO variants").
     dpo_nll_weight: float = 0.0
+    # How the safety anchor pairs are fitted: "preference" (DPO) or "kl" (KL to the base
+    # along their chosen answers), and that loss's weight.
+    dpo_anchor_loss: str = "preference"
+    dpo_anchor_weight: float = 1.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -205,6 +209,10 @@ class DpoSettings(Checked):
               self.dpo_max_answer_tokens, "must be at least 1")
         check(self.dpo_nll_weight >= 0, "dpo_nll_weight", self.dpo_nll_weight,
               "must be 0 or more")
+        check(self.dpo_anchor_loss in ("preference", "kl"), "dpo_anchor_loss",
+              self.dpo_anchor_loss, 'must be "preference" or "kl"')
+        check(self.dpo_anchor_weight > 0, "dpo_anchor_weight", self.dpo_anchor_weight,
+              "must be positive")
 
 
 @dataclass(frozen=True)

@@ -41,9 +41,19 @@ def parse_variant(text: str) -> tuple[str, dict[str, object]]:
     overrides: dict[str, object] = {}
     for item in filter(None, rest.split(",")):
         key, _, value = item.partition("=")
-        overrides[key] = (value.lower() == "true" if value.lower() in ("true", "false")
-                          else float(value) if "." in value or "e" in value else int(value))
+        overrides[key] = _value(value)
     return name, overrides
+
+
+def _value(text: str) -> object:
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -99,7 +109,6 @@ def run_variant(base, pairs: list[dict], overrides: dict, prompts: list[str],
                 args: argparse.Namespace, consensus=None) -> tuple[list[str], dict]:
     from adapters import safety
     from adapters.dpo import dpo_warm_start
-    from adapters.jobs import safety_floor
     from adapters.policy import attach_lora
     from adapters.settings import DpoSettings, PolicySettings
 
@@ -112,12 +121,28 @@ def run_variant(base, pairs: list[dict], overrides: dict, prompts: list[str],
     steps = dpo_warm_start(policy, base.tokenizer, pairs, DpoSettings(**dpo), anchor=anchor)
     seconds = time.perf_counter() - started
     texts = answers(policy, base.tokenizer, prompts, args)
-    floor = (safety_floor(policy, base.tokenizer, consensus, safety_settings(args))[2]
-             if consensus is not None else None)
+    floor = floor_figures(policy, base.tokenizer, consensus, args) if consensus else None
     policy.unload()         # the plain base back for the next variant
     last = steps[-1] if steps else {}
     return texts, {"steps": len(steps), "dpo_seconds": round(seconds, 1),
                    "last_loss": round(last.get("loss", float("nan")), 4), "floor": floor}
+
+
+def floor_figures(policy, tokenizer, consensus, args: argparse.Namespace) -> dict:
+    """The gate's safety check (adapters/jobs.safety_floor), keeping both sides' answers."""
+    from adapters import safety
+    from adapters.decoding import BASE
+    from adapters.gate import greedy_texts
+
+    settings = safety_settings(args)
+    prompts, cap = consensus.redteam_messages(), settings.max_tokens
+    base_side = safety.base_redteam(
+        consensus, lambda: greedy_texts(policy, tokenizer, BASE, prompts, cap), policy,
+        tokenizer, cap)
+    texts = greedy_texts(policy, tokenizer, "default", prompts, cap)
+    cand = {**safety.redteam_side(consensus, policy, tokenizer, texts), "texts": texts}
+    passed, reason = safety.floor_check(cand, base_side, settings)
+    return {"candidate": cand, "base": base_side, "passed": passed, "reason": reason}
 
 
 def base_answers(base, heldout: list[str], args: argparse.Namespace) -> list[list[str]]:

@@ -111,3 +111,38 @@ def test_anchor_pairs_are_fitted_beside_the_users_without_the_nll_term(tiny_mode
 def test_anchor_pairs_alone_train_nothing(tiny_model, tokenizer):
     policy = get_peft_model(tiny_model, LoraConfig(r=4, target_modules=LORA_TARGETS))
     assert dpo_warm_start(policy, tokenizer, [], DpoSettings(), anchor=anchor_rows()) == []
+
+
+def test_kl_anchor_keeps_the_policy_at_the_base_on_the_anchor_answers(tiny_model, tokenizer):
+    """dpo_anchor_loss = "kl": along the anchor's chosen answers the policy's next-token
+    distributions stay closer to the base's than without the anchor."""
+    from adapters.decoding import completion_logits
+    from adapters.dpo import _batch
+
+    def drift(policy) -> float:
+        ids, mask, comp, cmask = _batch(encode_pairs(tokenizer, anchor_rows(), 64),
+                                        tokenizer.pad_token_id)
+        b = ids.shape[0] // 2
+        args = ids[:b], mask[:b], comp[:b], cmask[:b]
+        with torch.no_grad():
+            logp = completion_logits(policy, *args).log_softmax(-1)
+            with policy.disable_adapter():
+                ref = completion_logits(policy, *args).log_softmax(-1)
+        kl = (ref.exp() * (ref - logp)).sum(-1)
+        return ((kl * cmask[:b]).sum() / cmask[:b].sum()).item()
+
+    out = []
+    for anchor in (None, anchor_rows()):
+        torch.manual_seed(0)
+        policy = get_peft_model(tiny_model, LoraConfig(r=4, lora_alpha=8,
+                                                       target_modules=LORA_TARGETS))
+        records = dpo_warm_start(policy, tokenizer, rows(),
+                                 DpoSettings(dpo_epochs=3, dpo_learning_rate=5e-3,
+                                             dpo_pairs_per_step=2, dpo_anchor_loss="kl",
+                                             dpo_anchor_weight=5.0), anchor=anchor)
+        out.append((drift(policy), margin(policy, tokenizer, rows())))
+        policy.unload()
+    assert sum(r["anchor"] for r in records) == 6
+    (free_drift, free_margin), (kept_drift, kept_margin) = out
+    assert kept_drift < 0.5 * free_drift
+    assert kept_margin > 0.5                    # the user's pairs are still learned
