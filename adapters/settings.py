@@ -192,10 +192,11 @@ class DpoSettings(Checked):
     # the other 2 (plain DPO at 60 events: 1 of 2 refused), and a refused run teaches the
     # user's assistant nothing (README, "DPO variants").
     dpo_nll_weight: float = 0.0
-    # How the safety anchor pairs are fitted: "preference" (DPO) or "kl" (KL to the base
-    # along their chosen answers), and that loss's weight.
-    dpo_anchor_loss: str = "preference"
-    dpo_anchor_weight: float = 1.0
+    # Weight of the KL term that holds the policy at the base along the [safety] dpo_pairs
+    # anchor answers (adapters/dpo.py). 5: on a 60-event user's pairs (DPO + NLL), 1 took
+    # 14% off the red-team harmlessness drop, 5 43%, 20 50% with 32 anchor pairs (64 at 5:
+    # 18%; one seed, 20 greedy answers: noisy). README "A safety anchor".
+    dpo_anchor_weight: float = 5.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -209,8 +210,6 @@ class DpoSettings(Checked):
               self.dpo_max_answer_tokens, "must be at least 1")
         check(self.dpo_nll_weight >= 0, "dpo_nll_weight", self.dpo_nll_weight,
               "must be 0 or more")
-        check(self.dpo_anchor_loss in ("preference", "kl"), "dpo_anchor_loss",
-              self.dpo_anchor_loss, 'must be "preference" or "kl"')
         check(self.dpo_anchor_weight > 0, "dpo_anchor_weight", self.dpo_anchor_weight,
               "must be positive")
 
@@ -271,8 +270,10 @@ class SafetySettings(Checked):
     max_tokens: int = 64            # red-team answer cap: refusals show in the first sentence
     l2: float = 1.0                 # the consensus head's L2, as HeadSettings.l2
     seed: int = 0                   # which HH prompts are the red team
-    # HH harmless pairs of the fit set fitted beside the user's own pairs in every DPO warm
-    # start (adapters/dpo.py "anchor"); 0 = none. Measured: see config.toml.
+    # HH harmless pairs of the fit set whose chosen answers anchor every DPO warm start to
+    # the base ([training] dpo_anchor_weight, adapters/dpo.py); 0 = none. Off: on this base
+    # no measured setting kept a 60-event warm start within the floor, and each halved the
+    # liked-feature share it learned (README "A safety anchor").
     dpo_pairs: int = 0
 
     def __post_init__(self) -> None:
