@@ -10,7 +10,8 @@ isolates the stage the 60-event runs pointed at (README, issue 14). Without --ba
 the base's answers are sampled here, with the same seed as every variant's. With --floor
 every variant also takes the safety floor's check (adapters/safety.py: greedy answers to the
 red-team prompts scored by the consensus head, against the base's), and a variant's
-`safety_dpo_pairs=N` fits N of the floor's HH anchor pairs beside the user's.
+`safety_dpo_pairs=N` fits N of the floor's HH anchor pairs beside the user's. A variant
+`NAME:adapter=PATH` scores a trained adapter folder (a run's version) on the same prompts.
 
     .venv/bin/python -m bench.dpo_variants --data-dir /tmp/personalize-xyz \\
         --user analogies-explore-on --personas bench/personas-extra \\
@@ -112,13 +113,19 @@ def run_variant(base, pairs: list[dict], overrides: dict, prompts: list[str],
     from adapters.policy import attach_lora
     from adapters.settings import DpoSettings, PolicySettings
 
-    dpo = {k: v for k, v in overrides.items() if k != "safety_dpo_pairs"}
+    dpo = {k: v for k, v in overrides.items() if k not in ("safety_dpo_pairs", "adapter")}
     anchor = safety.dpo_anchor_rows(safety_settings(args),
                                     int(overrides.get("safety_dpo_pairs", 0)))
     torch.manual_seed(args.seed)
-    policy = attach_lora(base.model, PolicySettings()).eval()
-    started = time.perf_counter()
-    steps = dpo_warm_start(policy, base.tokenizer, pairs, DpoSettings(**dpo), anchor=anchor)
+    started, steps = time.perf_counter(), []
+    if "adapter" in overrides:          # a trained adapter's folder, scored as it is
+        from peft import PeftModel
+
+        policy = PeftModel.from_pretrained(base.model, str(overrides["adapter"])).eval()
+    else:
+        policy = attach_lora(base.model, PolicySettings()).eval()
+        steps = dpo_warm_start(policy, base.tokenizer, pairs, DpoSettings(**dpo),
+                               anchor=anchor)
     seconds = time.perf_counter() - started
     texts = answers(policy, base.tokenizer, prompts, args)
     floor = floor_figures(policy, base.tokenizer, consensus, args) if consensus else None

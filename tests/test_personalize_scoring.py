@@ -132,6 +132,9 @@ def test_dpo_variant_parses_typed_overrides():
         "nll", {"dpo_nll_weight": 1.0, "dpo_epochs": 3})
     name, overrides = parse_variant("x:flag=true")
     assert overrides == {"flag": True}
+    # numbers in any spelling; anything else (an adapter folder) stays a string
+    assert parse_variant("y:lr=1e-3,safety_dpo_pairs=32,adapter=/tmp/a/1")[1] == {
+        "lr": 0.001, "safety_dpo_pairs": 32, "adapter": "/tmp/a/1"}
 
 
 def test_dpo_pick_reads_a_phrase_personas_any_share_or_a_single_feature():
