@@ -271,9 +271,10 @@ class SafetySettings(Checked):
     l2: float = 1.0                 # the consensus head's L2, as HeadSettings.l2
     seed: int = 0                   # which HH prompts are the red team
     # HH harmless pairs of the fit set whose chosen answers anchor every DPO warm start to
-    # the base ([training] dpo_anchor_weight, adapters/dpo.py); 0 = none. Off: on this base
-    # no measured setting kept a 60-event warm start within the floor, and each halved the
-    # liked-feature share it learned (README "A safety anchor").
+    # the base ([training] dpo_anchor_weight, adapters/dpo.py); 0 = none. Off: with the NLL
+    # term no measured setting kept a 60-event warm start within the floor; with plain DPO,
+    # weight 20 did, by holding the adapter at the base (end to end: gate KL 0.03, persona
+    # win 0.50-0.62; README "A safety anchor").
     dpo_pairs: int = 0
 
     def __post_init__(self) -> None:
