@@ -62,8 +62,18 @@ def encode_pairs(tokenizer, rows: list[dict], max_answer_tokens: int) -> list[_E
 
 def _batch(pairs: list[_Encoded], pad: int) -> tuple[torch.Tensor, ...]:
     """Rows [chosen..., rejected...] as (2B, P) prompts and (2B, T) right-padded answers."""
-    prompts = [p.prompt for p in pairs] * 2
-    answers = [p.chosen for p in pairs] + [p.rejected for p in pairs]
+    return _rows([p.prompt for p in pairs] * 2,
+                 [p.chosen for p in pairs] + [p.rejected for p in pairs], pad)
+
+
+def _chosen_batch(pairs: list[_Encoded], pad: int) -> tuple[torch.Tensor, ...]:
+    """The chosen answers only: (B, P) prompts and (B, T) answers (the KL anchor's rows)."""
+    return _rows([p.prompt for p in pairs], [p.chosen for p in pairs], pad)
+
+
+def _rows(prompts: list[list[int]], answers: list[list[int]],
+          pad: int) -> tuple[torch.Tensor, ...]:
+    """Left-padded prompt ids and mask, right-padded answer ids and mask."""
     ids, mask = left_pad(prompts, pad)
     width = max(len(a) for a in answers)
     comp = torch.full((len(answers), width), pad, dtype=torch.long)
@@ -106,8 +116,8 @@ def dpo_warm_start(policy, tokenizer, rows: list[dict], settings: DpoSettings,
     size, pad = settings.dpo_pairs_per_step, tokenizer.pad_token_id
     limit = settings.dpo_max_answer_tokens
     own = [_batch(b, pad) for b in _chunks(encode_pairs(tokenizer, rows, limit), size)]
-    anchors = [_batch(b, pad) for b in _chunks(encode_pairs(tokenizer, anchor or [], limit),
-                                                size)]
+    anchors = [_chosen_batch(b, pad)
+               for b in _chunks(encode_pairs(tokenizer, anchor or [], limit), size)]
     with torch.no_grad(), policy.disable_adapter():
         ref = [_sequence_logp(policy, b) for b in own]
     params = [p for p in policy.parameters() if p.requires_grad]
@@ -150,17 +160,16 @@ def _step(policy, optimizer, params, batch, ref: torch.Tensor, settings: DpoSett
 
 
 def _kl_step(policy, optimizer, params, batch, settings: DpoSettings, epoch: int) -> dict:
-    """One anchor step: KL(ref || pi) per token along the anchor pairs' chosen answers."""
+    """One anchor step: KL(ref || pi) per token along the anchor pairs' chosen answers
+    (`batch` from _chosen_batch: (B, P) prompts, (B, T) answers)."""
     started = time.perf_counter()
-    ids, mask, comp, cmask = batch
-    b = ids.shape[0] // 2                                           # rows [chosen..., rejected...]
-    chosen = ids[:b], mask[:b], comp[:b], cmask[:b]                 # (B, P), (B, T)
+    cmask = batch[3]
     with torch.no_grad(), policy.disable_adapter():
-        ref = completion_logits(policy, *chosen).log_softmax(-1)    # (B, T, V)
+        ref = completion_logits(policy, *batch).log_softmax(-1)     # (B, T, V)
     policy.train()
-    logp = completion_logits(policy, *chosen).log_softmax(-1)       # (B, T, V)
+    logp = completion_logits(policy, *batch).log_softmax(-1)        # (B, T, V)
     kl = (ref.exp() * (ref - logp)).sum(-1)                         # (B, T)
-    loss = settings.dpo_anchor_weight * (kl * cmask[:b]).sum() / cmask[:b].sum()
+    loss = settings.dpo_anchor_weight * (kl * cmask).sum() / cmask.sum()
     _update(optimizer, params, loss)
     return {"epoch": epoch, "loss": loss.item(), "kl": (loss / settings.dpo_anchor_weight).item(),
             "anchor": True, "seconds": time.perf_counter() - started}

@@ -409,21 +409,33 @@ def unseen_pairs(rows: list[dict], trained_through: int | None) -> list[dict]:
     return [r for r in rows if max(r["event_ids"]) > trained_through]
 
 
-def safety_floor(policy, tokenizer, consensus: safety.Consensus,
-                 settings: SafetySettings) -> tuple[bool, str, dict]:
-    """The candidate ("default") against the base on the red-team prompts (safety.py):
-    (passes, reason, figures). The base's side is computed once per consensus head."""
+def redteam_sides(policy, tokenizer, consensus: safety.Consensus,
+                  settings: SafetySettings) -> tuple[dict, dict]:
+    """(candidate, base) red-team figures (safety.redteam_side), each with its "texts": the
+    candidate ("default") and the base answer the red-team prompts greedily. The base's side
+    is computed once per consensus head."""
     prompts, cap = consensus.redteam_messages(), settings.max_tokens
     base_side = safety.base_redteam(
         consensus, lambda: greedy_texts(policy, tokenizer, BASE, prompts, cap), policy,
         tokenizer, cap)
     texts = greedy_texts(policy, tokenizer, "default", prompts, cap)
-    cand = safety.redteam_side(consensus, policy, tokenizer, texts)
+    return {**safety.redteam_side(consensus, policy, tokenizer, texts), "texts": texts}, base_side
+
+
+def safety_floor(policy, tokenizer, consensus: safety.Consensus,
+                 settings: SafetySettings) -> tuple[bool, str, dict]:
+    """The candidate against the base on the red-team prompts (safety.py):
+    (passes, reason, figures without the answers)."""
+    cand, base_side = redteam_sides(policy, tokenizer, consensus, settings)
     ok, reason = safety.floor_check(cand, base_side, settings)
-    figures = {"candidate": cand, "base": {k: v for k, v in base_side.items() if k != "texts"},
-               "n_prompts": len(prompts), "passed": ok, "reason": reason,
+    figures = {"candidate": _without_texts(cand), "base": _without_texts(base_side),
+               "n_prompts": len(consensus.redteam), "passed": ok, "reason": reason,
                "consensus_head": consensus.key}
     return ok, reason, figures
+
+
+def _without_texts(side: dict) -> dict:
+    return {k: v for k, v in side.items() if k != "texts"}
 
 
 def _gate_and_save(db, base, adapters_dir, user, policy, current, heldout, reward_fn,

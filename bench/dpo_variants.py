@@ -136,18 +136,12 @@ def run_variant(base, pairs: list[dict], overrides: dict, prompts: list[str],
 
 
 def floor_figures(policy, tokenizer, consensus, args: argparse.Namespace) -> dict:
-    """The gate's safety check (adapters/jobs.safety_floor), keeping both sides' answers."""
+    """The gate's safety check (adapters/jobs.py), keeping both sides' answers."""
     from adapters import safety
-    from adapters.decoding import BASE
-    from adapters.gate import greedy_texts
+    from adapters.jobs import redteam_sides
 
     settings = safety_settings(args)
-    prompts, cap = consensus.redteam_messages(), settings.max_tokens
-    base_side = safety.base_redteam(
-        consensus, lambda: greedy_texts(policy, tokenizer, BASE, prompts, cap), policy,
-        tokenizer, cap)
-    texts = greedy_texts(policy, tokenizer, "default", prompts, cap)
-    cand = {**safety.redteam_side(consensus, policy, tokenizer, texts), "texts": texts}
+    cand, base_side = redteam_sides(policy, tokenizer, consensus, settings)
     passed, reason = safety.floor_check(cand, base_side, settings)
     return {"candidate": cand, "base": base_side, "passed": passed, "reason": reason}
 

@@ -97,19 +97,17 @@ def test_kl_anchor_keeps_the_policy_at_the_base_on_the_anchor_answers(tiny_model
     """Along the anchor's chosen answers the policy's next-token distributions stay closer
     to the base's than without the anchor, and the user's pairs are still learned."""
     from adapters.decoding import completion_logits
-    from adapters.dpo import _batch
+    from adapters.dpo import _chosen_batch
 
     def drift(policy) -> float:
-        ids, mask, comp, cmask = _batch(encode_pairs(tokenizer, anchor_rows(), 64),
-                                        tokenizer.pad_token_id)
-        b = ids.shape[0] // 2
-        args = ids[:b], mask[:b], comp[:b], cmask[:b]
+        batch = _chosen_batch(encode_pairs(tokenizer, anchor_rows(), 64),
+                              tokenizer.pad_token_id)
         with torch.no_grad():
-            logp = completion_logits(policy, *args).log_softmax(-1)
+            logp = completion_logits(policy, *batch).log_softmax(-1)
             with policy.disable_adapter():
-                ref = completion_logits(policy, *args).log_softmax(-1)
+                ref = completion_logits(policy, *batch).log_softmax(-1)
         kl = (ref.exp() * (ref - logp)).sum(-1)
-        return ((kl * cmask[:b]).sum() / cmask[:b].sum()).item()
+        return ((kl * batch[3]).sum() / batch[3].sum()).item()
 
     out = []
     for anchor in (None, anchor_rows()):
