@@ -306,10 +306,12 @@ def base_redteam(consensus: Consensus, answer: Callable[[], list[str]], features
 
 def keep_beside_head(path: Path, value: dict) -> None:
     """Write a figure cached in a consensus head's folder atomically (a concurrent writer's
-    rename wins; a reader never sees half a file)."""
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(value, indent=1))
-    tmp.rename(path)
+    rename wins; a reader never sees half a file). Each writer has a temporary file of its
+    own: with a shared name, one writer's rename took the other's file away."""
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp",
+                                     delete=False) as tmp:
+        tmp.write(json.dumps(value, indent=1))
+    Path(tmp.name).replace(path)
 
 
 def floor_check(candidate: dict, base: dict, settings: SafetySettings) -> tuple[bool, str]:

@@ -204,3 +204,30 @@ def test_dpo_anchor_rows_are_a_seeded_sample_of_the_fit_pairs(tmp_path):
         assert r["prompt"][0]["content"].strip() not in redteam
     assert len(safety.dpo_anchor_rows(settings, 10_000)) == len(fit)
     assert safety.dpo_anchor_rows(settings, 0) == []
+
+
+def test_figures_kept_beside_the_head_survive_concurrent_writers(tmp_path):
+    """Two gates (or a gate and a benchmark) may write the same cached figure at once. With
+    one shared temporary name, a writer's rename took the other's file away
+    (FileNotFoundError in ~1 of 3 writes of 4 threads)."""
+    import threading
+
+    path, errors = tmp_path / "base-redteam-64.json", []
+    barrier = threading.Barrier(4)
+
+    def write(i: int) -> None:
+        barrier.wait()
+        for k in range(100):
+            try:
+                safety.keep_beside_head(path, {"writer": i, "k": k, "pad": "x" * 2000})
+            except OSError as exc:
+                errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert json.loads(path.read_text())["k"] == 99           # whole, the last write of one
+    assert list(tmp_path.iterdir()) == [path]                  # no temporary file left
