@@ -40,6 +40,7 @@ from adapters.reward_head import (
     publish_head,
     save_head_version,
 )
+from adapters.safety_pairs import safety_round
 from adapters.settings import HeadSettings, RunSettings, SafetySettings
 from feedback_store import runs as runs_store
 from feedback_store.conversations import message_row, prompt_messages, user_messages
@@ -314,7 +315,7 @@ def execute_run(db, base, adapters_dir: Path, run: dict, settings: RunSettings,
     anchor = safety.dpo_anchor_rows(settings.safety, settings.safety.dpo_pairs
                                     if consensus is not None else 0)
     policy, steps, dpo_steps = _train(base, rl_reward_fn, train, pairs, anchor, current,
-                                      settings, timer, log, progress)
+                                      settings, timer, log, progress, consensus)
     # Everything up to here is in this version now: its new events and the pairs it fitted
     # (a forced run with no new events may still fit pairs a rejected run left unlearned).
     through = max([*events, *(max(p["event_ids"]) for p in pairs), seen or 0]) or None
@@ -360,20 +361,25 @@ def _dpo_pairs(db, user_id: int, trained_through: int | None,
 def _train(base, rl_reward_fn: RewardFn, prompts: list[list[dict]], pairs: list[dict],
            anchor: list[dict], current: Path | None, settings: RunSettings, timer: Timer,
            log: Log, progress: Callable[[StepRecord], None] | None,
+           consensus: safety.Consensus | None = None,
            ) -> tuple[PeftModel, list[StepRecord], list[dict]]:
     """The candidate adapter: the serving one (`current`, or a fresh LoRA), warm-started by
-    DPO on `pairs` (with the safety `anchor` pairs), then RL on `prompts`. Returns it with
-    the RL and the DPO step records."""
+    DPO on `pairs` (with the safety `anchor` pairs, then the on-policy safety pairs when
+    [safety] onpolicy_prompts > 0), then RL on `prompts`. Returns it with the RL and the DPO
+    step records."""
     dpo_steps: list[dict] = []
 
     def warm_start(policy) -> None:
         t = time.perf_counter()
         dpo_steps.extend(dpo_warm_start(policy, base.tokenizer, pairs, settings.dpo,
                                         anchor=anchor))
-        timer.phase("dpo", t)
         if dpo_steps:
             log(f"DPO warm start on {len(pairs)} pairs (+{len(anchor)} safety anchor pairs): "
                 f"{len(dpo_steps)} steps, last loss {dpo_steps[-1]['loss']:.4f}")
+        if dpo_steps and consensus is not None and settings.safety.onpolicy_prompts:
+            dpo_steps.extend(safety_round(policy, base.tokenizer, consensus, settings.safety,
+                                          settings.dpo, log, replay=pairs)[0])
+        timer.phase("dpo", t)
 
     t = time.perf_counter()
     policy, steps = train_policy(base.model, base.tokenizer, prompts, rl_reward_fn,

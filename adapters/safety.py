@@ -117,18 +117,31 @@ def redteam_split(pairs: list[HHPair], n: int, seed: int,
     fit_pairs > 0 the fit keeps that many of the rest, shortest conversations first: the
     feature pass costs about linearly in tokens, and users' prompts are mostly short.
     """
-    singles = list(dict.fromkeys(p.first_turn for p in pairs if len(p.prompt) == 1))
-    harmful = {p.first_turn for p in pairs if len(p.prompt) == 1
-               and is_refusal(p.chosen) and not is_refusal(p.rejected)}
-    rng = random.Random(seed)
-    rng.shuffle(singles)
-    ordered = [s for s in singles if s in harmful] + [s for s in singles if s not in harmful]
-    redteam = ordered[:n]
+    redteam = ordered_singles(pairs, seed)[:n]
     held = set(redteam)
     fit = [i for i, p in enumerate(pairs) if p.first_turn not in held]
     if fit_pairs > 0:
         fit = sorted(sorted(fit, key=lambda i: _chars(pairs[i]))[:fit_pairs])
     return fit, redteam
+
+
+def ordered_singles(pairs: list[HHPair], seed: int) -> list[str]:
+    """The single-turn requests' texts, those the annotators clearly wanted refused first,
+    each part in a seeded order: the red team is its head (redteam_split)."""
+    singles = list(dict.fromkeys(p.first_turn for p in pairs if len(p.prompt) == 1))
+    harmful = {p.first_turn for p in pairs if len(p.prompt) == 1
+               and is_refusal(p.chosen) and not is_refusal(p.rejected)}
+    random.Random(seed).shuffle(singles)
+    return [s for s in singles if s in harmful] + [s for s in singles if s not in harmful]
+
+
+def practice_prompts(settings: SafetySettings, n: int) -> list[str]:
+    """`n` single-turn HH requests that follow the red team in ordered_singles: red-team
+    attempts of the same kind that the gate never asks (adapters/safety_pairs.py)."""
+    if n <= 0:
+        return []
+    singles = ordered_singles(read_hh(Path(settings.data_file)), settings.seed)
+    return singles[settings.redteam_prompts:settings.redteam_prompts + n]
 
 
 def _chars(pair: HHPair) -> int:

@@ -276,6 +276,18 @@ class SafetySettings(Checked):
     # weight 20 did, by holding the adapter at the base (end to end: gate KL 0.03, persona
     # win 0.50-0.62; README "A safety anchor").
     dpo_pairs: int = 0
+    # On-policy safety pairs (adapters/safety_pairs.py): after the warm start the candidate
+    # and the base answer this many single-turn HH requests the gate never asks; where the
+    # consensus head scores the candidate's answer more than `onpolicy_margin` below the
+    # base's, (base answer, candidate answer) is fitted as a DPO pair. 0 = off. Off: on a
+    # 60-event user (DPO + NLL) every measured setting that passed the floor also lost the
+    # taste (liked share 0.69 -> 0.12-0.25; README "On-policy safety pairs").
+    onpolicy_prompts: int = 0
+    onpolicy_margin: float = 0.0    # 0: any drop below the base's answer is a pair
+    # Epochs over the safety pairs; with `onpolicy_replay` the user's own pairs are fitted
+    # again among them, so the round does not trade the user's style for the base's.
+    onpolicy_epochs: int = 1
+    onpolicy_replay: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -289,6 +301,12 @@ class SafetySettings(Checked):
         check(1 <= self.max_tokens <= 1024, "max_tokens", self.max_tokens, "must be 1..1024")
         check(self.l2 > 0, "l2", self.l2, "must be positive")
         check(0 <= self.dpo_pairs <= 1024, "dpo_pairs", self.dpo_pairs, "must be 0..1024")
+        check(0 <= self.onpolicy_prompts <= 1024, "onpolicy_prompts", self.onpolicy_prompts,
+              "must be 0..1024 (fewer if the HH file holds fewer single-turn requests)")
+        check(self.onpolicy_epochs >= 1, "onpolicy_epochs", self.onpolicy_epochs,
+              "must be at least 1")
+        check(self.onpolicy_margin >= 0, "onpolicy_margin", self.onpolicy_margin,
+              "must be 0 or more")
         check(not self.enabled or bool(self.data_file.strip()), "data_file", self.data_file,
               "must name the HH-harmless pairs file while the floor is enabled")
 

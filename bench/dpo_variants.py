@@ -10,7 +10,9 @@ isolates the stage the 60-event runs pointed at (README, issue 14). Without --ba
 the base's answers are sampled here, with the same seed as every variant's. With --floor
 every variant also takes the safety floor's check (adapters/safety.py: greedy answers to the
 red-team prompts scored by the consensus head, against the base's), and a variant's
-`safety_dpo_pairs=N` fits N of the floor's HH anchor pairs beside the user's. A variant
+`safety_dpo_pairs=N` fits N of the floor's HH anchor pairs beside the user's, and
+`safety_onpolicy_prompts=K` adds the on-policy safety round (adapters/safety_pairs.py) after
+the warm start (needs --floor: the consensus head labels its pairs). A variant
 `NAME:adapter=PATH` scores a trained adapter folder (a run's version) on the same prompts.
 
     .venv/bin/python -m bench.dpo_variants --data-dir /tmp/personalize-xyz \\
@@ -99,11 +101,19 @@ def answers(policy, tokenizer, prompts: list[str], args: argparse.Namespace) -> 
     return out
 
 
-def safety_settings(args: argparse.Namespace):
+SAFETY_KEYS = {"safety_dpo_pairs": "dpo_pairs", "safety_onpolicy_prompts": "onpolicy_prompts",
+               "safety_onpolicy_margin": "onpolicy_margin",
+               "safety_onpolicy_epochs": "onpolicy_epochs",
+               "safety_onpolicy_replay": "onpolicy_replay"}
+
+
+def safety_settings(args: argparse.Namespace, overrides: dict | None = None):
+    """The floor's settings, with a variant's safety_* overrides (SAFETY_KEYS)."""
     from adapters.settings import SafetySettings
 
+    mine = {SAFETY_KEYS[k]: v for k, v in (overrides or {}).items() if k in SAFETY_KEYS}
     return SafetySettings(data_file=str(args.safety_data), store_dir=str(args.safety_dir),
-                          features_dir=str(ROOT / "data" / "cache" / "features"))
+                          features_dir=str(ROOT / "data" / "cache" / "features"), **mine)
 
 
 def run_variant(base, pairs: list[dict], overrides: dict, prompts: list[str],
@@ -111,11 +121,12 @@ def run_variant(base, pairs: list[dict], overrides: dict, prompts: list[str],
     from adapters import safety
     from adapters.dpo import dpo_warm_start
     from adapters.policy import attach_lora
+    from adapters.safety_pairs import safety_round
     from adapters.settings import DpoSettings, PolicySettings
 
-    dpo = {k: v for k, v in overrides.items() if k not in ("safety_dpo_pairs", "adapter")}
-    anchor = safety.dpo_anchor_rows(safety_settings(args),
-                                    int(overrides.get("safety_dpo_pairs", 0)))
+    dpo = {k: v for k, v in overrides.items() if k not in SAFETY_KEYS and k != "adapter"}
+    guard = safety_settings(args, overrides)
+    anchor = safety.dpo_anchor_rows(guard, guard.dpo_pairs)
     torch.manual_seed(args.seed)
     started, steps = time.perf_counter(), []
     if "adapter" in overrides:          # a trained adapter's folder, scored as it is
@@ -126,6 +137,9 @@ def run_variant(base, pairs: list[dict], overrides: dict, prompts: list[str],
         policy = attach_lora(base.model, PolicySettings()).eval()
         steps = dpo_warm_start(policy, base.tokenizer, pairs, DpoSettings(**dpo),
                                anchor=anchor)
+        if guard.onpolicy_prompts and consensus is not None:
+            steps += safety_round(policy, base.tokenizer, consensus, guard, DpoSettings(**dpo),
+                                  log=lambda m: print(m, flush=True), replay=pairs)[0]
     seconds = time.perf_counter() - started
     texts = answers(policy, base.tokenizer, prompts, args)
     floor = floor_figures(policy, base.tokenizer, consensus, args) if consensus else None

@@ -175,7 +175,8 @@ def test_safety_config_defaults_resolve_next_to_the_config_file(tmp_path):
     off = load_config(cfg, env={"ASSISTANT_SAFETY_ENABLED": "false"})
     assert not safety_settings(off).enabled
     for var, value in [("WEIGHT", "-1"), ("MARGIN", "-0.1"), ("REDTEAM_PROMPTS", "0"),
-                       ("REFUSAL_TOLERANCE", "2")]:
+                       ("REFUSAL_TOLERANCE", "2"), ("ONPOLICY_PROMPTS", "-1"),
+                       ("ONPOLICY_EPOCHS", "0"), ("ONPOLICY_MARGIN", "-0.5")]:
         with pytest.raises(ConfigError, match=f"safety.{var.lower()}"):
             load_config(cfg, env={f"ASSISTANT_SAFETY_{var}": value})
 
@@ -204,6 +205,23 @@ def test_dpo_anchor_rows_are_a_seeded_sample_of_the_fit_pairs(tmp_path):
         assert r["prompt"][0]["content"].strip() not in redteam
     assert len(safety.dpo_anchor_rows(settings, 10_000)) == len(fit)
     assert safety.dpo_anchor_rows(settings, 0) == []
+
+
+def test_practice_prompts_follow_the_red_team_and_never_include_it(tmp_path):
+    pairs = hh_pairs()
+    settings = SafetySettings(data_file=str(write_hh(tmp_path / "hh.jsonl", pairs)),
+                              redteam_prompts=3, seed=0)
+    _, redteam = redteam_split(pairs, 3, seed=0)
+    practice = safety.practice_prompts(settings, 5)
+    assert len(practice) == 5 and not set(practice) & set(redteam)
+    assert practice == safety.ordered_singles(pairs, 0)[3:8]     # seeded: the same each run
+    singles = {p.first_turn for p in pairs if len(p.prompt) == 1}
+    assert set(practice) <= singles                               # single-turn requests only
+    # clearly harmful requests (chosen refuses, rejected complies) come first
+    harmful = {p.first_turn for p in pairs[:12:2]}
+    assert set(practice[:3]) <= harmful
+    assert len(safety.practice_prompts(settings, 100)) == 12 - 3
+    assert safety.practice_prompts(settings, 0) == []
 
 
 def test_figures_kept_beside_the_head_survive_concurrent_writers(tmp_path):

@@ -23,6 +23,7 @@ def safe_server(tmp_path, tiny_dir):
                                  ASSISTANT_SAFETY_MARGIN=1e9,
                                  ASSISTANT_SAFETY_REFUSAL_TOLERANCE=1.0,
                                  ASSISTANT_SAFETY_DPO_PAIRS=3,
+                                 ASSISTANT_SAFETY_ONPOLICY_PROMPTS=2,
                                  ASSISTANT_SAFETY_DATA_FILE=data)
     yield live, data
     server.should_exit = True
@@ -49,6 +50,10 @@ def test_a_run_fits_the_consensus_head_and_passes_the_floor(safe_server, tiny_di
     dpo = run["metrics"]["dpo_steps"]
     assert any(s["anchor"] for s in dpo) and any(not s["anchor"] for s in dpo)
     assert "+3 safety anchor pairs" in run["log_tail"]
+    # [safety] onpolicy_prompts: the candidate and the base answered 2 practice requests
+    # after the warm start (on the random tiny model, whether any became a pair is chance)
+    assert "of 2 practice requests" in run["log_tail"]
+    assert list(heads[0].glob("base-practice-2-*.json"))
 
     # `assistant eval safety` on the promoted version: the JSON shape.
     from assistant import cli
