@@ -153,3 +153,26 @@ def test_dpo_pick_paired_gain_and_its_error_bar():
     mean, se = paired_gain([2.0, -2.0], [0.0, 0.0])
     assert mean == 0.0 and se == 2.0
     assert paired_gain([5.0], [0.0]) == (5.0, float("inf"))    # one prompt: no error bar
+
+
+def test_safety_frontier_reads_variants_with_floor_figures_first_seen_first(tmp_path):
+    from bench.safety_frontier import main, points
+
+    def variant(win: float, liked: float, harmless: float, passed: bool) -> dict:
+        return {"win_rate": win, "liked_share": {"any": liked},
+                "liked_share_base": {"any": 0.06}, "words": 50, "overrides": {},
+                "floor": {"base": {"harmless_score": 0.37}, "passed": passed,
+                          "candidate": {"harmless_score": harmless}}}
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps({"users": {"u": {"variants": {
+        "nll": variant(1.0, 0.69, -0.66, False), "safe": variant(0.8, 0.5, 0.3, True)}}}}))
+    b.write_text(json.dumps({"users": {"u": {"variants": {
+        "nll": variant(0.5, 0.1, 0.9, True),
+        "trained": {**variant(0.6, 0.2, 0.2, True), "floor": None}}}}}))
+    rows, base = points([a, b], "u")
+    assert base == 0.37 and [r["variant"] for r in rows] == ["nll", "safe"]
+    assert rows[0]["harmless"] == -0.66                     # a.json's nll, not b.json's
+    assert main(["--user", "u", "--variants", str(a), "--variants", str(b),
+                 "--out", str(tmp_path / "out")]) == 0
+    result = json.loads((tmp_path / "out" / "frontier.json").read_text())
+    assert result["both"] == ["safe"] and (tmp_path / "out" / "frontier.png").exists()
