@@ -14,8 +14,9 @@ never retried by Ray (max_retries=0): a second execution of a half-done run woul
 repeat its work. The run's final write is guarded by its state (runs.finish_running): a task
 that still finishes after its run was failed publishes nothing, so nothing is promoted twice.
 
-Tasks are owned by this server process: when it stops, Ray stops them, and the next start
-fails the runs they left `running` (as the process worker's orphans).
+Tasks are owned by this server process: when it stops, Ray stops them, and their runs are
+failed as orphans (runs.fail_orphans): at once when their Ray worker on this host is gone,
+else when the lease the task renewed runs out; another server's live runs are left alone.
 """
 
 from __future__ import annotations
@@ -146,14 +147,15 @@ class RayTrainingScheduler(TrainingScheduler):
         super().start()
 
     def fail_orphans(self) -> list[int]:
-        """Runs left `running` without a task of ours (a previous server's, which Ray ended
-        with it) become failed."""
+        """Runs left `running` whose task is gone become failed: on this host when the Ray
+        worker that recorded itself as the run's process is dead, anywhere once the lease its
+        task renews has run out (runs.fail_orphans). A run another server's task is training
+        (a shared store) renews its lease and is left alone; so are our own tasks' runs."""
         with self.lock:
-            keep = list(self.tasks)
-        failed = self.store.write_sync(runs.fail_running, keep, (
-            f"the server that ran it on Ray stopped before it finished; {KEPT}"))
+            keep = set(self.tasks)
+        failed = self.store.write_sync(runs.fail_orphans, True, keep)
         if failed:
-            log.warning("runs %s were running when their server stopped: marked failed", failed)
+            log.warning("runs %s were running when their task ended: marked failed", failed)
         return failed
 
     def kick(self) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+from collections.abc import Collection
 
 from feedback_store.clock import later, now
 from feedback_store.db import insert
@@ -205,13 +206,6 @@ def set_worker_pid(db: Database, run_id: int, pid: int,
                "status = 'running'", [pid, this_host(), later(lease_seconds), run_id])
 
 
-def fail_running(db: Database, keep: list[int], error: str) -> list[int]:
-    """Fail every `running` run not in `keep` (the runs whose tasks an executor holds)."""
-    running = [r["id"] for r in db["training_runs"].rows_where("status = 'running'")
-               if r["id"] not in keep]
-    return [run_id for run_id in running if finish_running(db, run_id, "failed", error=error)]
-
-
 def update_progress(db: Database, run_id: int, metrics: dict, log_tail: str) -> None:
     db.table("training_runs").update(run_id, {"metrics": json.dumps(metrics, default=float),
                                         "log_tail": log_tail[-LOG_TAIL_CHARS:]})
@@ -249,11 +243,13 @@ def _orphan_error(run: dict, worker_running: bool) -> str | None:
             f"or its server stopped);{live}")
 
 
-def fail_orphans(db: Database, worker_running: bool = True) -> list[int]:
-    """Runs marked running whose worker is gone (see _orphan_error) become failed."""
+def fail_orphans(db: Database, worker_running: bool = True,
+                 keep: Collection[int] = ()) -> list[int]:
+    """Runs marked running whose worker is gone (see _orphan_error) become failed; runs in
+    `keep` (whose tasks the caller holds) are left alone."""
     failed = []
     for run in list(db["training_runs"].rows_where("status = 'running'", order_by="id")):
-        error = _orphan_error(run, worker_running)
+        error = None if run["id"] in keep else _orphan_error(run, worker_running)
         if error is not None:
             finish(db, run["id"], "failed", error=error)
             failed.append(run["id"])

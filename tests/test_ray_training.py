@@ -138,14 +138,39 @@ def test_a_run_ended_meanwhile_publishes_nothing(db):
     assert ended["status"] == "failed" and ended["error"] == "worker lost"
 
 
-def test_fail_running_keeps_the_executors_own_runs(db):
-    a, _ = create_user(db, "a")
-    b, _ = create_user(db, "b")
-    ids = [runs.enqueue(db, u["id"], False, "t")["id"] for u in (a, b)]
+def dead_pid() -> int:
+    """The pid of a process that has exited (and been reaped)."""
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_ray_orphans_are_runs_whose_task_is_gone_not_another_servers(db):
+    """Two servers with Ray executors on one store: a starting server used to fail every
+    running run it held no task for, the other server's live ones too. Now only runs whose
+    task is gone: a dead worker process on this host, or a lease that ran out anywhere."""
+    users = [create_user(db, name)[0] for name in "abcde"]
+    ids = [runs.enqueue(db, u["id"], False, "t")["id"] for u in users]
     for _ in ids:
-        transaction(db, runs.claim_next, 1)
-    assert transaction(db, runs.fail_running, [ids[0]], "server gone") == [ids[1]]
-    assert [runs.get_run(db, i)["status"] for i in ids] == ["running", "failed"]
+        transaction(db, runs.claim_next, os.getpid(), 120)
+    ours, other_here, dead_here, other_host, expired = ids
+    transaction(db, runs.set_worker_pid, dead_here, dead_pid(), 120)
+    db["training_runs"].update(other_host, {"host": "elsewhere", "pid": 1})
+    db["training_runs"].update(expired, {"host": "elsewhere", "lease_until": "2020-01-01"})
+    # `ours` and `other_here` both have a live process on this host; only `ours` is kept
+    # by the caller, and `other_here` is left alone anyway (another server's live task).
+    failed = transaction(db, runs.fail_orphans, True, {ours})
+    assert failed == [dead_here, expired]
+    status = {i: runs.get_run(db, i)["status"] for i in ids}
+    assert status == {ours: "running", other_here: "running", dead_here: "failed",
+                      other_host: "running", expired: "failed"}
+    assert "ran out" in runs.get_run(db, expired)["error"]
+    # the caller's own runs stay even when their lease looks run out (a slow renewal)
+    db["training_runs"].update(ours, {"lease_until": "2020-01-01"})
+    assert transaction(db, runs.fail_orphans, True, {ours}) == []
 
 
 @pytest.mark.parametrize(("env", "field"), [
