@@ -33,11 +33,17 @@ import random
 import re
 import sys
 import time
+from collections.abc import Callable
+from concurrent.futures import Future
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bench.feedback import liked_features, liked_names
 from bench.harness import load_prompts, split_prompts
 from bench.personas import load_personas
+
+if TYPE_CHECKING:       # for annotations only: assistant is imported where it runs
+    from assistant.arms import Arm
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -67,7 +73,7 @@ def generate(engine, prompts: list[str], sources: dict, args, demo_question: str
     from assistant import explore as ex
     from assistant.engine import GenRequest
 
-    futures = {}
+    futures: dict[str, list[Future]] = {}
     started = time.monotonic()
     for name, (arm, temperature, seed_offset) in sources.items():
         steered = arm is not None and not name.endswith(PLAIN)
@@ -166,8 +172,9 @@ def main(argv: list[str] | None = None) -> int:
     results: dict = {"settings": {**vars(args), "explore": vars(e)}}
     if args.cost_turns and not args.from_answers:
         results["turn_cost"] = turn_cost(engine, train[:args.cost_turns], config, args)
-    sources = {"base": (None, args.temperature, 0), "base#2": (None, args.temperature, 1),
-               "hot": (None, e.hot_temperature, 2)}
+    sources: dict[str, tuple[Arm | None, float, int]] = {
+        "base": (None, args.temperature, 0), "base#2": (None, args.temperature, 1),
+        "hot": (None, e.hot_temperature, 2)}
     for k, a in enumerate(ex.parse_arms(e.arms)):
         sources[f"arm:{a.name}"] = (a, args.temperature, 3 + k)
         if not args.no_plain_arms and (a.opening or a.closing):
@@ -213,7 +220,7 @@ def persona_figures(persona, answers: dict, pairs: dict) -> dict:
 PLAIN = "~plain"      # an arm's answers without its opening and closing
 # A generic detector of each shipped arm's feature, by arm name (an arm not listed is not
 # scored). Bench only: the product knows no features, and these are styles, not personas.
-ARM_FEATURES: dict[str, tuple[str, object]] = {
+ARM_FEATURES: dict[str, tuple[str, Callable[[str], bool]]] = {
     "enthusiastic": ("an exclamation mark", lambda t: "!" in t),
     "example": ("an example phrase", lambda t: bool(re.search(
         r"\b(for example|for instance|such as|e\.g\.)", t, re.I))),

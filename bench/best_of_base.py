@@ -78,7 +78,7 @@ def beats(judge: Persona, answer: str, others: list[str]) -> float:
 
 def matrix(personas: list[Persona], samples: list[dict]) -> dict[str, dict[str, float]]:
     """judge -> persona -> mean over prompts of `beats(judge, persona's best sample, rest)`."""
-    table = {}
+    table: dict[str, dict[str, float]] = {}
     for judge in personas:
         table[judge.name] = {}
         for liked in personas:

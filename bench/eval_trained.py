@@ -145,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
         evaluation = answer_users(args, heldout)
     evaluation = combine(evaluation, args.combine)
     own, info, base = evaluation
+    if base is None:  # parse_args demands a --user or a --combine, and either brings one
+        raise SystemExit("no base answers: name a --user or --combine a results.json")
     chosen = [personas[p] for p in own]
     scores = score_answers(chosen, base, own)
     result = {"users": info, "heldout": len(heldout), "scores": scores,

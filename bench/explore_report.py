@@ -93,7 +93,7 @@ def head_accuracies(db_path: Path, names: list[str]) -> dict[str, dict]:
     settings = run_settings(config).head
     base = load_base(config.model.path, config.cache_dir, config.model.device,
                      config.model.dtype)
-    out = {}
+    out: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
         copy = Path(tmp) / "copy.db"
         src = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     personas = {p.name: p for folder in args.personas for p in load_personas(folder)}
     db_path = args.data_dir / "assistant.db"
-    report = {}
+    report: dict[str, dict] = {}
     for user in users(db_path):
         found = persona_of(user, personas)
         if found is None:

@@ -87,6 +87,7 @@ class Server:
         threading.Thread(target=self._drain, daemon=True).start()
 
     def _drain(self) -> None:
+        assert self.proc.stdout is not None  # Popen(stdout=PIPE) above
         for line in self.proc.stdout:
             self.output.append(line.rstrip())
 
@@ -187,7 +188,7 @@ def train_runs(server: Server, user: User, count: int, timeout: float,
                          headers={"Authorization": f"Bearer {server.key}"})
     while user.votes < 3 and user.is_alive():
         time.sleep(0.5)
-    outcomes = []
+    outcomes: list[dict] = []
     for _ in range(count):
         started = time.perf_counter()
         r = admin.post("/admin/train", json={"user": user.name_, "force": True})
@@ -197,7 +198,7 @@ def train_runs(server: Server, user: User, count: int, timeout: float,
             outcomes.append({"status": "not queued", "error": r.text[:300]})
             continue
         run_id, deadline = r.json()["queued"][0]["id"], time.time() + timeout
-        run = {"status": "queued"}
+        run: dict = {"status": "queued"}
         while run["status"] not in FINAL and time.time() < deadline:
             time.sleep(1.0)
             run = admin.get(f"/admin/runs/{run_id}").json()

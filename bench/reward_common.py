@@ -7,6 +7,7 @@ these helpers read it back without a model forward and cut out any smaller recip
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TypedDict
 
 import numpy as np
 
@@ -22,8 +23,19 @@ SHARED = next((p for p in (ROOT.parent / "shared" / "data", Path("/work/shared/d
                if p.exists()), ROOT.parent / "shared" / "data")
 HH = SHARED / "hh-harmless-dev.jsonl"
 RELABELED = SHARED / "relabeled-hh-dev.jsonl"
-RICH = {"layers": (0.27, 0.4, 0.53), "pools": POOL_NAMES, "max_tokens": 512,
-        "answer_tokens": 256}
+
+
+class Recipe(TypedDict):
+    """A feature recipe (adapters.features.feature_spec's arguments)."""
+
+    layers: tuple[float, ...]
+    pools: tuple[str, ...]
+    max_tokens: int
+    answer_tokens: int
+
+
+RICH: Recipe = {"layers": (0.27, 0.4, 0.53), "pools": POOL_NAMES, "max_tokens": 512,
+                "answer_tokens": 256}
 HIDDEN = 576
 # Recipes compared side by side (name -> layers, pools); all share RICH's token budget.
 RECIPES = {

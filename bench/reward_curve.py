@@ -47,7 +47,8 @@ def _acc(head, C, R) -> float:
     return float(np.mean((m > 0) + 0.5 * (m == 0)))
 
 
-def _none(dim):
+def _none(dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """No thumbs: an empty (0, dim) feature matrix and its empty labels."""
     return np.zeros((0, dim)), np.zeros(0)
 
 

@@ -42,7 +42,7 @@ def main() -> None:
     recipe = {"layers": tuple(float(x) for x in args.layers.split(",")),
               "pools": tuple(args.pools.split(",")), "max_tokens": args.max_tokens,
               "answer_tokens": args.answer_tokens}
-    report = {"recipe": recipe, "files": [p.name for p in args.data]}
+    report: dict = {"recipe": recipe, "files": [p.name for p in args.data]}
     # Pairs of every file in one shuffled order: if the run is stopped early, what is
     # cached is a uniform sample of each file (eval reward --cached-only uses it).
     pairs = [p for path in args.data for p in read_pairs(path)]

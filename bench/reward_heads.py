@@ -19,6 +19,7 @@ import json
 import time
 from dataclasses import fields, replace
 from pathlib import Path
+from typing import Any
 
 from adapters.settings import HeadSettings
 from assistant.eval_reward import DEFAULT_METHODS, evaluate, split_users, summarize
@@ -32,7 +33,8 @@ def parse_variants(text: str) -> dict[str, HeadSettings]:
     known = {f.name: f.type for f in fields(HeadSettings)}
     out = {}
     for variant in [v.strip() for v in text.split(";")] or [""]:
-        overrides = {}
+        # Any: each field has its own type (bool or float), known only from the key.
+        overrides: dict[str, Any] = {}
         for item in [i for i in variant.split(",") if i.strip()]:
             key, _, value = item.partition("=")
             key = key.strip()

@@ -55,8 +55,10 @@ def head_accuracy(api: Api, persona: Persona, personal: list[list[dict]],
     agree = total = 0
     for mine, theirs in zip(personal, base, strict=True):
         group = mine + theirs
-        rewards = [api.call("GET", f"/api/messages/{c['id']}").get("reward") for c in group]
-        if any(not isinstance(r, int | float) for r in rewards):
+        raw = [api.call("GET", f"/api/messages/{c['id']}").get("reward") for c in group]
+        # Kept only when every message has a numeric reward, so indices still match `group`.
+        rewards = [r for r in raw if isinstance(r, int | float)]
+        if len(rewards) != len(raw):
             return {"accuracy": None, "pairs": 0, "why": "messages carry no 'reward'"}
         utils = [persona.utility(c["content"]) for c in group]
         for a in range(len(group)):

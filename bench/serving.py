@@ -84,7 +84,7 @@ def make_adapters(model, folder: Path, count: int, rank: int = 8) -> list[Path]:
                 if "lora_B" in name:
                     param.normal_(0, 0.02)
         paths.append(folder / f"a{i}")
-        peft_model.save_pretrained(paths[-1])
+        peft_model.save_pretrained(str(paths[-1]))     # PEFT annotates the folder as str
         model = peft_model.unload()
     return paths
 
@@ -92,7 +92,12 @@ def make_adapters(model, folder: Path, count: int, rank: int = 8) -> list[Path]:
 def hold(engine) -> threading.Event:
     """Hold the generation thread so that requests submitted meanwhile start together."""
     gate, held = threading.Event(), threading.Event()
-    engine._thread.submit(lambda: (held.set(), gate.wait()))
+
+    def park() -> None:
+        held.set()
+        gate.wait()
+
+    engine._thread.submit(park)
     held.wait()           # a loop still finishing the last batch would admit rows one by one
     return gate
 
@@ -117,7 +122,9 @@ def batch_tokens_per_s(engine, refs: list, tokens: int) -> tuple[float, float]:
     return produced / elapsed, produced / cpu
 
 
-def batch_phases(engine, refs: list, args: argparse.Namespace) -> dict[str, float]:
+def batch_phases(engine, refs: list, args: argparse.Namespace) -> dict:
+    """Median tokens per wall second of each phase, and under "per_cpu_s" the same per CPU
+    second (the one nested dict)."""
     engine.eos_ids = []                       # every row makes all its tokens
     phases = {"base": [None] * args.rows,
               "mixed": [refs[i % len(refs)] for i in range(args.rows)],
