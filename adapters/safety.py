@@ -173,7 +173,12 @@ class Consensus:
                                            list(zip(prompts, answers, strict=True))))
 
     def redteam_messages(self) -> list[list[dict]]:
-        return [[{"role": "user", "content": p}] for p in self.redteam]
+        return single_turns(self.redteam)
+
+
+def single_turns(prompts: list[str]) -> list[list[dict]]:
+    """Each prompt as a one-message conversation."""
+    return [[{"role": "user", "content": p}] for p in prompts]
 
 
 def _sha256(path: Path) -> str:
@@ -308,13 +313,22 @@ def base_redteam(consensus: Consensus, answer: Callable[[], list[str]], features
                  tokenizer, max_tokens: int) -> dict:
     """The base's red-team figures, computed once per head and answer cap (greedy decoding
     of a fixed base is deterministic) and kept next to the head."""
-    path = consensus.folder / f"base-redteam-{max_tokens}.json"
+    def side() -> dict:
+        texts = answer()
+        return {**redteam_side(consensus, features_model, tokenizer, texts), "texts": texts}
+    return beside_head(consensus, f"base-redteam-{max_tokens}.json", side)
+
+
+def beside_head(consensus: Consensus, name: str, compute: Callable[[], dict]) -> dict:
+    """A figure of the fixed base kept in the head's folder as `name`: read when there,
+    else computed once and kept. The folder's key fixes the base, the data and the red-team
+    split, so a name need only say what else the figure depends on."""
+    path = consensus.folder / name
     if path.exists():
         return json.loads(path.read_text())
-    texts = answer()
-    side = {**redteam_side(consensus, features_model, tokenizer, texts), "texts": texts}
-    keep_beside_head(path, side)
-    return side
+    value = compute()
+    keep_beside_head(path, value)
+    return value
 
 
 def keep_beside_head(path: Path, value: dict) -> None:

@@ -27,9 +27,10 @@ measured setting that passed the floor also lost the taste (README "On-policy sa
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import replace
+
+import numpy as np
 
 from adapters import safety
 from adapters.decoding import BASE
@@ -40,22 +41,17 @@ from adapters.settings import DpoSettings, SafetySettings
 Log = Callable[[str], None]
 
 
-def _messages(prompts: list[str]) -> list[list[dict]]:
-    return [[{"role": "user", "content": p}] for p in prompts]
-
-
-def base_answers(policy, tokenizer, consensus: safety.Consensus, prompts: list[str],
-                 cap: int) -> list[str]:
-    """The base's greedy answers to the practice prompts, computed once per head, number of
-    prompts and cap, and kept beside the head (as its red-team answers are)."""
-    path = consensus.folder / f"base-practice-{len(prompts)}-{cap}.json"
-    if path.exists():
-        kept = json.loads(path.read_text())
-        if kept["prompts"] == prompts:
-            return kept["texts"]
-    texts = greedy_texts(policy, tokenizer, BASE, _messages(prompts), cap)
-    safety.keep_beside_head(path, {"prompts": prompts, "texts": texts})
-    return texts
+def base_side(policy, tokenizer, consensus: safety.Consensus, prompts: list[str],
+              cap: int) -> dict:
+    """The base's greedy answers to the practice prompts and the head's scores of them (K,),
+    computed once per head, number of prompts and cap and kept beside the head (as its
+    red-team answers are): every later run pays only for the candidate's side."""
+    def compute() -> dict:
+        messages = safety.single_turns(prompts)
+        texts = greedy_texts(policy, tokenizer, BASE, messages, cap)
+        scores = consensus.score_texts(policy, tokenizer, messages, texts)
+        return {"prompts": prompts, "texts": texts, "scores": scores.tolist()}
+    return safety.beside_head(consensus, f"base-practice-{len(prompts)}-{cap}.json", compute)
 
 
 def onpolicy_pairs(policy, tokenizer, consensus: safety.Consensus,
@@ -65,10 +61,11 @@ def onpolicy_pairs(policy, tokenizer, consensus: safety.Consensus,
     prompts = safety.practice_prompts(settings, settings.onpolicy_prompts)
     if not prompts:
         return [], {"prompts": 0, "pairs": 0}
-    cap, messages = settings.max_tokens, _messages(prompts)
-    base = base_answers(policy, tokenizer, consensus, prompts, cap)
+    cap, messages = settings.max_tokens, safety.single_turns(prompts)
+    kept = base_side(policy, tokenizer, consensus, prompts, cap)
+    base = kept["texts"]
     mine = greedy_texts(policy, tokenizer, "default", messages, cap)
-    gap = (consensus.score_texts(policy, tokenizer, messages, base)
+    gap = (np.asarray(kept["scores"])
            - consensus.score_texts(policy, tokenizer, messages, mine))      # (K,)
     rows = [{"prompt": m, "chosen": [{"role": "assistant", "content": b}],
              "rejected": [{"role": "assistant", "content": c}]}

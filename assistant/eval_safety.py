@@ -90,15 +90,14 @@ def base_pref_acc(consensus, model, tokenizer, pairs: list) -> float:
     """The base's preference accuracy on these pairs, computed once per consensus head and
     pair selection (a fixed base scores them the same every time) and kept next to the head:
     every user's check shares it, so an eval pays only for its adapter's side."""
-    path = consensus.folder / f"base-pref-{pairs_key(pairs)}.json"
-    if path.exists():
-        return float(json.loads(path.read_text())["pref_acc"])
-    from adapters.safety import keep_beside_head
+    from adapters.safety import beside_head
 
-    with model.disable_adapter():
-        acc = round(pref_accuracy(answer_logprobs(model, tokenizer, pairs)), 4)
-    keep_beside_head(path, {"pref_acc": acc, "n_pairs": len(pairs)})
-    return acc
+    def compute() -> dict:
+        with model.disable_adapter():
+            acc = round(pref_accuracy(answer_logprobs(model, tokenizer, pairs)), 4)
+        return {"pref_acc": acc, "n_pairs": len(pairs)}
+    kept = beside_head(consensus, f"base-pref-{pairs_key(pairs)}.json", compute)
+    return float(kept["pref_acc"])
 
 
 def evaluate(model, tokenizer, consensus, pairs: list, max_tokens: int,

@@ -59,7 +59,7 @@ def test_pairs_are_the_requests_where_the_candidate_fell_below_the_base(setup, t
     prompts = safety.practice_prompts(settings, 6)
     messages = [[{"role": "user", "content": p}] for p in prompts]
     answers = greedy_texts(policy, tokenizer, "default", messages, 8)
-    base_texts = safety_pairs.base_answers(policy, tokenizer, consensus, prompts, 8)
+    base_texts = safety_pairs.base_side(policy, tokenizer, consensus, prompts, 8)["texts"]
     gap = (consensus.score_texts(policy, tokenizer, messages, base_texts)
            - consensus.score_texts(policy, tokenizer, messages, answers))
     assert (gap > 0).all()
@@ -68,6 +68,8 @@ def test_pairs_are_the_requests_where_the_candidate_fell_below_the_base(setup, t
     rows, info = safety_pairs.onpolicy_pairs(policy, tokenizer, consensus, settings)
     cached = json.loads((consensus.folder / "base-practice-6-8.json").read_text())
     assert cached["prompts"] == prompts and cached["texts"] == base_texts
+    assert np.allclose(cached["scores"], consensus.score_texts(policy, tokenizer, messages,
+                                                               base_texts))
     mine = {r["prompt"][0]["content"]: r["rejected"][0]["content"] for r in rows}
     base = dict(zip(prompts, cached["texts"], strict=True))
     # chosen = the base's answer, rejected = the candidate's own, from the practice prompts
@@ -85,15 +87,17 @@ def test_pairs_are_the_requests_where_the_candidate_fell_below_the_base(setup, t
     assert safety_pairs.onpolicy_pairs(policy, tokenizer, consensus, strict)[0] == []
 
 
-def test_base_answers_are_computed_once(setup, tokenizer, monkeypatch):
+def test_the_base_side_is_computed_once(setup, tokenizer, monkeypatch):
     policy, consensus, settings = setup
     prompts = safety.practice_prompts(settings, 6)
-    first = safety_pairs.base_answers(policy, tokenizer, consensus, prompts, 8)
+    first = safety_pairs.base_side(policy, tokenizer, consensus, prompts, 8)
+    assert len(first["texts"]) == len(first["scores"]) == 6
 
-    def no_generation(*_a, **_k):
-        raise AssertionError("the base's practice answers are cached beside the head")
-    monkeypatch.setattr(safety_pairs, "greedy_texts", no_generation)
-    assert safety_pairs.base_answers(policy, tokenizer, consensus, prompts, 8) == first
+    def no_work(*_a, **_k):
+        raise AssertionError("the base's practice answers and scores are kept beside the head")
+    monkeypatch.setattr(safety_pairs, "greedy_texts", no_work)
+    monkeypatch.setattr(consensus, "score_texts", no_work)
+    assert safety_pairs.base_side(policy, tokenizer, consensus, prompts, 8) == first
 
 
 def test_the_round_fits_its_pairs_toward_the_base_answers(setup, tokenizer):
