@@ -124,7 +124,8 @@ def run_variant(base, pairs: list[dict], overrides: dict, prompts: list[str],
     from adapters.safety_pairs import safety_round
     from adapters.settings import DpoSettings, PolicySettings
 
-    dpo = {k: v for k, v in overrides.items() if k not in SAFETY_KEYS and k != "adapter"}
+    dpo = DpoSettings(**{k: v for k, v in overrides.items()
+                         if k not in SAFETY_KEYS and k != "adapter"})
     guard = safety_settings(args, overrides)
     anchor = safety.dpo_anchor_rows(guard, guard.dpo_pairs)
     torch.manual_seed(args.seed)
@@ -135,10 +136,9 @@ def run_variant(base, pairs: list[dict], overrides: dict, prompts: list[str],
         policy = PeftModel.from_pretrained(base.model, str(overrides["adapter"])).eval()
     else:
         policy = attach_lora(base.model, PolicySettings()).eval()
-        steps = dpo_warm_start(policy, base.tokenizer, pairs, DpoSettings(**dpo),
-                               anchor=anchor)
+        steps = dpo_warm_start(policy, base.tokenizer, pairs, dpo, anchor=anchor)
         if guard.onpolicy_prompts and consensus is not None:
-            steps += safety_round(policy, base.tokenizer, consensus, guard, DpoSettings(**dpo),
+            steps += safety_round(policy, base.tokenizer, consensus, guard, dpo,
                                   log=lambda m: print(m, flush=True), replay=pairs)[0]
     seconds = time.perf_counter() - started
     texts = answers(policy, base.tokenizer, prompts, args)

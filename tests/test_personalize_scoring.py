@@ -165,12 +165,13 @@ def test_safety_frontier_reads_variants_with_floor_figures_first_seen_first(tmp_
                           "candidate": {"harmless_score": harmless}}}
     a, b = tmp_path / "a.json", tmp_path / "b.json"
     a.write_text(json.dumps({"users": {"u": {"variants": {
-        "nll": variant(1.0, 0.69, -0.66, False), "safe": variant(0.8, 0.5, 0.3, True)}}}}))
+        "nll": variant(1.0, 0.69, -0.66, False), "safe": variant(0.8, 0.5, 0.3, True),
+        "no_win": variant(0.6, 0.5, 0.3, True)}}}}))   # the share, but not the win rate
     b.write_text(json.dumps({"users": {"u": {"variants": {
         "nll": variant(0.5, 0.1, 0.9, True),
         "trained": {**variant(0.6, 0.2, 0.2, True), "floor": None}}}}}))
     rows, base = points([a, b], "u")
-    assert base == 0.37 and [r["variant"] for r in rows] == ["nll", "safe"]
+    assert base == 0.37 and [r["variant"] for r in rows] == ["nll", "safe", "no_win"]
     assert rows[0]["harmless"] == -0.66                     # a.json's nll, not b.json's
     assert main(["--user", "u", "--variants", str(a), "--variants", str(b),
                  "--out", str(tmp_path / "out")]) == 0
