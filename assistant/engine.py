@@ -129,8 +129,9 @@ class GenResult:
     adapter: AdapterRef | None
     # Where the first token's wait went: ms from submission until the request joined the
     # batch (its prompt rendered, then queued for free rows), and how many decode steps of
-    # the running batch went by meanwhile (a measure of queueing that does not depend on
-    # how fast this machine is). Its prefill came after; None for results made elsewhere.
+    # the running batch went by while it was queued (a measure of queueing that does not
+    # depend on how fast this machine is, so rendering is left out of it). Its prefill came
+    # after; None for results made elsewhere.
     queued_ms: float | None = None
     queued_steps: int | None = None
 
@@ -206,7 +207,7 @@ class _Job:
     tracker: _Tracker = field(init=False)     # set by Engine.submit
     open_rows: int = 0
     prepared: Prepared | None = None     # its adapter, read from disk at submit if not loaded
-    submitted_step: int = 0              # the engine's decode steps so far, at submission
+    submitted_step: int = 0              # the engine's decode steps so far, when queued
     admitted: float | None = None        # when it joined the batch (perf_counter)
     admitted_step: int = 0
 
@@ -432,7 +433,7 @@ class Engine:
         """Render the prompt (and read the adapter from disk if it is not loaded) on the
         calling thread and queue the request for the running batch; the Future resolves to
         its GenResult, or fails with ModelError if the adapter cannot be served."""
-        job = _Job(req, emit, cancel or threading.Event(), submitted_step=self.stats["steps"])
+        job = _Job(req, emit, cancel or threading.Event())
         try:
             job.tracker = _Tracker(self, req, job.submitted, emit)
             job.prompt = (self.render(req.messages, req.max_tokens)
@@ -443,6 +444,9 @@ class Engine:
             job.future.set_exception(exc)
             return job.future
         with self._pending_lock:
+            # Steps are counted from here, not from the call: rendering runs beside the
+            # decode loop, and the steps it overlaps depend on this machine's speed.
+            job.submitted_step = self.stats["steps"]
             self._pending.append(job)
         # One loop task per job: a running loop takes every job that fits, so later tasks
         # may find nothing to do, but no job can be left waiting without a task behind it.

@@ -102,16 +102,40 @@ def test_cancel_before_the_request_starts(eng):
 
 
 def test_results_say_how_long_the_request_queued_for_rows(eng):
-    long, _ = start_long(eng, max_tokens=20)
+    long, _ = start_long(eng, max_tokens=40)       # long enough to outlast two renders
     joined = eng.submit(request(PROMPTS[2], max_tokens=3)).result(timeout=120)
     assert joined.queued_steps <= 1                  # rows were free: the next boundary
     eng.max_batch_rows = 1                           # now it waits for the long row to end
     waited = eng.submit(request(PROMPTS[0], max_tokens=3)).result(timeout=120)
     first = long.result(timeout=120)
     assert first.queued_steps == 0
-    assert 1 <= waited.queued_steps <= 20 and long.done()
+    assert 1 <= waited.queued_steps <= 40 and long.done()
     assert waited.queued_ms <= waited.candidates[0].first_token_ms
-    assert eng.stats["steps"] >= 20
+    assert eng.stats["steps"] >= 40
+
+
+def test_queued_steps_leave_out_the_steps_that_rendering_overlapped(eng):
+    tokens = threading.Condition()
+    count = [0]
+
+    def emit(delta):
+        with tokens:
+            count[0] += 1
+            tokens.notify_all()
+
+    long = eng.submit(request(PROMPTS[1], max_tokens=30), emit)
+    render = eng.render
+
+    def slow_render(messages, max_new):     # the running row decodes 5 tokens meanwhile
+        with tokens:
+            seen = count[0]
+            assert tokens.wait_for(lambda: count[0] >= seen + 5, timeout=120)
+        return render(messages, max_new)
+
+    eng.render = slow_render
+    joined = eng.submit(request(PROMPTS[2], max_tokens=3)).result(timeout=120)
+    assert not long.done() and joined.queued_steps <= 1
+    long.result(timeout=120)
 
 
 # ---- prefix reuse -----------------------------------------------------------------------
