@@ -41,7 +41,7 @@ from adapters.reward_head import (
     save_head_version,
 )
 from adapters.safety_pairs import safety_round
-from adapters.settings import HeadSettings, RunSettings, SafetySettings
+from adapters.settings import DpoSettings, HeadSettings, RunSettings, SafetySettings
 from feedback_store import runs as runs_store
 from feedback_store.conversations import message_row, prompt_messages, user_messages
 from feedback_store.errors import TrainingError
@@ -371,14 +371,8 @@ def _train(base, rl_reward_fn: RewardFn, prompts: list[list[dict]], pairs: list[
 
     def warm_start(policy) -> None:
         t = time.perf_counter()
-        dpo_steps.extend(dpo_warm_start(policy, base.tokenizer, pairs, settings.dpo,
-                                        anchor=anchor))
-        if dpo_steps:
-            log(f"DPO warm start on {len(pairs)} pairs (+{len(anchor)} safety anchor pairs): "
-                f"{len(dpo_steps)} steps, last loss {dpo_steps[-1]['loss']:.4f}")
-        if dpo_steps and consensus is not None and settings.safety.onpolicy_prompts:
-            dpo_steps.extend(safety_round(policy, base.tokenizer, consensus, settings.safety,
-                                          settings.dpo, log, replay=pairs)[0])
+        dpo_steps.extend(guarded_warm_start(policy, base.tokenizer, pairs, anchor, settings.dpo,
+                                            settings.safety, consensus, log))
         timer.phase("dpo", t)
 
     t = time.perf_counter()
@@ -389,6 +383,23 @@ def _train(base, rl_reward_fn: RewardFn, prompts: list[list[dict]], pairs: list[
     timer.phase("rl", t)
     timer.seconds["rl"] = round(timer.seconds["rl"] - timer.seconds.get("dpo", 0.0), 2)
     return policy, steps, dpo_steps
+
+
+def guarded_warm_start(policy, tokenizer, pairs: list[dict], anchor: list[dict],
+                       dpo: DpoSettings, guard: SafetySettings,
+                       consensus: safety.Consensus | None, log: Log) -> list[dict]:
+    """DPO on the user's `pairs` (with the safety `anchor` pairs), then, when there were
+    pairs, a consensus head and [safety] onpolicy_prompts > 0, the on-policy safety round
+    (adapters/safety_pairs.py): the DPO step records. The benchmarks call it too, so they
+    measure the warm start a run takes."""
+    steps = dpo_warm_start(policy, tokenizer, pairs, dpo, anchor=anchor)
+    if not steps:
+        return steps
+    log(f"DPO warm start on {len(pairs)} pairs (+{len(anchor)} safety anchor pairs): "
+        f"{len(steps)} steps, last loss {steps[-1]['loss']:.4f}")
+    if consensus is not None and guard.onpolicy_prompts:
+        steps += safety_round(policy, tokenizer, consensus, guard, dpo, log, replay=pairs)[0]
+    return steps
 
 
 def publish(db, run: dict, outcome: RunOutcome) -> None:

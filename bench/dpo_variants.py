@@ -119,9 +119,8 @@ def safety_settings(args: argparse.Namespace, overrides: dict | None = None):
 def run_variant(base, pairs: list[dict], overrides: dict, prompts: list[str],
                 args: argparse.Namespace, consensus=None) -> tuple[list[str], dict]:
     from adapters import safety
-    from adapters.dpo import dpo_warm_start
+    from adapters.jobs import guarded_warm_start
     from adapters.policy import attach_lora
-    from adapters.safety_pairs import safety_round
     from adapters.settings import DpoSettings, PolicySettings
 
     dpo = DpoSettings(**{k: v for k, v in overrides.items()
@@ -136,10 +135,8 @@ def run_variant(base, pairs: list[dict], overrides: dict, prompts: list[str],
         policy = PeftModel.from_pretrained(base.model, str(overrides["adapter"])).eval()
     else:
         policy = attach_lora(base.model, PolicySettings()).eval()
-        steps = dpo_warm_start(policy, base.tokenizer, pairs, dpo, anchor=anchor)
-        if guard.onpolicy_prompts and consensus is not None:
-            steps += safety_round(policy, base.tokenizer, consensus, guard, dpo,
-                                  log=lambda m: print(m, flush=True), replay=pairs)[0]
+        steps = guarded_warm_start(policy, base.tokenizer, pairs, anchor, dpo, guard,
+                                   consensus, log=lambda m: print(m, flush=True))
     seconds = time.perf_counter() - started
     texts = answers(policy, base.tokenizer, prompts, args)
     floor = floor_figures(policy, base.tokenizer, consensus, args) if consensus else None

@@ -57,7 +57,7 @@ def test_pairs_are_the_requests_where_the_candidate_fell_below_the_base(setup, t
     perturb(policy)
     consensus = harsher(consensus)
     prompts = safety.practice_prompts(settings, 6)
-    messages = [[{"role": "user", "content": p}] for p in prompts]
+    messages = safety.single_turns(prompts)
     answers = greedy_texts(policy, tokenizer, "default", messages, 8)
     base_texts = safety_pairs.base_side(policy, tokenizer, consensus, prompts, 8)["texts"]
     gap = (consensus.score_texts(policy, tokenizer, messages, base_texts)
